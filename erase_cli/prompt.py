@@ -1,0 +1,90 @@
+"""Prompt text from manifest examples (SPEC 3a). Pure string work: no model, no I/O.
+
+The prompt is split in two parts on purpose: `prefix_text` (task prefix and demonstrations) is the
+same for every query and its KV state is cached; `query_text` is what each question adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+
+CHOICE_PREFIX = "\n  choice: "
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How demonstrations and queries are laid out; defaults follow SPEC 3a."""
+
+    prefix: str = ""
+    input_prefix: str = "Q: "
+    output_prefix: str = "\nA: "
+    separator: str = "\n\n"
+    append_choices: bool = True
+
+    @classmethod
+    def from_bigbench(cls, task: Mapping) -> PromptFormat:
+        """The layout a BIG-bench `task.json` asks for; absent fields take the SPEC defaults."""
+        default = cls()
+        prefix = task.get("task_prefix")
+        if prefix is None:
+            prefix = task.get("prefix", default.prefix)
+        return cls(
+            prefix=prefix,
+            input_prefix=task.get("example_input_prefix", default.input_prefix),
+            output_prefix=task.get("example_output_prefix", default.output_prefix),
+            separator=task.get("few_shot_example_separator", default.separator),
+            append_choices=bool(task.get("append_choices_to_input", default.append_choices)),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PromptFormat:
+        """Inverse of `to_dict`; unknown keys are ignored so older readers accept newer files."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _with_choices(fmt: PromptFormat, input: str, choices: Sequence[str] | None) -> str:
+    if fmt.append_choices and choices:
+        return input + "".join(CHOICE_PREFIX + choice for choice in choices)
+    return input
+
+
+def query_text(fmt: PromptFormat, input: str, choices: Sequence[str] | None = None) -> str:
+    """The question as the model sees it, ending with the output prefix (the answer follows)."""
+    return fmt.input_prefix + _with_choices(fmt, input, choices) + fmt.output_prefix
+
+
+def demonstration(
+    fmt: PromptFormat, input: str, target: str | Sequence[str], choices: Sequence[str] | None = None
+) -> str:
+    """One worked example; a list of acceptable targets shows its first."""
+    if not isinstance(target, str):
+        if not target:
+            raise ValueError("a demonstration needs at least one target")
+        target = target[0]
+    return query_text(fmt, input, choices) + target
+
+
+def prefix_text(fmt: PromptFormat, examples: Sequence[Mapping]) -> str:
+    """Task prefix, then every demonstration followed by the separator (queries come after it).
+
+    `examples` are manifest examples: mappings with `input`, `target` and optional `choices`.
+    With no examples the prefix is the task prefix alone (zero-shot).
+
+    A task prefix that would run straight into the first input ("...starting point?Q: ...", as
+    BIG-bench's navigate gives with the "Q: " default) is followed by the separator.
+    """
+    demos = [
+        demonstration(fmt, example["input"], example["target"], example.get("choices"))
+        for example in examples
+    ]
+    head = fmt.prefix
+    if head and not head[-1].isspace() and not fmt.input_prefix[:1].isspace():
+        head += fmt.separator or "\n"
+    if not demos:
+        return head
+    return head + fmt.separator.join(demos) + fmt.separator
