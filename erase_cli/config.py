@@ -1,0 +1,48 @@
+"""Where things live and the defaults: a flag beats its ERASE_* variable, which beats the default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Chosen from the crossing / prompt-change curves in bench/results/ and the eval table; the README
+# says why. k = number of demonstrations; eps = lattice step in unit-norm embedding space; dim = the
+# seeded +-1 projection (data-independent, so exactness holds); max_iter = Lloyd iterations T.
+DEFAULT_K = 8
+DEFAULT_EPS = 0.1
+DEFAULT_DIM = 32
+DEFAULT_MAX_ITER = 3
+DEFAULT_SEED = 0
+DEFAULT_LOCK_TIMEOUT = 60.0
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_STORE = "./erase-store"
+
+
+def store_path(flag: str | Path | None) -> Path:
+    return Path(flag or os.environ.get("ERASE_STORE") or DEFAULT_STORE)
+
+
+def lock_timeout(flag: float | None) -> float:
+    if flag is not None:
+        return flag
+    raw = os.environ.get("ERASE_LOCK_TIMEOUT")
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            from .errors import InvalidParameter
+
+            raise InvalidParameter(
+                f"ERASE_LOCK_TIMEOUT={raw!r} is not a number of seconds; set it to e.g. 60"
+            ) from None
+    return DEFAULT_LOCK_TIMEOUT
+
+
+def embedder_name(flag: str | None) -> str | None:
+    """None means the bundled all-MiniLM-L6-v2."""
+    return flag or os.environ.get("ERASE_EMBEDDER") or None
+
+
+def model_flag(flag: str | None) -> str | None:
+    """None means the bundled SmolLM2 GGUF (resolved by llm.resolve_model)."""
+    return flag or os.environ.get("ERASE_MODEL") or None
