@@ -1,0 +1,836 @@
+"""Quantized k-means with exact unlearning (SPEC §1-§2, DESIGN "Exact arithmetic" / "Forgetting").
+
+Everything here is integer arithmetic in disguise: vectors are fixed-point int64, centroids live on
+an integral lattice, and squared distances are integers below 2**53, so the float64 matmuls that
+compute them are exact whatever the BLAS blocking. That is what makes
+
+    forget(fit(D), X) == fit(D \\ X)        (bit for bit)
+
+achievable: a cluster sum minus a point equals the sum computed from scratch, and every random
+choice is a hash of (seed, id, round) rather than a draw from a stream.
+
+Shapes: n records, d working dimensions, k_eff clusters, T = params.max_iter iterations.
+Private helpers assume valid input; `fit`, `certify`, `forget` and `crossing_rate` validate.
+No I/O: the store streams `Block`s through a `Source`.
+"""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from erase_cli.errors import InvalidInput, InvalidParameter, StoreDamaged
+
+SCALE = 1 << 16
+N_CANDIDATES = 16
+
+Progress = Callable[[str, int, int], None]
+
+# Domain-separation tags for the hashes: distinct constants so that a phase, a projection sign
+# and a race draw never reuse one another's stream.
+_TAG_THETA = int.from_bytes(b"theta", "big")
+_TAG_PROJ = int.from_bytes(b"proj", "big")
+_TAG_RACE = int.from_bytes(b"race", "big")
+
+# Near-tie window of the race: float64 keys are accurate to a few ulp (~1e-15 relative), so any key
+# within this gap of the minimum might really be the minimum and is re-decided exactly.
+_RACE_GAP = 1e-12
+_DECIMAL = decimal.Context(prec=110)
+_TWO54 = 1 << 54
+
+# Largest integer magnitude for which every partial sum of a float64 dot product is exact.
+_EXACT = 1 << 53
+
+_MASK64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing and fixed point
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser, elementwise on uint64, wrapping mod 2**64."""
+    z = np.array(x, dtype=np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def _hash(*parts) -> np.ndarray:
+    """Chain splitmix64 over the parts (ints or uint64 arrays, broadcast together)."""
+    h = np.zeros((), dtype=np.uint64)
+    for part in parts:
+        if isinstance(part, int):
+            part = np.uint64(part & _MASK64)
+        h = splitmix64(h ^ np.asarray(part, dtype=np.uint64))
+    return h
+
+
+def id_hash64(ids: Sequence[str]) -> np.ndarray:
+    """uint64 per id: the first 8 bytes of sha256(id as UTF-8), big-endian."""
+    out = np.empty(len(ids), dtype=np.uint64)
+    for i, rid in enumerate(ids):
+        out[i] = int.from_bytes(hashlib.sha256(rid.encode("utf-8")).digest()[:8], "big")
+    return out
+
+
+def to_fixed(x: np.ndarray) -> np.ndarray:
+    """float (n, d) -> int64 (n, d) fixed point rint(float64(x) * 2**16)."""
+    return np.rint(np.asarray(x, dtype=np.float64) * SCALE).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class Params:
+    k: int
+    eps: float
+    dim: int | None
+    seed: int
+    max_iter: int
+
+    @property
+    def E(self) -> int:
+        """The integral lattice step: effective eps = E / 2**16."""
+        return int(round(self.eps * SCALE))
+
+    @property
+    def eps_effective(self) -> float:
+        return self.E / SCALE
+
+    def working_dim(self, d_in: int) -> int:
+        return d_in if self.dim is None else self.dim
+
+    def validate(self, d_in: int) -> None:
+        """Raise InvalidParameter naming the option and an acceptable value."""
+        if not isinstance(self.k, int) or self.k < 1:
+            raise InvalidParameter(f"k must be at least 1 (got {self.k}); pass -k 1 or more")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise InvalidParameter(
+                f"max_iter must be at least 1 (got {self.max_iter}); pass --max-iter 1 or more"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 63:
+            raise InvalidParameter(
+                f"seed must be an integer in [0, 2**63) (got {self.seed}); pass --seed 0 or another "
+                "non-negative integer"
+            )
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            raise InvalidParameter(f"eps must be a positive number (got {self.eps}); pass e.g. --eps 0.1")
+        if self.E < 1:
+            raise InvalidParameter(
+                f"eps {self.eps} rounds to a zero lattice step at 2**-16 resolution; pass --eps "
+                f"{1 / SCALE:.8f} or more"
+            )
+        if self.eps > 16:
+            raise InvalidParameter(
+                f"eps {self.eps} is far larger than the distance between unit vectors; pass --eps 2 or less"
+            )
+        if self.dim is not None and (not isinstance(self.dim, int) or not 1 <= self.dim <= d_in):
+            raise InvalidParameter(
+                f"dim must be between 1 and the embedding dimension {d_in} (got {self.dim}); pass "
+                f"--dim {min(d_in, 32)} or leave --dim out"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Projection
+
+
+class Projector:
+    """Seeded +-1 (Achlioptas) projection applied exactly to fixed-point integers.
+
+    y = floor((R @ x) / q), q = round(sqrt(m)). R depends on (seed, i, j) only, never on the data,
+    so projecting keeps the exactness contract.
+    """
+
+    def __init__(self, d_in: int, dim: int | None, seed: int):
+        self.d_in = d_in
+        self.d = d_in if dim is None else dim
+        self.identity = dim is None
+        if self.identity:
+            self.R = None
+            self.q = 1
+        else:
+            rows = np.arange(dim, dtype=np.uint64)[:, None]
+            cols = np.arange(d_in, dtype=np.uint64)[None, :]
+            top = _hash(seed, _TAG_PROJ, rows, cols) >> np.uint64(63)
+            self.R = 1 - 2 * top.astype(np.int64)  # (m, d_in) of +-1
+            self.q = int(round(math.sqrt(dim)))
+            self._Rf = self.R.astype(np.float64)
+
+    def __call__(self, x_fp: np.ndarray) -> np.ndarray:
+        """int64 (n, d_in) -> int64 (n, d)."""
+        x_fp = np.asarray(x_fp, dtype=np.int64)
+        if self.identity:
+            return x_fp
+        # Each output is a +-1 sum of d_in integers below 2**20: exact in float64.
+        if x_fp.size and int(np.abs(x_fp).max()) * self.d_in >= _EXACT:
+            raise InvalidInput("vectors too large for an exact projection; ingest L2-normalised embeddings")
+        y = (x_fp.astype(np.float64) @ self._Rf.T).astype(np.int64)
+        return np.floor_divide(y, self.q)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources of records
+
+
+@dataclass
+class Block:
+    rows: np.ndarray
+    ids: np.ndarray
+    idh: np.ndarray
+    x: np.ndarray
+
+
+class Source(Protocol):
+    n: int
+
+    def blocks(self) -> Iterator[Block]: ...
+
+
+class ArraySource:
+    """All records in memory, served in blocks (tests, eval, benchmarks)."""
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        x: np.ndarray,
+        idh: np.ndarray | None = None,
+        block_size: int = 4096,
+    ):
+        self.ids = np.empty(len(ids), dtype=object)
+        self.ids[:] = list(ids)
+        self.x = np.ascontiguousarray(x, dtype=np.int64)
+        if self.x.ndim != 2 or self.x.shape[0] != len(self.ids):
+            raise InvalidInput(f"x must be (n, d) with n = {len(self.ids)} ids; got shape {self.x.shape}")
+        if len(set(self.ids.tolist())) != len(self.ids):
+            raise InvalidInput("record ids must be unique; remove the duplicates")
+        self.idh = id_hash64(self.ids.tolist()) if idh is None else np.asarray(idh, dtype=np.uint64)
+        self.block_size = max(1, int(block_size))
+        self.n = len(self.ids)
+
+    def blocks(self) -> Iterator[Block]:
+        for lo in range(0, self.n, self.block_size):
+            hi = min(lo + self.block_size, self.n)
+            yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi])
+
+    def without(self, ids) -> "ArraySource":
+        drop = set(ids)
+        keep = np.fromiter((rid not in drop for rid in self.ids), dtype=bool, count=self.n)
+        return ArraySource(self.ids[keep].tolist(), self.x[keep], self.idh[keep], self.block_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lattice
+
+
+def _theta(params: Params, t: int, d: int) -> np.ndarray:
+    """Integer phase of iteration t (1-based), in [0, E)^d."""
+    i = np.arange(d, dtype=np.uint64)
+    return (_hash(params.seed, _TAG_THETA, t, i) % np.uint64(params.E)).astype(np.int64)
+
+
+def _quantize(S: np.ndarray, N: np.ndarray, theta: np.ndarray, E: int, prev: np.ndarray) -> np.ndarray:
+    """Round each mean S/N to the lattice theta + E*Z^d (half up); N == 0 keeps prev.
+
+    S (k, d) int64, N (k,) int64, theta (d,), prev (k, d) -> (k, d) int64.
+    """
+    N2 = N[:, None]
+    safe = np.maximum(N2, 1)
+    q = np.floor_divide(2 * (S - safe * theta) + safe * E, 2 * safe * E)
+    return np.where(N2 > 0, theta + E * q, prev)
+
+
+def _check_bounds(max_abs: int, E: int, d: int) -> None:
+    # A centroid stays within max_abs + E of the origin per coordinate, so this bounds every
+    # squared distance and every dot product: all are exact integers in float64.
+    if d * (2 * max_abs + E) ** 2 >= _EXACT:
+        raise InvalidInput(
+            f"vectors too large for exact fixed-point arithmetic (largest |coordinate| "
+            f"{max_abs / SCALE:.3g}); ingest L2-normalised embeddings or use a smaller --eps"
+        )
+
+
+def _scores(xf: np.ndarray, Cf: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """|c|^2 - 2 x.c, (b, k) float64 of exact integers: the squared distance minus |x|^2."""
+    s = xf @ Cf.T
+    s *= -2.0
+    s += c2
+    return s
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row, ties to the lower index, and the exact squared distance.
+
+    x (b, d) int64, centroids (k, d) int64 -> labels (b,) int64, d2 (b,) int64.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    C = np.asarray(centroids, dtype=np.int64)
+    if len(C) == 0:
+        raise InvalidInput("no centroids to assign to; fit on at least one record first")
+    max_abs = max(int(np.abs(x).max(initial=0)), int(np.abs(C).max(initial=0)))
+    if x.shape[1] * (2 * max_abs) ** 2 >= _EXACT:
+        raise InvalidInput("vectors too large for exact squared distances; ingest L2-normalised embeddings")
+    xf = x.astype(np.float64)
+    Cf = C.astype(np.float64)
+    s = _scores(xf, Cf, np.einsum("ij,ij->i", Cf, Cf))
+    labels = np.argmin(s, axis=1) if len(x) else np.zeros(0, dtype=np.int64)
+    d2 = np.einsum("ij,ij->i", xf, xf) + s[np.arange(len(x)), labels]
+    return labels.astype(np.int64), d2.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+
+
+def _pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    raw = [s.encode("utf-8") for s in ids]
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in raw], dtype=np.int64)
+    return np.frombuffer(b"".join(raw), dtype=np.uint8).copy(), offsets
+
+
+def _unpack_ids(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = data.tobytes()
+    return [raw[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
+
+
+@dataclass(eq=False)
+class State:
+    params: Params
+    d_in: int
+    d: int
+    n: int
+    k_eff: int
+    init_ids: list[str]
+    centroids: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+    final_counts: np.ndarray
+    candidates: list[list[str]]
+    cand_dists: list[list[int]]
+    _derived: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def examples(self) -> list[tuple[int, str]]:
+        """(cluster, id) of each cluster's record nearest its final centroid, in cluster order."""
+        return [(j, self.candidates[j][0]) for j in range(self.k_eff) if self.final_counts[j] > 0]
+
+    @classmethod
+    def empty(cls, params: Params, d_in: int) -> "State":
+        d = params.working_dim(d_in)
+        T = params.max_iter
+        return cls(
+            params=params, d_in=d_in, d=d, n=0, k_eff=0, init_ids=[],
+            centroids=np.zeros((T + 1, 0, d), dtype=np.int64),
+            sums=np.zeros((T, 0, d), dtype=np.int64),
+            counts=np.zeros((T, 0), dtype=np.int64),
+            final_counts=np.zeros(0, dtype=np.int64),
+            candidates=[], cand_dists=[],
+        )
+
+    # Derived arrays for the certificate's hot path, computed once per state.
+    def _cache(self):
+        if not self._derived:
+            Cf = self.centroids.astype(np.float64)
+            self._derived["Cf"] = Cf
+            self._derived["c2"] = np.einsum("tkd,tkd->tk", Cf, Cf)
+            self._derived["theta"] = np.stack(
+                [_theta(self.params, t, self.d) for t in range(1, self.params.max_iter + 1)]
+            ).reshape(self.params.max_iter, self.d)
+        return self._derived["Cf"], self._derived["c2"], self._derived["theta"]
+
+    def _params_key(self) -> tuple:
+        p = self.params
+        return (p.k, p.E, p.dim, p.seed, p.max_iter)
+
+    def state_digest(self) -> str:
+        """sha256 hex over the canonical O(T*k*d) state: what decides later behaviour."""
+        h = hashlib.sha256(b"erase-state/1\0")
+        k, E, dim, seed, T = self._params_key()
+        head = [k, E, -1 if dim is None else dim, seed, T, self.d_in, self.d, self.n, self.k_eff]
+        h.update(np.asarray(head, dtype="<i8").tobytes())
+        for name in ("centroids", "sums", "counts", "final_counts"):
+            arr = np.ascontiguousarray(getattr(self, name), dtype="<i8")
+            h.update(name.encode() + b"\0" + np.asarray(arr.shape, dtype="<i8").tobytes())
+            h.update(arr.tobytes())
+        for label, ids in (("init", self.init_ids), ("examples", [f"{j}:{i}" for j, i in self.examples])):
+            data, offsets = _pack_ids(ids)
+            h.update(label.encode() + b"\0" + offsets.astype("<i8").tobytes() + data.tobytes())
+        return h.hexdigest()
+
+    def differences(self, other: "State") -> list[str]:
+        """Human-readable differences in everything that determines behaviour; [] iff equal.
+
+        Candidate lists are a replacement cache: one side's list must be a prefix of the other's.
+        """
+        out: list[str] = []
+        if self._params_key() != other._params_key():
+            out.append(f"params {self._params_key()} != {other._params_key()}")
+        for name in ("d_in", "d", "n", "k_eff"):
+            if getattr(self, name) != getattr(other, name):
+                out.append(f"{name} {getattr(self, name)} != {getattr(other, name)}")
+        if self.init_ids != other.init_ids:
+            out.append(f"initial centres {self.init_ids} != {other.init_ids}")
+        for name in ("centroids", "sums", "counts", "final_counts"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a.shape != b.shape:
+                out.append(f"{name} shape {a.shape} != {b.shape}")
+            elif not np.array_equal(a, b):
+                where = np.argwhere(a != b)[0].tolist()
+                out.append(f"{name} differ first at index {where}")
+        if self.examples != other.examples:
+            out.append(f"examples {self.examples} != {other.examples}")
+        if len(self.candidates) == len(other.candidates):
+            for j, (a, b) in enumerate(zip(self.candidates, other.candidates)):
+                da, db = self.cand_dists[j], other.cand_dists[j]
+                m = min(len(a), len(b))
+                if a[:m] != b[:m] or da[:m] != db[:m] or len(a) != len(da) or len(b) != len(db):
+                    out.append(f"candidates of cluster {j}: {list(zip(a, da))} vs {list(zip(b, db))}")
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        p = self.params
+        init_data, init_off = _pack_ids(self.init_ids)
+        flat = [i for c in self.candidates for i in c]
+        cand_data, cand_off = _pack_ids(flat)
+        return {
+            "params_int": np.asarray([p.k, -1 if p.dim is None else p.dim, p.seed, p.max_iter], dtype=np.int64),
+            "params_eps": np.asarray([p.eps], dtype=np.float64),
+            "shape": np.asarray([self.d_in, self.d, self.n, self.k_eff], dtype=np.int64),
+            "init_ids_utf8": init_data,
+            "init_ids_off": init_off,
+            "centroids": self.centroids,
+            "sums": self.sums,
+            "counts": self.counts,
+            "final_counts": self.final_counts,
+            "cand_ids_utf8": cand_data,
+            "cand_ids_off": cand_off,
+            "cand_len": np.asarray([len(c) for c in self.candidates], dtype=np.int64),
+            "cand_dists": np.asarray([x for c in self.cand_dists for x in c], dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "State":
+        def bad(why: str) -> StoreDamaged:
+            return StoreDamaged(f"the fitted state is damaged ({why}); run 'erase fit' to rebuild it")
+
+        def get(name: str, dtype, ndim: int) -> np.ndarray:
+            if name not in arrays:
+                raise bad(f"missing array {name!r}")
+            arr = np.asarray(arrays[name])
+            if arr.dtype != np.dtype(dtype) or arr.ndim != ndim:
+                raise bad(f"array {name!r} has dtype {arr.dtype} and {arr.ndim} dimensions")
+            return arr
+
+        pi = get("params_int", np.int64, 1)
+        pe = get("params_eps", np.float64, 1)
+        shape = get("shape", np.int64, 1)
+        if len(pi) != 4 or len(pe) != 1 or len(shape) != 4:
+            raise bad("parameter arrays have the wrong length")
+        k, dim, seed, T = (int(v) for v in pi)
+        d_in, d, n, k_eff = (int(v) for v in shape)
+        params = Params(k=k, eps=float(pe[0]), dim=None if dim == -1 else dim, seed=seed, max_iter=T)
+        try:
+            params.validate(d_in)
+        except InvalidParameter as exc:
+            raise bad(f"stored parameters are invalid: {exc}") from None
+        if d != params.working_dim(d_in) or n < 0 or not 0 <= k_eff <= min(k, n) or (n > 0) != (k_eff > 0):
+            raise bad("inconsistent sizes")
+        centroids = get("centroids", np.int64, 3)
+        sums = get("sums", np.int64, 3)
+        counts = get("counts", np.int64, 2)
+        final_counts = get("final_counts", np.int64, 1)
+        if (
+            centroids.shape != (T + 1, k_eff, d)
+            or sums.shape != (T, k_eff, d)
+            or counts.shape != (T, k_eff)
+            or final_counts.shape != (k_eff,)
+        ):
+            raise bad("array shapes do not match the parameters")
+        if (counts < 0).any() or (final_counts < 0).any() or (counts.sum(axis=1) != n).any() or final_counts.sum() != n:
+            raise bad("cluster counts do not add up to the number of records")
+        cand_len = get("cand_len", np.int64, 1)
+        cand_dists = get("cand_dists", np.int64, 1)
+        if len(cand_len) != k_eff or (cand_len < 0).any() or (cand_len > N_CANDIDATES).any():
+            raise bad("candidate list lengths are wrong")
+        try:
+            init_ids = _unpack_ids(get("init_ids_utf8", np.uint8, 1), get("init_ids_off", np.int64, 1))
+            flat = _unpack_ids(get("cand_ids_utf8", np.uint8, 1), get("cand_ids_off", np.int64, 1))
+        except (UnicodeDecodeError, IndexError, TypeError) as exc:
+            raise bad(f"ids cannot be decoded: {exc}") from None
+        if len(init_ids) != k_eff or len(flat) != int(cand_len.sum()) or len(cand_dists) != len(flat):
+            raise bad("id lists have the wrong length")
+        ends = np.cumsum(cand_len).tolist()
+        starts = [0] + ends[:-1]
+        candidates = [flat[a:b] for a, b in zip(starts, ends)]
+        dists = [cand_dists[a:b].tolist() for a, b in zip(starts, ends)]
+        if any(final_counts[j] > 0 and not candidates[j] for j in range(k_eff)):
+            raise bad("a non-empty cluster has no example")
+        return cls(params, d_in, d, n, k_eff, init_ids, centroids.copy(), sums.copy(), counts.copy(),
+                   final_counts.copy(), candidates, dists)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitting: exponential-race k-means++, quantized Lloyd, final pass
+
+
+def _neg_log_u(idh: np.ndarray, mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """-ln U for U = a / 2**54, a = 2*(splitmix64(idh ^ mix) >> 11) + 1; returns (-ln U, a).
+
+    Computed without cancellation near U = 1 (log1p of the exact complement), so the float key is
+    accurate to a few ulp and the near-tie window is safe.
+    """
+    m = splitmix64(idh ^ mix) >> np.uint64(11)
+    a = (m << np.uint64(1)) | np.uint64(1)  # odd, < 2**54
+    high = m >= np.uint64(1 << 52)
+    out = np.empty(len(a), dtype=np.float64)
+    lo = ~high
+    out[lo] = -np.log(a[lo].astype(np.float64) / _TWO54)
+    comp = (np.uint64(_TWO54) - a[high]).astype(np.float64)  # exact: below 2**53
+    out[high] = -np.log1p(-comp / _TWO54)
+    return out, a
+
+
+def _exact_key(a: int, w: int) -> decimal.Decimal:
+    return _DECIMAL.divide(-_DECIMAL.ln(_DECIMAL.divide(decimal.Decimal(a), decimal.Decimal(_TWO54))), w)
+
+
+def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.ndarray,
+          progress: Progress | None) -> tuple[list[str], np.ndarray]:
+    """Continue the k-means++ race after the kept winners; returns (winner ids, (k_eff, d) centres)."""
+    E = params.E
+    winners = list(kept_ids)
+    centres = [row for row in kept]
+    n = source.n
+    mind = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)  # exact sq. distance to the nearest centre
+    x2 = np.zeros(n, dtype=np.float64)
+    first_pass = True
+    pending = np.asarray(centres, dtype=np.int64).reshape(-1, d)  # centres not yet folded into mind
+    for r in range(len(winners), params.k):
+        mix = _hash(params.seed, _TAG_RACE, r)
+        best = math.inf
+        cands: list[tuple[float, int, int, str, np.ndarray]] = []
+        any_weight = False
+        Pf = pending.astype(np.float64)
+        p2 = np.einsum("ij,ij->i", Pf, Pf)
+        off = 0
+        max_abs = 0
+        for blk in source.blocks():
+            b = len(blk.ids)
+            sl = slice(off, off + b)
+            off += b
+            if b == 0:
+                continue
+            xf = blk.x.astype(np.float64)
+            if first_pass:
+                max_abs = max(max_abs, int(np.abs(blk.x).max()))
+                x2[sl] = np.einsum("ij,ij->i", xf, xf)
+            if len(pending):
+                dist = (_scores(xf, Pf, p2) + x2[sl, None]).min(axis=1).astype(np.int64)
+                np.minimum(mind[sl], dist, out=mind[sl])
+            if r == 0:
+                w = np.ones(b, dtype=np.int64)
+            else:
+                w = mind[sl]
+            live = w > 0
+            if not live.any():
+                continue
+            any_weight = True
+            nl, a = _neg_log_u(blk.idh, mix)
+            key = np.full(b, np.inf)
+            key[live] = nl[live] / w[live].astype(np.float64)
+            kmin = float(key.min())
+            if kmin > best * (1 + _RACE_GAP):
+                continue
+            best = min(best, kmin)
+            limit = best * (1 + _RACE_GAP)
+            cands = [c for c in cands if c[0] <= limit]
+            for i in np.flatnonzero(key <= limit):
+                cands.append((float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].copy()))
+        if off != n:
+            raise ValueError(f"source yielded {off} records but reports n = {n}")
+        if first_pass:
+            _check_bounds(max_abs, E, d)
+            first_pass = False
+        if not any_weight:
+            break
+        if len(cands) == 1:
+            win = cands[0]
+        else:
+            win = min(cands, key=lambda c: (_exact_key(c[1], c[2]), c[3]))
+        winners.append(win[3])
+        centres.append(win[4])
+        pending = win[4][None, :]
+        if progress:
+            progress("k-means++", r + 1, params.k)
+    return winners, np.asarray(centres, dtype=np.int64).reshape(len(winners), d)
+
+
+def _onehot_sums(labels: np.ndarray, xf: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums (k, d) int64 and counts (k,) of a block; exact (integers below 2**53)."""
+    onehot = (labels[None, :] == np.arange(k)[:, None]).astype(np.float64)
+    return (onehot @ xf).astype(np.int64), np.bincount(labels, minlength=k).astype(np.int64)
+
+
+def _lloyd(source: Source, params: Params, centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+           t0: int, progress: Progress | None) -> None:
+    """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t]."""
+    k = centroids.shape[1]
+    T = params.max_iter
+    for t in range(t0, T + 1):
+        Cf = centroids[t - 1].astype(np.float64)
+        c2 = np.einsum("ij,ij->i", Cf, Cf)
+        S = np.zeros_like(sums[t - 1])
+        N = np.zeros_like(counts[t - 1])
+        for blk in source.blocks():
+            if len(blk.ids) == 0:
+                continue
+            xf = blk.x.astype(np.float64)
+            labels = np.argmin(_scores(xf, Cf, c2), axis=1)
+            bs, bn = _onehot_sums(labels, xf, k)
+            S += bs
+            N += bn
+        sums[t - 1] = S
+        counts[t - 1] = N
+        centroids[t] = _quantize(S, N, _theta(params, t, centroids.shape[2]), params.E, centroids[t - 1])
+        if progress:
+            progress("lloyd", t, T)
+
+
+def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: np.ndarray) -> None:
+    """Merge a sorted-by-distance block segment into cluster j's top list, ranked by (dist, id)."""
+    M = N_CANDIDATES
+    cur = cands[j]
+    if len(dists) > M:
+        # Keep every member tied with the M-th distance: the id decides among them.
+        dists = dists[: np.searchsorted(dists, dists[M - 1], side="right")]
+    if len(cur) >= M:
+        cut = np.searchsorted(dists, cur[-1][0], side="right")
+        dists = dists[:cut]
+    if len(dists) == 0:
+        return
+    merged = cur + [(int(dv), str(iv)) for dv, iv in zip(dists.tolist(), ids[: len(dists)])]
+    merged.sort()
+    cands[j] = merged[:M]
+
+
+def _final_pass(source: Source, C: np.ndarray, only: set[int] | None = None
+                ) -> tuple[np.ndarray, list[list[tuple[int, str]]]]:
+    """Final counts (k,) and top candidates per cluster (only for clusters in `only` if given)."""
+    k = len(C)
+    Cf = C.astype(np.float64)
+    c2 = np.einsum("ij,ij->i", Cf, Cf)
+    counts = np.zeros(k, dtype=np.int64)
+    cands: list[list[tuple[int, str]]] = [[] for _ in range(k)]
+    for blk in source.blocks():
+        b = len(blk.ids)
+        if b == 0:
+            continue
+        xf = blk.x.astype(np.float64)
+        s = _scores(xf, Cf, c2)
+        labels = np.argmin(s, axis=1)
+        d2 = (s[np.arange(b), labels] + np.einsum("ij,ij->i", xf, xf)).astype(np.int64)
+        counts += np.bincount(labels, minlength=k)
+        order = np.lexsort((d2, labels))
+        sl, sd = labels[order], d2[order]
+        bounds = np.searchsorted(sl, np.arange(k + 1))
+        for j in range(k):
+            lo, hi = bounds[j], bounds[j + 1]
+            if lo == hi or (only is not None and j not in only):
+                continue
+            seg = order[lo:hi]
+            _merge(cands, j, sd[lo:hi], blk.ids[seg])
+    return counts, cands
+
+
+def _finish(source: Source, params: Params, d_in: int, d: int, init_ids: list[str],
+            centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, n: int) -> State:
+    final_counts, cands = _final_pass(source, centroids[-1])
+    return State(params, d_in, d, n, len(init_ids), list(init_ids), centroids, sums, counts, final_counts,
+                 [[i for _, i in c] for c in cands], [[dv for dv, _ in c] for c in cands])
+
+
+def _fit_from_race(source: Source, params: Params, d_in: int, kept_ids: list[str], kept: np.ndarray,
+                   progress: Progress | None) -> State:
+    d = params.working_dim(d_in)
+    if source.n == 0:
+        return State.empty(params, d_in)
+    init_ids, C0 = _race(source, params, d, kept_ids, kept, progress)
+    T, k = params.max_iter, len(init_ids)
+    centroids = np.zeros((T + 1, k, d), dtype=np.int64)
+    centroids[0] = C0
+    sums = np.zeros((T, k, d), dtype=np.int64)
+    counts = np.zeros((T, k), dtype=np.int64)
+    _lloyd(source, params, centroids, sums, counts, 1, progress)
+    return _finish(source, params, d_in, d, init_ids, centroids, sums, counts, source.n)
+
+
+def fit(source: Source, params: Params, d_in: int, progress: Progress | None = None) -> State:
+    """Quantized k-means on the records of `source` (working-space int64 vectors).
+
+    The result depends on the set of (id, vector) pairs, the parameters and the seed only.
+    """
+    params.validate(d_in)
+    d = params.working_dim(d_in)
+    return _fit_from_race(source, params, d_in, [], np.zeros((0, d), dtype=np.int64), progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Certificate and forgetting
+
+
+@dataclass
+class Certificate:
+    crossings: list[tuple[int, int]]
+    first_round: int | None
+    first_iter: int | None
+
+    @property
+    def action_needed(self) -> str:
+        return "none" if not self.crossings else "refit"
+
+
+def _check_batch(state: State, ids: Sequence[str], x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    if x.ndim != 2 or x.shape != (len(ids), state.d):
+        raise InvalidInput(f"batch vectors must be ({len(ids)}, {state.d}); got {x.shape}")
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("the batch names an id twice; pass each id once")
+    if len(ids) > state.n:
+        raise InvalidInput(f"the batch has {len(ids)} records but the fit covers only {state.n}")
+    return x
+
+
+def _trace(state: State, x: np.ndarray):
+    """Walk the stored trajectory with the batch removed.
+
+    Returns (first_iter or None, changed clusters at it, dS (T, k, d), dN (T, k)) where dS/dN hold
+    the batch's contributions for every iteration before the first crossing.
+    """
+    T, k = state.params.max_iter, state.k_eff
+    Cf, c2, theta = state._cache()
+    xf = x.astype(np.float64)
+    dS = np.zeros((T, k, state.d), dtype=np.int64)
+    dN = np.zeros((T, k), dtype=np.int64)
+    E = state.params.E
+    for t in range(1, T + 1):
+        labels = np.argmin(_scores(xf, Cf[t - 1], c2[t - 1]), axis=1)
+        bs, bn = _onehot_sums(labels, xf, k)
+        dS[t - 1], dN[t - 1] = bs, bn
+        touched = np.flatnonzero(bn)
+        new = _quantize(state.sums[t - 1, touched] - bs[touched], state.counts[t - 1, touched] - bn[touched],
+                        theta[t - 1], E, state.centroids[t - 1, touched])
+        changed = (new != state.centroids[t, touched]).any(axis=1)
+        if changed.any():
+            return t, touched[changed].tolist(), dS, dN
+    return None, [], dS, dN
+
+
+def certify(state: State, ids: Sequence[str], x: np.ndarray) -> Certificate:
+    """Would removing the batch change the fitted state's trajectory? O(b*T*k*d), pure.
+
+    x: (b, d) working-space vectors of the batch; every id must be a member of the fitted set.
+    """
+    x = _check_batch(state, ids, x)
+    if len(ids) == 0:
+        return Certificate([], None, None)
+    batch = set(ids)
+    rounds = [r for r, rid in enumerate(state.init_ids) if rid in batch]
+    if rounds:
+        # The race is redone from the first removed winner; later iterations are moot.
+        return Certificate([(0, r) for r in rounds], rounds[0], None)
+    t, changed, _, _ = _trace(state, x)
+    if t is None:
+        return Certificate([], None, None)
+    return Certificate([(t, j) for j in changed], None, t)
+
+
+def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
+           progress: Progress | None = None) -> tuple[State, Certificate]:
+    """The state fit(D \\ X) would give, from the state of fit(D). The input state is untouched.
+
+    survivors: the fitted set minus the batch, read only when a refit or a rescan is needed.
+    """
+    x = _check_batch(state, ids, x)
+    p = state.params
+    T, k, d = p.max_iter, state.k_eff, state.d
+    if len(ids) == 0:
+        return _copy(state), Certificate([], None, None)
+    n_new = state.n - len(ids)
+    if survivors.n != n_new:
+        raise ValueError(f"survivors hold {survivors.n} records, expected {n_new}")
+    batch = set(ids)
+    rounds = [r for r, rid in enumerate(state.init_ids) if rid in batch]
+    if rounds:
+        r = rounds[0]
+        cert = Certificate([(0, j) for j in rounds], r, None)
+        new = _fit_from_race(survivors, p, state.d_in, state.init_ids[:r], state.centroids[0, :r], progress)
+        return new, cert
+
+    t0, changed, dS, dN = _trace(state, x)
+    if t0 is not None:
+        cert = Certificate([(t0, j) for j in changed], None, t0)
+        centroids = state.centroids.copy()
+        sums = state.sums - dS
+        counts = state.counts - dN
+        _lloyd(survivors, p, centroids, sums, counts, t0, progress)
+        return _finish(survivors, p, state.d_in, d, state.init_ids, centroids, sums, counts, n_new), cert
+
+    cert = Certificate([], None, None)
+    labels, _ = assign(x, state.centroids[T])
+    final_counts = state.final_counts - np.bincount(labels, minlength=k)
+    candidates = [[i for i in c if i not in batch] for c in state.candidates]
+    cand_dists = [
+        [dv for i, dv in zip(c, dl) if i not in batch] for c, dl in zip(state.candidates, state.cand_dists)
+    ]
+    needy = {j for j in range(k) if final_counts[j] > 0 and not candidates[j]}
+    if needy:
+        _, fresh = _final_pass(survivors, state.centroids[T], needy)
+        for j in needy:
+            candidates[j] = [i for _, i in fresh[j]]
+            cand_dists[j] = [dv for dv, _ in fresh[j]]
+    new = State(p, state.d_in, d, n_new, k, list(state.init_ids), state.centroids.copy(),
+                state.sums - dS, state.counts - dN, final_counts, candidates, cand_dists)
+    return new, cert
+
+
+def _copy(state: State) -> State:
+    return State(state.params, state.d_in, state.d, state.n, state.k_eff, list(state.init_ids),
+                 state.centroids.copy(), state.sums.copy(), state.counts.copy(), state.final_counts.copy(),
+                 [list(c) for c in state.candidates], [list(c) for c in state.cand_dists])
+
+
+def crossing_rate(state: State, sample: Block) -> float:
+    """Share of the sample whose deletion on its own would change the trajectory.
+
+    A k-means++ winner always counts as crossing. Vectorised over the sample: O(s*T*k*d).
+    """
+    s = len(sample.ids)
+    if s == 0 or state.k_eff == 0:
+        return 0.0
+    x = np.asarray(sample.x, dtype=np.int64)
+    Cf, c2, theta = state._cache()
+    xf = x.astype(np.float64)
+    winners = set(state.init_ids)
+    crossed = np.fromiter((str(i) in winners for i in sample.ids), dtype=bool, count=s)
+    E = state.params.E
+    for t in range(1, state.params.max_iter + 1):
+        labels = np.argmin(_scores(xf, Cf[t - 1], c2[t - 1]), axis=1)
+        S = state.sums[t - 1, labels] - x
+        N = state.counts[t - 1, labels] - 1
+        new = _quantize(S, N, theta[t - 1], E, state.centroids[t - 1, labels])
+        crossed |= (new != state.centroids[t, labels]).any(axis=1)
+    return float(crossed.mean())
