@@ -144,68 +144,61 @@ def cost_inputs_from_audit(entries: Iterable[Mapping], base: CostInputs) -> Cost
 
 def measure_inference(
     manifest: Mapping,
-    model_path: str,
+    model_path: str | None,
     questions: Sequence[Mapping],
     *,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     max_tokens: int = 16,
+    fmt=None,
+    generator=None,
 ) -> dict:
     """Time I (cached prefix), I0 (zero-shot), the prefix rebuild and the per-token cost.
 
     questions: dicts with `input` and optional `choices` (scored) or none (greedy generation).
     Returns seconds: erase_query_s, zero_shot_query_s, prefix_rebuild_s, per_token_inference_s,
-    tokens_per_example; these fill the matching CostInputs fields.
+    tokens_per_example; these fill the matching CostInputs fields. `generator` replaces the
+    model (tests); `fmt` defaults to the plain PromptFormat that `ask` uses for a store.
     """
-    from erase_cli import llm, prompt
+    from erase_cli import prompt
 
     if not questions:
         raise InvalidParameter("measuring inference cost needs at least one question")
-    fmt = prompt.PromptFormat()
+    fmt = fmt or prompt.PromptFormat()
     examples = list(manifest.get("examples", []))
-    gen = llm.LlamaGenerator(model_path, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
-    stop = [fmt_separator(fmt)]
+    if generator is None:
+        from erase_cli.llm import LlamaGenerator
+
+        generator = LlamaGenerator(model_path, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    stop = [fmt.separator]
 
     def per_query() -> float:
         started = time.perf_counter()
         for q in questions:
             text = prompt.query_text(fmt, q["input"], q.get("choices"))
             if q.get("choices"):
-                gen.score(text, list(q["choices"]))
+                generator.score(text, list(q["choices"]))
             else:
-                gen.generate(text, max_tokens, stop)
+                generator.generate(text, max_tokens, stop)
         return (time.perf_counter() - started) / len(questions)
 
-    prefix = prompt.prefix_text(fmt, examples)
+    # Zero-shot first: its set_prefix also loads the model, which must not count as a rebuild.
+    zero = generator.set_prefix(prompt.prefix_text(fmt, []))
+    zero_shot_query_s = per_query()
+
     started = time.perf_counter()
-    gen.set_prefix(prefix)
+    full = generator.set_prefix(prompt.prefix_text(fmt, examples))
     prefix_rebuild_s = time.perf_counter() - started
     erase_query_s = per_query()
 
-    gen.set_prefix(prompt.prefix_text(fmt, []))
-    zero_shot_query_s = per_query()
-
-    prefix_tokens = count_tokens(gen, prefix)
-    per_token = prefix_rebuild_s / prefix_tokens if prefix_tokens else 0.0
-    tokens_per_example = prefix_tokens / len(examples) if examples else 0.0
+    tokens = full.prefix_tokens
+    demo_tokens = max(0, full.prefix_tokens - zero.prefix_tokens)
     return {
         "erase_query_s": erase_query_s,
         "zero_shot_query_s": zero_shot_query_s,
         "prefix_rebuild_s": prefix_rebuild_s,
-        "per_token_inference_s": per_token,
-        "tokens_per_example": tokens_per_example,
+        "per_token_inference_s": prefix_rebuild_s / tokens if tokens else 0.0,
+        "tokens_per_example": demo_tokens / len(examples) if examples else 0.0,
+        "prefix_tokens": tokens,
         "questions": len(questions),
     }
-
-
-def fmt_separator(fmt) -> str:
-    """The demonstration separator of a PromptFormat (generation stops there)."""
-    return getattr(fmt, "separator", None) or getattr(fmt, "few_shot_example_separator", "\n\n")
-
-
-def count_tokens(gen, text: str) -> int:
-    """Tokens of `text` under the generator's tokenizer; a 4-characters-a-token guess without one."""
-    tokenize = getattr(gen, "tokenize", None)
-    if tokenize is not None:
-        return len(tokenize(text))
-    return max(1, len(text) // 4) if text else 0

@@ -89,3 +89,24 @@ def test_cost_inputs_from_audit_without_forgets_keeps_base():
 def test_invalid_inputs_are_domain_errors(bad):
     with pytest.raises(InvalidParameter):
         holistic_cost(_inputs(**bad))
+
+
+def test_measure_inference_with_fake_generator():
+    from erase_cli.cost import measure_inference
+    from erase_cli.llm import FakeGenerator
+
+    gen = FakeGenerator()
+    manifest = {"examples": [{"input": "two plus two", "target": "four"},
+                             {"input": "one plus one", "target": "two"}]}
+    got = measure_inference(manifest, None, [{"input": "three plus one", "choices": ["four", "x"]},
+                                             {"input": "five minus one"}], generator=gen)
+    # The fake counts whitespace words: "Q: two plus two\nA: four" has 6 per example.
+    assert got["prefix_tokens"] == 12
+    assert got["tokens_per_example"] == 6
+    assert gen.prefix_evaluations == 2
+    assert got["erase_query_s"] >= 0 and got["zero_shot_query_s"] >= 0
+    assert got["per_token_inference_s"] == got["prefix_rebuild_s"] / 12
+    inputs = CostInputs(n_records=10, **{k: got[k] for k in (
+        "erase_query_s", "zero_shot_query_s", "prefix_rebuild_s", "per_token_inference_s",
+        "tokens_per_example")})
+    assert holistic_cost(inputs)["methods"]["sisa"]["per_example_train_s"] >= 0
