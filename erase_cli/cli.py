@@ -1,0 +1,288 @@
+"""The `erase` command line: parse -> one core call -> render. The only module that imports typer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from . import config, render
+from .errors import EraseError
+
+app = typer.Typer(
+    name="erase",
+    help="Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals may hold text that is being erased: never print them in a traceback.
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", envvar="ERASE_STORE", show_envvar=True,
+    help="Store directory (default ./erase-store).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+LockOpt = Annotated[Optional[float], typer.Option(
+    "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
+    help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
+
+
+def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
+    """Run one core call; expected errors become one line (and a JSON error object) + exit code."""
+    try:
+        result = work()
+    except EraseError as exc:
+        render.error(exc.kind, str(exc), as_json)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        render.error("interrupted", "interrupted; the store is unchanged or will be completed by "
+                     "the next writing command", as_json)
+        raise typer.Exit(130) from None
+    if as_json:
+        render.emit_json(result)
+    else:
+        show(result)
+    return result
+
+
+def _hooks(as_json: bool):
+    from .service import Hooks
+
+    return Hooks(say=render.say)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSONL file: one object per line with id, input, target, optional choices.")],
+    id_field: Annotated[str, typer.Option(help="Field holding the record id.")] = "id",
+    input_field: Annotated[str, typer.Option(help="Field holding the input text.")] = "input",
+    target_field: Annotated[str, typer.Option(help="Field holding the target (string or list).")] = "target",
+    vector_field: Annotated[Optional[str], typer.Option(
+        help="Take embeddings from this field instead of running the embedder (bring your own).")] = None,
+    embedder: Annotated[Optional[str], typer.Option(
+        envvar="ERASE_EMBEDDER", show_envvar=True,
+        help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
+    append: Annotated[bool, typer.Option("--append", help="Add to a store that already has records (marks the fit stale).")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Ingest the valid lines and report the rest instead of failing.")] = False,
+    allow_relearn: Annotated[bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")] = False,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Embed a JSONL file's records and add them to the store."""
+    from . import service
+
+    def work():
+        with render.progress_bar() as progress:
+            hooks = service.Hooks(say=render.say, progress=progress)
+            return service.ingest(config.store_path(store), str(file), id_field=id_field,
+                                  input_field=input_field, target_field=target_field,
+                                  vector_field=vector_field, embedder=config.embedder_name(embedder),
+                                  batch_size=batch_size, append=append, skip_invalid=skip_invalid,
+                                  allow_relearn=allow_relearn,
+                                  lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks)
+
+    def show(r):
+        render.out.print(f"ingested {r['ingested']} records into {r['store']} "
+                         f"({r['elapsed_ms'] / 1000:.1f} s)", markup=False)
+        for s in r["skipped_invalid"]:
+            render.say(f"skipped line {s['line']}: {s['message']}")
+        if r["skipped_forgotten"]:
+            render.say(f"skipped {len(r['skipped_forgotten'])} record(s) whose ids were forgotten "
+                       "before (pass --allow-relearn to ingest them)")
+        if r["stale_fit"]:
+            render.say("the fit is now stale: run 'erase fit'")
+
+    _run(json, work, show)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@app.command()
+def fit(
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of clusters = in-context examples.")] = config.DEFAULT_K,
+    eps: Annotated[float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")] = config.DEFAULT_EPS,
+    dim: Annotated[Optional[int], typer.Option(
+        help="Seeded +-1 projection to this many dimensions (0 = none; data-independent, so exact).")] = config.DEFAULT_DIM,
+    seed: Annotated[int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")] = config.DEFAULT_SEED,
+    max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
+    from . import service
+
+    def work():
+        with render.progress_bar() as progress:
+            hooks = service.Hooks(say=render.say, progress=progress)
+            return service.fit(config.store_path(store), k=k, eps=eps, dim=dim or None, seed=seed,
+                               max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
+                               hooks=hooks)
+
+    def show(r):
+        est = r["crossing_estimate"]
+        render.out.print(
+            f"fit {r['n_records']} records: k_eff {r['k_eff']}, eps {r['eps']:.6g}, dim {r['dim']}, "
+            f"T {r['max_iter']}, seed {r['seed']} ({r['elapsed_ms'] / 1000:.2f} s)\n"
+            f"examples: {', '.join(e['id'] for e in r['examples']) or '(none)'}\n"
+            f"estimated chance that the next single deletion crosses: "
+            f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}",
+            markup=False)
+
+    _run(json, work, show)
+
+
+# --------------------------------------------------------------------------- forget
+
+
+@app.command()
+def forget(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids to forget (put a negative or option-like id after --).")] = None,
+    from_file: Annotated[Optional[str], typer.Option(
+        "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
+    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Exit 0 even if some ids are unknown.")] = False,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Forget records, as one atomic batch: purge them and update the fit exactly."""
+    from . import service
+    from .records import read_ids
+
+    def work():
+        batch = list(ids or [])
+        if from_file is not None:
+            batch += read_ids(from_file)
+        with render.progress_bar() as progress:
+            hooks = service.Hooks(say=render.say, progress=progress)
+            return service.forget(config.store_path(store), batch, dry_run=dry_run,
+                                  lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks)
+
+    def show(r):
+        b = r["batch"]
+        counts: dict[str, int] = {}
+        for item in r["ids"]:
+            counts[item["status"]] = counts.get(item["status"], 0) + 1
+            if item["status"] != "forgotten":
+                render.say(f"{item['id']}: {item['status'].replace('_', ' ')}")
+        verb = "would forget" if b["dry_run"] else "forgot"
+        crossings = ", ".join(f"t{c['iteration']}/c{c['cluster']}" for c in b["crossings"]) or "none"
+        render.out.print(
+            f"{verb} {counts.get('forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
+            f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)",
+            markup=False)
+
+    result = _run(json, work, show)
+    if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
+        render.say("some ids were not found (pass --missing-ok to exit 0 anyway)")
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- read-only
+
+
+@app.command()
+def status(store: StoreOpt = None, json: JsonOpt = False) -> None:
+    """Records, fit, crossings and prompt changes so far, cache, pending recovery."""
+    from . import service
+
+    def show(r):
+        lines = [f"store {r['store']} ({r['size_bytes'] / 2**20:.1f} MiB)",
+                 f"records {r['records']} ({r['forgotten']} forgotten), embedder {r['embedder']} "
+                 f"({r['dimension']}-d)"]
+        f = r["fit"]
+        if f is None:
+            lines.append("fit: none yet (run 'erase fit')")
+        else:
+            est = f["crossing_estimate"]
+            lines += [
+                f"fit: k {f['k']} (k_eff {f['k_eff']}), eps {f['eps_effective']}, dim {f['dim']}, "
+                f"T {f['max_iter']}, seed {f['seed']}{' - STALE, run erase fit' if f['stale'] else ''}",
+                f"examples: {', '.join(e['id'] for e in f['examples']) or '(none)'}",
+                f"next single deletion crosses with estimated probability "
+                f"{'n/a' if est is None else f'{est:.1%}'}",
+            ]
+        c = r["counters"]
+        lines.append(f"forget batches {c.get('forget_batches', 0)}: {c.get('crossing_batches', 0)} crossed, "
+                     f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
+                     "replaced an example")
+        lines.append(f"prefix cache files: {r['cache']['files']}")
+        if r["pending"]:
+            lines.append(f"pending interrupted operation: {r['pending']}")
+        render.out.print("\n".join(lines), markup=False)
+
+    _run(json, lambda: service.status(config.store_path(store), hooks=_hooks(json)), show)
+
+
+@app.command()
+def verify(store: StoreOpt = None, json: JsonOpt = False) -> None:
+    """Refit from scratch on the remaining records and compare with the stored fit."""
+    from . import service
+
+    def show(r):
+        if r["identical"]:
+            render.out.print(f"identical: the fit equals a fresh fit on the {r['n_records']} remaining "
+                             f"records ({r['elapsed_ms'] / 1000:.2f} s)", markup=False)
+        else:
+            render.out.print("DIFFERENT:\n" + "\n".join(f"  {d}" for d in r["differences"]), markup=False)
+
+    result = _run(json, lambda: service.verify(config.store_path(store), hooks=_hooks(json)), show)
+    if not result["identical"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def log(
+    check: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 if broken.")] = False,
+    store: StoreOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show the audit trail (NDJSON with --json); --verify checks its hash chain."""
+    from . import service
+
+    try:
+        result = service.log(config.store_path(store), check=check, hooks=_hooks(json))
+    except EraseError as exc:
+        render.error(exc.kind, str(exc), json)
+        raise typer.Exit(exc.exit_code) from None
+    if json:
+        for entry in result["entries"]:
+            render.emit_json(entry)
+        if check:
+            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"]}})
+    else:
+        from rich.table import Table
+
+        table = Table("seq", "time", "action", "details", "hash", box=None)
+        for e in result["entries"]:
+            detail = {k: v for k, v in e.items() if k not in ("seq", "time", "action", "hash", "prev", "id_hashes")}
+            if "id_hashes" in e:
+                detail["ids"] = len(e["id_hashes"])
+            table.add_row(str(e.get("seq")), str(e.get("time")), str(e.get("action")),
+                          ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, [], {})),
+                          str(e.get("hash", ""))[:12])
+        render.out.print(table)
+        if check:
+            render.out.print("audit chain valid" if result["valid"] else
+                             "audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]),
+                             markup=False)
+    if check and not result["valid"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,541 @@
+"""Ingest, fit, forget, verify, status and log over a store: the core that cli.py calls.
+
+Each function opens the store with the right lock, does its work through one Transaction and
+returns a JSON-ready dict. Progress and notices go through callbacks so the core never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import orjson
+
+from . import audit, qkmeans as qk
+from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit
+from .store import (
+    CACHE_DIR,
+    FORGOTTEN,
+    INDEX,
+    INDEX_DTYPE,
+    MANIFEST,
+    STATE,
+    Store,
+    Transaction,
+    ensure_secret,
+    new_meta,
+    npy_bytes,
+    npz_bytes,
+    open_store,
+    stage_meta,
+)
+
+MANIFEST_FORMAT = "erase-manifest/1"
+# Records whose vectors a fit keeps in memory instead of streaming from zarr on every pass.
+IN_MEMORY_BYTES = 512 * 2**20
+CROSSING_SAMPLE = 1000
+
+Say = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Hooks:
+    """How the core talks to people: notices and progress (both go to stderr in the CLI)."""
+
+    say: Say = _quiet
+    progress: Progress | None = None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class StoreSource:
+    """A qkmeans.Source over the store's live rows (those a fit covers), chunk by chunk."""
+
+    def __init__(self, store: Store, projector: qk.Projector, limit: int, exclude: np.ndarray | None = None):
+        self.store = store
+        self.projector = projector
+        self._limit, self._exclude = limit, exclude
+        self._rows: np.ndarray | None = None
+        self.n = int(np.count_nonzero(store.index()["row"] < limit)) - (0 if exclude is None else len(exclude))
+        self._cached: list[qk.Block] | None = None
+        self._cache_ok = self.n * projector.d * 8 <= IN_MEMORY_BYTES
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Sorted live rows below `limit` minus `exclude`; computed only when a pass needs them,
+        so a forget that does not refit never sorts the whole index."""
+        if self._rows is None:
+            rows = self.store.live_rows(self._limit)
+            self._rows = rows if self._exclude is None else np.setdiff1d(rows, self._exclude)
+        return self._rows
+
+    def blocks(self) -> Iterator[qk.Block]:
+        if self._cached is not None:
+            yield from self._cached
+            return
+        kept = [] if self._cache_ok else None
+        for part, vals in self.store.iter_chunks(self.rows, ("ids", "idh", "emb")):
+            block = qk.Block(rows=part, ids=vals["ids"], idh=vals["idh"].astype(np.uint64),
+                             x=self.projector(qk.to_fixed(vals["emb"])))
+            if kept is not None:
+                kept.append(block)
+            yield block
+        if kept is not None:
+            self._cached = kept
+
+
+def _vectors(store: Store, rows: np.ndarray, projector: qk.Projector) -> np.ndarray:
+    return projector(qk.to_fixed(store.read_rows("emb", rows).astype(np.float32)))
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _params_of(fit_meta: dict) -> qk.Params:
+    p = fit_meta["params"]
+    return qk.Params(k=p["k"], eps=p["eps"], dim=p["dim"], seed=p["seed"], max_iter=p["max_iter"])
+
+
+def _params_json(params: qk.Params) -> dict:
+    return {"k": params.k, "eps": params.eps, "dim": params.dim, "seed": params.seed,
+            "max_iter": params.max_iter}
+
+
+def build_manifest(store: Store, state: qk.State) -> bytes:
+    """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states."""
+    examples = []
+    ex = state.examples
+    if ex:
+        ids = [rid for _, rid in ex]
+        rows = store.lookup(ids)
+        datas = store.read_rows("data", rows)
+        for (cluster, rid), raw in zip(ex, datas):
+            rec = orjson.loads(raw)
+            item = {"id": rid, "cluster": int(cluster), "input": rec["input"], "target": rec["target"]}
+            if rec.get("choices") is not None:
+                item["choices"] = rec["choices"]
+            examples.append(item)
+    p = state.params
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "k": p.k,
+        "k_eff": int(state.k_eff),
+        "eps": p.eps_effective,
+        "dim": p.dim,
+        "seed": p.seed,
+        "max_iter": p.max_iter,
+        "n_records": int(state.n),
+        "embedder": store.meta["embedder"],
+        "examples": examples,
+        "centroids": state.centroids[-1].tolist() if state.k_eff else [],
+        "prompt_digest": prompt_digest(examples),
+        "state_digest": state.state_digest(),
+    }
+    return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def prompt_digest(examples: list[dict]) -> str:
+    return hashlib.sha256(orjson.dumps(examples, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _load_state(store: Store) -> qk.State | None:
+    arrays = store.state_arrays()
+    return None if arrays is None else qk.State.from_arrays(arrays)
+
+
+def _crossing_estimate(store: Store, state: qk.State, rows: np.ndarray, projector: qk.Projector) -> float | None:
+    """Share of a hash-chosen sample of `rows` whose single deletion would cross (for `status`).
+
+    Computed at fit and refit time and kept until the next one, so `status` never scans."""
+    if state.n == 0 or len(rows) == 0:
+        return None
+    index = store.index()
+    in_rows = index["row"][np.isin(index["row"], rows)]  # the index is in idh (hash) order
+    rows = np.sort(in_rows[:CROSSING_SAMPLE])
+    ids = store.read_rows("ids", rows)
+    block = qk.Block(rows=rows, ids=ids, idh=qk.id_hash64(list(ids)), x=_vectors(store, rows, projector))
+    return float(qk.crossing_rate(state, block))
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "input",
+           target_field: str = "target", vector_field: str | None = None, embedder: str | None = None,
+           batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
+           allow_relearn: bool = False, lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> dict:
+    from .records import read_jsonl
+
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise InvalidParameter(f"--batch-size {batch_size} must be at least 1")
+    records, skipped = read_jsonl(path, id_field=id_field, input_field=input_field,
+                                  target_field=target_field, vector_field=vector_field,
+                                  skip_invalid=skip_invalid)
+    with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+        fresh = not st.exists
+        meta = new_meta(0, "") if fresh else dict(st.meta)
+        if not fresh and st.n_records and not append:
+            raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
+                               f"{path}, or use another --store")
+        tx = Transaction(st, "ingest")
+        try:
+            ensure_secret(tx)
+            secret = tx_secret(st, tx)
+            forgotten = set() if fresh else st.forgotten()
+            skipped_forgotten = []
+            if forgotten and not allow_relearn:
+                keep = []
+                for rec in records:
+                    if audit.id_hash(secret, rec.id) in forgotten:
+                        skipped_forgotten.append(rec.id)
+                    else:
+                        keep.append(rec)
+                records = keep
+            if not fresh:
+                present = st.lookup([r.id for r in records])
+                if (present >= 0).any():
+                    dup = records[int(np.flatnonzero(present >= 0)[0])].id
+                    raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
+                                       "unique (remove it from the file or forget it first)")
+            name = f"vectors:{vector_field}" if vector_field else None
+            if records:
+                vectors, name = _embed(records, vector_field, embedder, batch_size, hooks)
+                dim = vectors.shape[1]
+                if fresh or not st.n_slots:
+                    meta["dim"], meta["embedder"] = dim, name
+                    if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
+                        tx.create_arrays(dim)
+                elif dim != meta["dim"]:
+                    raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
+                                       f"{meta['dim']}-d vectors; use the same embedder or another --store")
+                elif name != meta["embedder"]:
+                    raise InvalidInput(f"{path}: embedded with {name} but store {root} uses "
+                                       f"{meta['embedder']}; mixing embedders breaks the clustering "
+                                       "(use the same --embedder / --vector-field, or another --store)")
+                _stage_new_rows(tx, st, meta, records, vectors)
+            elif fresh:
+                raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
+            if meta.get("fit") and records:
+                meta["fit"] = dict(meta["fit"], stale=True)
+            index_bytes = npy_bytes(_merged_index(st, meta, records)) if records else None
+            files = {INDEX: index_bytes} if index_bytes is not None else {}
+            stage_meta(tx, meta, files)
+            elapsed = (time.perf_counter() - t0) * 1000
+            tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
+                       "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
+        except BaseException:
+            tx.abort()
+            raise
+    return {
+        "store": str(root),
+        "ingested": len(records),
+        "skipped_invalid": [{"line": s.line, "message": s.message} for s in skipped],
+        "skipped_forgotten": skipped_forgotten,
+        "stale_fit": bool(meta.get("fit") and meta["fit"].get("stale")),
+        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+    }
+
+
+def tx_secret(st: Store, tx: Transaction) -> bytes:
+    staged = tx.staged_root / "secret"
+    return staged.read_bytes() if staged.exists() else st.secret()
+
+
+def _embed(records, vector_field, embedder, batch_size, hooks: Hooks) -> tuple[np.ndarray, str]:
+    if vector_field:
+        dims = {len(r.vector) for r in records}
+        if len(dims) > 1:
+            raise InvalidInput(f"vectors in --vector-field {vector_field} have differing lengths {sorted(dims)}")
+        return np.stack([r.vector for r in records]).astype(np.float32), f"vectors:{vector_field}"
+    from .embed import load_embedder
+
+    model = load_embedder(embedder)
+    texts = [r.input for r in records]
+    parts, done = [], 0
+    for batch in model.embed(texts, batch_size):
+        parts.append(batch)
+        done += len(batch)
+        if hooks.progress:
+            hooks.progress("embedding", done, len(texts))
+    return np.concatenate(parts).astype(np.float32), model.name
+
+
+def _stage_new_rows(tx: Transaction, st: Store, meta: dict, records, vectors: np.ndarray) -> None:
+    start = int(meta["n_slots"])
+    n_new = start + len(records)
+    rows = np.arange(start, n_new, dtype=np.int64)
+    ids = np.array([r.id for r in records], dtype=object)
+    data = np.array([orjson.dumps({"input": r.input, "target": r.target, "choices": r.choices}).decode()
+                     for r in records], dtype=object)
+    tx.write_rows("ids", n_new, rows, ids)
+    tx.write_rows("data", n_new, rows, data)
+    tx.write_rows("idh", n_new, rows, qk.id_hash64(list(ids)))
+    tx.write_rows("emb", n_new, rows, vectors)
+    meta["n_slots"] = n_new
+
+
+def _merged_index(st: Store, meta: dict, records) -> np.ndarray:
+    old = st.index() if st.exists else np.zeros(0, dtype=INDEX_DTYPE)
+    new = np.zeros(len(records), dtype=INDEX_DTYPE)
+    new["idh"] = qk.id_hash64([r.id for r in records])
+    new["row"] = np.arange(meta["n_slots"] - len(records), meta["n_slots"])
+    merged = np.concatenate([old, new])
+    return merged[np.lexsort((merged["row"], merged["idh"]))]
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(root: Path, *, k: int, eps: float, dim: int | None, seed: int, max_iter: int,
+        lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> dict:
+    t0 = time.perf_counter()
+    params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+        d_in = st.dim or (dim or 1)
+        params.validate(d_in)
+        projector = qk.Projector(d_in, dim, seed)
+        rows = st.live_rows()
+        old_manifest = st.manifest()
+        if len(rows) == 0:
+            state = qk.State.empty(params, d_in)
+            hooks.say(f"store {root} has no records: wrote the empty fit (no demonstrations)")
+        else:
+            state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
+        manifest = build_manifest(st, state)
+        estimate = _crossing_estimate(st, state, rows, projector)
+        meta = dict(st.meta)
+        meta["fit"] = {"params": _params_json(params), "fit_rows": st.n_slots, "stale": False,
+                       "crossing_estimate": estimate}
+        meta["counters"] = dict(meta["counters"], refits=0)
+        new = orjson.loads(manifest)
+        changed = old_manifest is None or old_manifest.get("prompt_digest") != new["prompt_digest"]
+        tx = Transaction(st, "fit")
+        try:
+            files = {STATE: npz_bytes(state.to_arrays()), MANIFEST: manifest}
+            if changed and (root / CACHE_DIR).exists():
+                tx.delete(CACHE_DIR)
+            stage_meta(tx, meta, files)
+            elapsed = (time.perf_counter() - t0) * 1000
+            tx.commit({"params": _params_json(params), "n_records": int(state.n), "k_eff": int(state.k_eff),
+                       "prompt_digest_before": old_manifest and old_manifest.get("prompt_digest"),
+                       "prompt_digest_after": new["prompt_digest"],
+                       "state_digest_before": old_manifest and old_manifest.get("state_digest"),
+                       "state_digest_after": new["state_digest"], "elapsed_ms": round(elapsed, 3)})
+        except BaseException:
+            tx.abort()
+            raise
+    return {"store": str(root), "n_records": int(state.n), "k": k, "k_eff": int(state.k_eff),
+            "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
+            "examples": [{"cluster": c, "id": i} for c, i in state.examples],
+            "prompt_digest": new["prompt_digest"], "state_digest": new["state_digest"],
+            "crossing_estimate": estimate, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+
+# --------------------------------------------------------------------------- forget
+
+
+def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
+           hooks: Hooks = Hooks()) -> dict:
+    """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each."""
+    t0 = time.perf_counter()
+    if not ids:
+        raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
+    ids = list(dict.fromkeys(ids))  # one batch is a set; keep the caller's order for the report
+    with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+        rows = st.lookup(ids)
+        secret = st.secret()
+        forgotten = st.forgotten()
+        hashes = [audit.id_hash(secret, i) for i in ids]
+        statuses = []
+        for rid, row, h in zip(ids, rows, hashes):
+            status = "forgotten" if row >= 0 else ("already_forgotten" if h in forgotten else "not_found")
+            statuses.append({"id": rid, "status": status})
+        known = rows >= 0
+        kids = [i for i, k in zip(ids, known) if k]
+        krows = rows[known]
+        meta = st.meta
+        fit_meta = meta.get("fit")
+        state = _load_state(st) if fit_meta else None
+        old_manifest = st.manifest() if fit_meta else None
+        cert, new_state = None, state
+        if state is not None and len(krows):
+            covered = krows < fit_meta["fit_rows"]
+            cids = [i for i, c in zip(kids, covered) if c]
+            if cids:
+                projector = qk.Projector(state.d_in, state.params.dim, state.params.seed)
+                x = _vectors(st, krows[covered], projector)
+                if dry_run:
+                    cert = qk.certify(state, cids, x)
+                else:
+                    survivors = StoreSource(st, projector, fit_meta["fit_rows"], exclude=krows[covered])
+                    new_state, cert = qk.forget(state, cids, x, survivors, hooks.progress)
+        refit = cert is not None and cert.action_needed == "refit"
+        example_ids = {i for _, i in state.examples} if state is not None else set()
+        hit_example = bool(example_ids & set(kids))
+        report = {
+            "batch": {
+                "crossings": [{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
+                "action": "refit" if refit else ("replace_example" if hit_example else "none"),
+                "prompt_changed": None,
+                "purged": [],
+                "dry_run": dry_run,
+                "elapsed_ms": None,
+                "n_forgotten": len(kids),
+            },
+            "ids": statuses,
+        }
+        if dry_run:
+            report["batch"]["prompt_changed"] = refit or hit_example
+            report["batch"]["prompt_changed_is_estimate"] = refit and not hit_example
+            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            return report
+        if not len(krows):
+            report["batch"]["prompt_changed"] = False
+            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            return report
+        tx = Transaction(st, "forget")
+        try:
+            n = st.n_slots
+            tx.write_rows("ids", n, krows, np.full(len(krows), "", dtype=object))
+            tx.write_rows("data", n, krows, np.full(len(krows), "", dtype=object))
+            tx.write_rows("idh", n, krows, np.zeros(len(krows), dtype=np.uint64))
+            tx.write_rows("emb", n, krows, np.zeros((len(krows), st.dim), dtype=np.float32))
+            purged = ["records.zarr/ids", "records.zarr/data", "records.zarr/idh", "records.zarr/emb", INDEX]
+            index = st.index()
+            files: dict[str, bytes | None] = {INDEX: npy_bytes(index[~np.isin(index["row"], krows)])}
+            files[FORGOTTEN] = orjson.dumps(sorted(forgotten | {h for h, k in zip(hashes, known) if k}))
+            meta = dict(meta)
+            meta["n_forgotten"] = int(meta.get("n_forgotten", 0)) + len(kids)
+            counters = dict(meta["counters"])
+            counters["forget_batches"] += 1
+            prompt_changed = False
+            new_manifest = None
+            if new_state is not None:
+                manifest = build_manifest(st, new_state)
+                new_manifest = orjson.loads(manifest)
+                prompt_changed = new_manifest["prompt_digest"] != old_manifest["prompt_digest"]
+                files[STATE] = npz_bytes(new_state.to_arrays())
+                files[MANIFEST] = manifest
+                purged += [STATE, MANIFEST]
+                if refit:
+                    counters["crossing_batches"] += 1
+                    counters["refits"] += 1
+                    projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
+                    meta["fit"] = dict(fit_meta, crossing_estimate=_crossing_estimate(
+                        st, new_state, survivors.rows, projector))
+                if hit_example and not refit:
+                    counters["examples_replaced"] += 1
+                if prompt_changed:
+                    counters["prompt_changes"] += 1
+                    if (root / CACHE_DIR).exists():
+                        tx.delete(CACHE_DIR)
+                        purged.append(CACHE_DIR)
+            meta["counters"] = counters
+            stage_meta(tx, meta, files)
+            elapsed = round((time.perf_counter() - t0) * 1000, 3)
+            report["batch"].update(prompt_changed=prompt_changed, purged=purged, elapsed_ms=elapsed)
+            tx.commit({
+                "id_hashes": sorted(h for h, k in zip(hashes, known) if k),
+                "crossings": report["batch"]["crossings"],
+                "action_taken": report["batch"]["action"],
+                "prompt_changed": prompt_changed,
+                "prompt_digest_before": old_manifest and old_manifest["prompt_digest"],
+                "prompt_digest_after": new_manifest and new_manifest["prompt_digest"],
+                "state_digest_before": old_manifest and old_manifest["state_digest"],
+                "state_digest_after": new_manifest and new_manifest["state_digest"],
+                "purged": purged,
+                "n_forgotten": len(kids),
+                "elapsed_ms": elapsed,
+            })
+        except BaseException:
+            tx.abort()
+            raise
+    return report
+
+
+# --------------------------------------------------------------------------- read-only
+
+
+def _fitted(st: Store, root: Path) -> tuple[dict, qk.State]:
+    fit_meta = st.meta.get("fit")
+    if not fit_meta:
+        raise NotFitted(f"store {root} has no fit yet; run 'erase fit'")
+    if fit_meta.get("stale"):
+        raise StaleFit(f"the fit of store {root} is stale (records were appended since); run 'erase fit'")
+    return fit_meta, _load_state(st)
+
+
+def verify(root: Path, *, hooks: Hooks = Hooks()) -> dict:
+    """Refit from scratch on the stored embeddings of the remaining records and compare."""
+    t0 = time.perf_counter()
+    with open_store(root, write=False, on_message=hooks.say) as st:
+        fit_meta, state = _fitted(st, root)
+        params = _params_of(fit_meta)
+        rows = st.live_rows(fit_meta["fit_rows"])
+        projector = qk.Projector(state.d_in, params.dim, params.seed)
+        if len(rows):
+            fresh = qk.fit(StoreSource(st, projector, fit_meta["fit_rows"]), params, state.d_in, hooks.progress)
+        else:
+            fresh = qk.State.empty(params, state.d_in)
+        differences = state.differences(fresh)
+        stored_manifest = st.manifest_bytes()
+        if stored_manifest != build_manifest(st, fresh):
+            differences.append("manifest.json differs from the manifest of a fresh fit")
+    return {"identical": not differences, "differences": differences, "n_records": int(fresh.n),
+            "state_digest": fresh.state_digest(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+
+def status(root: Path, *, hooks: Hooks = Hooks()) -> dict:
+    with open_store(root, write=False, on_message=hooks.say) as st:
+        meta = st.meta
+        manifest = st.manifest()
+        fit_meta = meta.get("fit")
+        cache = st.cache_dir()
+        cache_files = sorted(p.name for p in cache.glob("*.kv")) if cache.exists() else []
+        out = {
+            "store": str(root),
+            "format": meta["format"],
+            "records": st.n_records,
+            "forgotten": int(meta.get("n_forgotten", 0)),
+            "embedder": meta.get("embedder"),
+            "dimension": meta.get("dim"),
+            "size_bytes": st.size_bytes(),
+            "fit": None,
+            "counters": meta.get("counters", {}),
+            "cache": {"files": len(cache_files),
+                      "prompt_digest": manifest["prompt_digest"] if manifest else None},
+            "pending": ({"action": st.pending.action, "committed": True} if st.pending else
+                        ({"committed": False} if (root / "journal").exists() else None)),
+        }
+        if fit_meta:
+            out["fit"] = {
+                **fit_meta["params"],
+                "eps_effective": manifest["eps"] if manifest else None,
+                "stale": bool(fit_meta.get("stale")),
+                "n_records": manifest["n_records"] if manifest else None,
+                "k_eff": manifest["k_eff"] if manifest else None,
+                "examples": [{"cluster": e["cluster"], "id": e["id"]} for e in (manifest or {}).get("examples", [])],
+                "crossing_estimate": fit_meta.get("crossing_estimate"),
+                "prompt_digest": manifest and manifest["prompt_digest"],
+                "state_digest": manifest and manifest["state_digest"],
+            }
+    return out
+
+
+def log(root: Path, *, check: bool = False, hooks: Hooks = Hooks()) -> dict:
+    with open_store(root, write=False, on_message=hooks.say) as st:
+        entries = st.audit_entries()
+        head = st.meta.get("audit_head")
+    problems = audit.verify_chain(entries, head=head) if check else []
+    return {"entries": entries, "problems": problems, "valid": not problems if check else None}

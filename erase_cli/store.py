@@ -1,0 +1,650 @@
+"""The on-disk store: the only module that imports zarr.
+
+Layout (docs/DESIGN.md): store.json, secret, records.zarr/{ids,idh,data,emb}, index.npy,
+forgotten.json, fit/state.npz, manifest.json, audit.jsonl, cache/, journal/, lock.
+
+Every change goes through a Transaction: new files (whole small files, or rewritten zarr chunks)
+are staged under journal/files/, then journal/journal.json is written atomically (the commit
+point), then staged files are renamed over their targets (manifest.json last) and the journal is
+removed. A writer that finds a committed journal completes it; an uncommitted one is deleted. A
+reader that finds a committed journal reads through it (the overlay) without changing anything.
+
+Forgotten rows keep their slot, but every chunk that held them is rewritten with the slot empty,
+so their bytes are physically gone (renaming over a file drops the old inode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import orjson
+
+from . import audit
+from .errors import (
+    DiskFull,
+    EraseError,
+    InvalidInput,
+    StoreDamaged,
+    StoreMissing,
+    StoreNotWritable,
+    StoreTooNew,
+)
+from .lock import StoreLock
+
+FORMAT = "erase-store/1"
+FORMAT_VERSION = 1
+CHUNK_ROWS = 1024
+ARRAYS = ("ids", "idh", "data", "emb")
+INDEX_DTYPE = np.dtype([("idh", "<u8"), ("row", "<i8")])
+
+STORE_JSON = "store.json"
+MANIFEST = "manifest.json"
+STATE = "fit/state.npz"
+INDEX = "index.npy"
+FORGOTTEN = "forgotten.json"
+AUDIT = "audit.jsonl"
+SECRET = "secret"
+CACHE_DIR = "cache"
+JOURNAL_DIR = "journal"
+# Files whose sha256 store.json records, so damage is reported instead of answered wrongly.
+CHECKSUMMED = (MANIFEST, STATE, INDEX, FORGOTTEN)
+
+Message = Callable[[str], None]
+
+
+def _dumps(obj) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_error(exc: OSError, path: Path) -> EraseError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"no space left on the device while writing {path}; free space and retry "
+                        "(the store was left unchanged)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreNotWritable(f"cannot write {path}: {exc.strerror}; fix the permissions "
+                                "(the store was left unchanged)")
+    return StoreDamaged(f"cannot access {path}: {exc.strerror}")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, directory fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- journal
+
+
+@dataclass
+class Journal:
+    """A committed transaction: staged files replace their targets, `deletes` are removed."""
+
+    action: str
+    replaces: list[str]
+    deletes: list[str]
+    audit_entry: dict | None
+
+    @classmethod
+    def read(cls, root: Path) -> "Journal | None":
+        path = root / JOURNAL_DIR / "journal.json"
+        try:
+            raw = orjson.loads(path.read_bytes())
+            return cls(raw["action"], list(raw["replaces"]), list(raw["deletes"]), raw.get("audit"))
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            # journal.json is written atomically, so a torn one means outside damage.
+            raise StoreDamaged(f"the journal {path} is unreadable ({exc}); restore the store "
+                               "from a backup") from None
+
+    def apply(self, root: Path) -> None:
+        """Idempotent: a replay after a crash part-way through gives the same result."""
+        staged_root = root / JOURNAL_DIR / "files"
+        dirs: set[Path] = set()
+        for rel in self.deletes:
+            target = root / rel
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+            dirs.add(target.parent)
+        for rel in self.replaces:  # ordered: store.json, then manifest.json last
+            staged = staged_root / rel
+            target = root / rel
+            if staged.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+                dirs.add(target.parent)
+        for d in dirs:
+            if d.exists():
+                _fsync_path(d)
+        if self.audit_entry is not None and not audit.contains_tail(root / AUDIT, self.audit_entry):
+            audit.append(root / AUDIT, self.audit_entry)
+        shutil.rmtree(root / JOURNAL_DIR)
+        _fsync_path(root)
+
+
+def _order(rels: list[str]) -> list[str]:
+    """manifest.json last and store.json just before it: a reader that sees the new manifest
+    sees everything it refers to."""
+    rank = {STORE_JSON: 1, MANIFEST: 2}
+    return sorted(rels, key=lambda r: (rank.get(r, 0), r))
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """An opened store. Use `open_store`; reads are overlay-aware when a commit is pending."""
+
+    def __init__(self, root: Path, *, writable: bool):
+        self.root = root
+        self.writable = writable
+        self.pending: Journal | None = None
+        self._meta: dict | None = None
+        self._index: np.ndarray | None = None
+        self._arrays: dict = {}
+
+    # ---- files
+    def resolve(self, rel: str) -> Path | None:
+        """Where `rel` lives in the last consistent state (through a pending journal)."""
+        if self.pending is not None:
+            if rel in self.pending.deletes or any(rel.startswith(d + "/") for d in self.pending.deletes):
+                return None
+            staged = self.root / JOURNAL_DIR / "files" / rel
+            if rel in self.pending.replaces and staged.exists():
+                return staged
+        path = self.root / rel
+        return path if path.exists() else None
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        path = self.resolve(rel)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise _os_error(exc, path) from None
+        want = self.meta.get("checksums", {}).get(rel) if rel != STORE_JSON else None
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise StoreDamaged(f"{self.root / rel} does not match its checksum (edited or damaged); "
+                               "restore the store from a backup, or run 'erase fit' if only the "
+                               "fit is affected")
+        return data
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            path = self.resolve(STORE_JSON)
+            if path is None:
+                raise StoreMissing(f"no store at {self.root}; create one with 'erase ingest FILE.jsonl'")
+            try:
+                meta = orjson.loads(path.read_bytes())
+            except (orjson.JSONDecodeError, OSError):
+                raise StoreDamaged(f"{path} is unreadable; restore the store from a backup") from None
+            if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+                raise StoreDamaged(f"{path} is not an erase store file; restore it from a backup")
+            if meta["format_version"] > FORMAT_VERSION:
+                raise StoreTooNew(f"store {self.root} has format version {meta['format_version']}, "
+                                  f"newer than this erase understands ({FORMAT_VERSION}); upgrade erase")
+            self._meta = meta
+        return self._meta
+
+    @property
+    def exists(self) -> bool:
+        return self.resolve(STORE_JSON) is not None
+
+    def secret(self) -> bytes:
+        data = self.read_bytes(SECRET)
+        if data is None or len(data) != 32:
+            raise StoreDamaged(f"the store secret {self.root / SECRET} is missing or damaged; "
+                               "restore the store from a backup")
+        return data
+
+    def size_bytes(self) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+
+    # ---- records
+    @property
+    def n_slots(self) -> int:
+        return int(self.meta.get("n_slots", 0))
+
+    @property
+    def dim(self) -> int | None:
+        return self.meta.get("dim")
+
+    def index(self) -> np.ndarray:
+        """Live rows sorted by (idh, row): the lookup table from an id to its row."""
+        if self._index is None:
+            data = self.read_bytes(INDEX)
+            if data is None:
+                self._index = np.zeros(0, dtype=INDEX_DTYPE)
+            else:
+                try:
+                    arr = np.load(io.BytesIO(data), allow_pickle=False)
+                except ValueError:
+                    raise StoreDamaged(f"{self.root / INDEX} is damaged; restore the store") from None
+                if arr.dtype != INDEX_DTYPE:
+                    raise StoreDamaged(f"{self.root / INDEX} has the wrong layout; restore the store")
+                self._index = arr
+        return self._index
+
+    @property
+    def n_records(self) -> int:
+        return len(self.index())
+
+    def array(self, name: str):
+        if name not in self._arrays:
+            import zarr
+
+            if self.pending is None:
+                zstore = zarr.storage.LocalStore(self.root / "records.zarr", read_only=True)
+            else:
+                zstore = _overlay_store(self, "records.zarr")
+            try:
+                self._arrays[name] = zarr.open_array(store=zstore, path=name, mode="r")
+            except Exception as exc:  # zarr raises many types for a damaged array
+                raise StoreDamaged(f"array {name} in {self.root / 'records.zarr'} is unreadable "
+                                   f"({type(exc).__name__}); restore the store from a backup") from None
+        return self._arrays[name]
+
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Values of `name` at `rows` (any order), reading only the chunks involved."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            arr = self.array(name)
+            return np.zeros((0,) + arr.shape[1:], dtype=_np_dtype(name))
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        out = None
+        arr = self.array(name)
+        for ci in np.unique(sorted_rows // CHUNK_ROWS):
+            lo = int(ci) * CHUNK_ROWS
+            chunk = self._read_chunk(arr, name, lo, min(lo + CHUNK_ROWS, arr.shape[0]))
+            sel = (sorted_rows >= lo) & (sorted_rows < lo + CHUNK_ROWS)
+            vals = chunk[sorted_rows[sel] - lo]
+            if out is None:
+                out = np.empty((len(rows),) + vals.shape[1:], dtype=vals.dtype if name != "ids" and name != "data" else object)
+            out[order[sel]] = vals
+        return out
+
+    def _read_chunk(self, arr, name: str, lo: int, hi: int) -> np.ndarray:
+        try:
+            vals = arr[lo:hi]
+        except Exception as exc:
+            raise StoreDamaged(f"a chunk of {name} (rows {lo}-{hi - 1}) in {self.root / 'records.zarr'} "
+                               f"is damaged ({type(exc).__name__}); restore the store from a backup") from None
+        if name in ("ids", "data"):
+            vals = np.asarray(vals, dtype=object)
+        return vals
+
+    def iter_chunks(self, rows: np.ndarray, names: tuple[str, ...]) -> Iterator[tuple[np.ndarray, dict]]:
+        """Stream the given sorted live rows chunk by chunk: (rows, {name: values})."""
+        if len(rows) == 0:
+            return
+        arrays = {n: self.array(n) for n in names}
+        chunk_ids = rows // CHUNK_ROWS
+        bounds = np.flatnonzero(np.diff(chunk_ids)) + 1
+        for part in np.split(rows, bounds):
+            lo = int(part[0] // CHUNK_ROWS) * CHUNK_ROWS
+            hi = min(lo + CHUNK_ROWS, self.n_slots)
+            yield part, {n: self._read_chunk(a, n, lo, hi)[part - lo] for n, a in arrays.items()}
+
+    def lookup(self, ids: list[str]) -> np.ndarray:
+        """Row of each id, -1 where absent. Confirms the id text, so idh collisions are harmless."""
+        from .qkmeans import id_hash64
+
+        index = self.index()
+        rows = np.full(len(ids), -1, dtype=np.int64)
+        if len(ids) == 0 or len(index) == 0:
+            return rows
+        h = id_hash64(ids)
+        left = np.searchsorted(index["idh"], h, side="left")
+        right = np.searchsorted(index["idh"], h, side="right")
+        cand_pos = [np.arange(lo, hi) for lo, hi in zip(left, right)]
+        flat = np.concatenate(cand_pos) if cand_pos else np.zeros(0, np.int64)
+        cand_rows = index["row"][flat]
+        stored = dict(zip(cand_rows.tolist(), self.read_rows("ids", cand_rows).tolist()))
+        for i, (rid, pos) in enumerate(zip(ids, cand_pos)):
+            for r in index["row"][pos].tolist():
+                if stored[r] == rid:
+                    rows[i] = r
+                    break
+        return rows
+
+    def live_rows(self, limit: int | None = None) -> np.ndarray:
+        """Sorted live rows, optionally only those below `limit` (the rows a fit covers)."""
+        rows = np.sort(self.index()["row"])
+        return rows if limit is None else rows[rows < limit]
+
+    def forgotten(self) -> set[str]:
+        data = self.read_bytes(FORGOTTEN)
+        return set(orjson.loads(data)) if data else set()
+
+    def manifest_bytes(self) -> bytes | None:
+        return self.read_bytes(MANIFEST)
+
+    def manifest(self) -> dict | None:
+        data = self.manifest_bytes()
+        if data is None:
+            return None
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise StoreDamaged(f"{self.root / MANIFEST} is not valid JSON; run 'erase fit' to rewrite it") from None
+
+    def state_arrays(self) -> dict | None:
+        data = self.read_bytes(STATE)
+        if data is None:
+            return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (ValueError, OSError):
+            raise StoreDamaged(f"{self.root / STATE} is damaged; run 'erase fit' to rebuild it") from None
+
+    def cache_dir(self) -> Path:
+        return self.root / CACHE_DIR
+
+    def audit_entries(self) -> list[dict]:
+        path = self.resolve(AUDIT)
+        entries = audit.read_entries(path) if path is not None else []
+        if self.pending is not None and self.pending.audit_entry is not None:
+            if not entries or entries[-1].get("hash") != self.pending.audit_entry.get("hash"):
+                entries.append(self.pending.audit_entry)
+        return entries
+
+    def last_audit_entry(self) -> dict | None:
+        if self.pending is not None and self.pending.audit_entry is not None:
+            return self.pending.audit_entry
+        path = self.resolve(AUDIT)
+        return audit.last_entry(path) if path is not None else None
+
+
+def _np_dtype(name: str):
+    return {"ids": object, "data": object, "idh": np.uint64, "emb": np.float32}[name]
+
+
+def _overlay_store(store: Store, prefix: str):
+    """A read-only zarr store that reads through a pending committed journal."""
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage._local import _get
+
+    class OverlayStore(zarr.storage.LocalStore):
+        async def get(self, key, prototype=None, byte_range=None):
+            path = store.resolve(f"{prefix}/{key}")
+            if path is None or path.is_dir():
+                return None
+            return _get(path, prototype or default_buffer_prototype(), byte_range)
+
+    return OverlayStore(store.root / prefix, read_only=True)
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class Transaction:
+    """Stage file replacements and deletions, then commit them atomically."""
+
+    def __init__(self, store: Store, action: str):
+        if not store.writable:
+            raise RuntimeError("transaction on a read-only store")
+        self.store = store
+        self.action = action
+        self.staged_root = store.root / JOURNAL_DIR / "files"
+        self.deletes: set[str] = set()
+        self._staged_arrays: dict = {}
+        if (store.root / JOURNAL_DIR).exists():
+            shutil.rmtree(store.root / JOURNAL_DIR)
+        self.staged_root.mkdir(parents=True)
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        path = self.staged_root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def delete(self, rel: str) -> None:
+        self.deletes.add(rel)
+
+    # ---- zarr
+    def create_arrays(self, dim: int) -> None:
+        """A new records.zarr (first ingest): everything is staged, so nothing is half-made."""
+        import zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        root = self.staged_root / "records.zarr"
+        group = zarr.open_group(store=zarr.storage.LocalStore(root), mode="w")
+        text = dict(compressors=[ZstdCodec(level=3, checksum=True)])
+        group.create_array("ids", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, **text)
+        group.create_array("data", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, **text)
+        group.create_array("idh", shape=(0,), chunks=(CHUNK_ROWS,), dtype="uint64",
+                           compressors=[Crc32cCodec()])
+        # Embeddings barely compress; a checksum alone keeps reads at memory speed.
+        group.create_array("emb", shape=(0, dim), chunks=(CHUNK_ROWS, dim), dtype="float32",
+                           compressors=[Crc32cCodec()])
+
+    def _staged_array(self, name: str, n_slots: int):
+        """The staged copy of array `name` with `n_slots` rows: same codecs as the live one."""
+        import zarr
+
+        if name not in self._staged_arrays:
+            path = self.staged_root / "records.zarr" / name
+            source = path / "zarr.json"  # created by create_arrays for a new store
+            if not source.exists():
+                source = self.store.resolve(f"records.zarr/{name}/zarr.json")
+            meta = orjson.loads(source.read_bytes())
+            meta["shape"] = [n_slots] + list(meta["shape"][1:])
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "zarr.json").write_bytes(orjson.dumps(meta))
+            self._staged_arrays[name] = zarr.open_array(
+                store=zarr.storage.LocalStore(self.staged_root / "records.zarr"), path=name, mode="r+"
+            )
+        return self._staged_arrays[name]
+
+    def write_rows(self, name: str, n_slots: int, rows: np.ndarray, values: np.ndarray) -> None:
+        """Stage whole chunks of `name` so that rows[i] holds values[i] in an array of n_slots rows.
+
+        Each touched chunk is read from the live array, patched and written in full; a chunk that
+        ends up all fill value is not written by zarr, so its live file is deleted instead.
+        """
+        staged = self._staged_array(name, n_slots)
+        live_len = self.store.n_slots if self.store.exists else 0
+        live = self.store.array(name) if live_len else None
+        rows = np.asarray(rows, dtype=np.int64)
+        encode = staged.metadata.chunk_key_encoding.encode_chunk_key
+        for ci in np.unique(rows // CHUNK_ROWS).tolist():
+            lo, hi = ci * CHUNK_ROWS, min((ci + 1) * CHUNK_ROWS, n_slots)
+            block = np.empty((hi - lo,) + staged.shape[1:], dtype=_np_dtype(name))
+            block[...] = "" if name in ("ids", "data") else 0
+            if live is not None and lo < live_len:
+                old = self.store._read_chunk(live, name, lo, min(hi, live_len))
+                block[: len(old)] = old
+            sel = (rows >= lo) & (rows < hi)
+            block[rows[sel] - lo] = values[sel]
+            staged[lo:hi] = block
+            key = encode((ci,) + (0,) * (staged.ndim - 1))
+            if not (self.staged_root / "records.zarr" / name / key).exists():
+                self.deletes.add(f"records.zarr/{name}/{key}")
+
+    # ---- commit
+    def commit(self, audit_details: dict | None = None) -> dict | None:
+        """Make everything staged take effect at once. Returns the audit entry written."""
+        root = self.store.root
+        try:
+            replaces = []
+            for dirpath, _, files in os.walk(self.staged_root):
+                for name in files:
+                    path = Path(dirpath) / name
+                    if name.endswith(".partial") or name.startswith(".tmp-"):
+                        path.unlink()
+                        continue
+                    _fsync_path(path)
+                    replaces.append(path.relative_to(self.staged_root).as_posix())
+            entry = None
+            if audit_details is not None:
+                entry = audit.new_entry(self.store.last_audit_entry(), self.action, audit_details)
+                # store.json remembers the newest entry's hash, so cutting entries off the end of
+                # the log is detected by `erase log --verify`.
+                meta_path = self.staged_root / STORE_JSON
+                if meta_path.exists():
+                    meta = orjson.loads(meta_path.read_bytes())
+                    meta["audit_head"] = entry["hash"]
+                    meta_path.write_bytes(_dumps(meta))
+            journal = {
+                "action": self.action,
+                "replaces": _order(replaces),
+                "deletes": sorted(self.deletes - set(replaces)),
+                "audit": entry,
+            }
+            for dirpath, _, _ in os.walk(self.staged_root):
+                _fsync_path(Path(dirpath))
+            atomic_write(root / JOURNAL_DIR / "journal.json", orjson.dumps(journal))
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc, root) from None
+        Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root)
+        self.store._meta = self.store._index = None
+        self.store._arrays = {}
+        return entry
+
+    def abort(self) -> None:
+        shutil.rmtree(self.store.root / JOURNAL_DIR, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _check_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise StoreMissing(f"store path {root} is a file, not a directory; pass --store DIR "
+                           "(or set ERASE_STORE) to a directory")
+
+
+@contextlib.contextmanager
+def open_store(root: str | Path, *, write: bool, create: bool = False, lock_timeout: float = 60.0,
+               on_message: Message | None = None) -> Iterator[Store]:
+    """Open with the lock held: exclusive for writers (which first recover a pending journal),
+    shared for readers (which read through it). `create` makes the directory for a first ingest."""
+    root = Path(root)
+    say = on_message or (lambda _m: None)
+    _check_root(root)
+    if not root.exists():
+        if not create:
+            raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl' "
+                               "or pass --store DIR")
+        try:
+            root.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise _os_error(exc, root) from None
+    if write:
+        # Everything a writer creates is readable by its owner only.
+        os.umask(0o077)
+        if not os.access(root, os.W_OK):
+            raise StoreNotWritable(f"store {root} is not writable; fix its permissions or pass "
+                                   "another --store")
+    with StoreLock(root / "lock", shared=not write, timeout=lock_timeout, on_wait=say):
+        store = Store(root, writable=write)
+        journal = Journal.read(root)
+        if write:
+            if journal is not None:
+                journal.apply(root)
+                say(f"completed an interrupted {journal.action} found in {root}")
+            elif (root / JOURNAL_DIR).exists():
+                shutil.rmtree(root / JOURNAL_DIR)
+                _fsync_path(root)
+                say(f"rolled back an interrupted operation found in {root} (it had not committed)")
+        elif journal is not None:
+            store.pending = journal
+            say(f"an interrupted {journal.action} is pending in {root}; showing the state it "
+                "committed (the next writing command completes it)")
+        elif (root / JOURNAL_DIR).exists():
+            say(f"an interrupted operation that never committed is pending in {root}; the next "
+                "writing command rolls it back")
+        if not create and not store.exists:
+            raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl'")
+        yield store
+
+
+def new_meta(dim: int, embedder: str) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dim": dim,
+        "embedder": embedder,
+        "chunk_rows": CHUNK_ROWS,
+        "n_slots": 0,
+        "n_forgotten": 0,
+        "fit": None,
+        "counters": {"forget_batches": 0, "crossing_batches": 0, "prompt_changes": 0, "refits": 0,
+                     "examples_replaced": 0},
+        "checksums": {},
+    }
+
+
+def stage_meta(tx: Transaction, meta: dict, files: dict[str, bytes | None]) -> None:
+    """Stage the small files in `files` (None = delete) and store.json with their checksums."""
+    meta = dict(meta)
+    sums = dict(meta.get("checksums", {}))
+    for rel, data in files.items():
+        if data is None:
+            tx.delete(rel)
+            sums.pop(rel, None)
+        else:
+            tx.write_file(rel, data)
+            sums[rel] = hashlib.sha256(data).hexdigest()
+    meta["checksums"] = sums
+    tx.write_file(STORE_JSON, _dumps(meta))
+
+
+def ensure_secret(tx: Transaction) -> None:
+    if tx.store.resolve(SECRET) is None:
+        tx.write_file(SECRET, os.urandom(32))
