@@ -1,0 +1,207 @@
+"""The exactness contract through the real store: forget(fit(D), X) == fit(D \\ X), on disk.
+
+Datasets use BYO vectors (`--vector-field`), so no model is needed; near-duplicates and exact
+duplicates are included on purpose because they stress every tie-breaking rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from erase_cli import service
+from erase_cli.errors import InvalidInput, StaleFit
+
+FIT = dict(k=3, eps=0.2, dim=None, seed=7, max_iter=3)
+
+
+def make_records(n: int, d: int = 6, seed: int = 0, start: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, d))
+    out = []
+    for i in range(start, start + n):
+        v = centres[i % 4] + 0.3 * rng.normal(size=d)
+        if i % 7 == 3:  # exact duplicate of the previous vector
+            v = np.array(out[-1]["vec"]) if out else v
+        out.append({"id": f"rec-{i}", "input": f"unique-input-{i}-zq", "target": f"t{i % 4}",
+                    "choices": ["t0", "t1", "t2", "t3"], "vec": [float(a) for a in v]})
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def ingest(store: Path, records: list[dict], tmp: Path, append: bool = False) -> dict:
+    src = write_jsonl(tmp / f"in-{hashlib.sha1(str(len(records)).encode() + store.name.encode()).hexdigest()[:8]}.jsonl", records)
+    return service.ingest(store, str(src), vector_field="vec", append=append)
+
+
+def fresh_manifest(records: list[dict], tmp: Path, name: str) -> bytes:
+    """The manifest of a brand-new store holding exactly `records` (in reversed order)."""
+    store = tmp / name
+    if records:
+        ingest(store, list(reversed(records)), tmp)
+    else:
+        ingest(store, make_records(1), tmp)
+        service.forget(store, ["rec-0"])
+    service.fit(store, **FIT)
+    return (store / "manifest.json").read_bytes()
+
+
+def test_forget_equals_fit_on_survivors_byte_for_byte(tmp_path):
+    records = make_records(40)
+    store = tmp_path / "s"
+    ingest(store, records, tmp_path)
+    service.fit(store, **FIT)
+    manifest = json.loads((store / "manifest.json").read_text())
+    example = manifest["examples"][0]["id"]
+    gone = {example, "rec-5", "rec-6"}
+    report = service.forget(store, sorted(gone))
+    assert [i["status"] for i in report["ids"]] == ["forgotten"] * 3
+    assert service.verify(store)["identical"]
+    survivors = [r for r in records if r["id"] not in gone]
+    assert (store / "manifest.json").read_bytes() == fresh_manifest(survivors, tmp_path, "fresh")
+
+
+def test_forgetting_everything_leaves_the_empty_fit(tmp_path):
+    records = make_records(9)
+    store = tmp_path / "s"
+    ingest(store, records, tmp_path)
+    service.fit(store, **FIT)
+    service.forget(store, [r["id"] for r in records])
+    assert service.verify(store)["identical"]
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["examples"] == [] and manifest["k_eff"] == 0 and manifest["n_records"] == 0
+    assert service.status(store)["records"] == 0
+
+
+def test_retry_is_idempotent_and_relearning_is_refused(tmp_path):
+    records = make_records(12)
+    store = tmp_path / "s"
+    ingest(store, records, tmp_path)
+    service.fit(store, **FIT)
+    service.forget(store, ["rec-1"])
+    again = service.forget(store, ["rec-1", "nope"])
+    assert [i["status"] for i in again["ids"]] == ["already_forgotten", "not_found"]
+    out = ingest(store, [records[1]], tmp_path, append=True)
+    assert out["ingested"] == 0 and out["skipped_forgotten"] == ["rec-1"]
+    src = write_jsonl(tmp_path / "relearn.jsonl", [records[1]])
+    back = service.ingest(store, str(src), vector_field="vec", append=True, allow_relearn=True)
+    assert back["ingested"] == 1 and back["stale_fit"]
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    store = tmp_path / "s"
+    ingest(store, make_records(20), tmp_path)
+    service.fit(store, **FIT)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"}
+    report = service.forget(store, ["rec-3", "rec-4"], dry_run=True)
+    assert report["batch"]["dry_run"] and [i["status"] for i in report["ids"]] == ["forgotten"] * 2
+    after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"}
+    assert before == after
+
+
+def test_stale_fit_after_append(tmp_path):
+    store = tmp_path / "s"
+    first, second = make_records(15), make_records(5, seed=1, start=100)
+    ingest(store, first, tmp_path)
+    service.fit(store, **FIT)
+    ingest(store, second, tmp_path, append=True)
+    assert service.status(store)["fit"]["stale"]
+    with pytest.raises(StaleFit):
+        service.verify(store)
+    # forget still works: a covered record updates the fit, an appended one is only purged
+    report = service.forget(store, ["rec-2", "rec-101"])
+    assert [i["status"] for i in report["ids"]] == ["forgotten", "forgotten"]
+    service.fit(store, **FIT)
+    assert service.verify(store)["identical"]
+    survivors = [r for r in first + second if r["id"] not in {"rec-2", "rec-101"}]
+    assert (store / "manifest.json").read_bytes() == fresh_manifest(survivors, tmp_path, "fresh")
+
+
+def test_second_ingest_without_append_is_refused_and_changes_nothing(tmp_path):
+    store = tmp_path / "s"
+    ingest(store, make_records(5), tmp_path)
+    before = sorted((p, p.read_bytes()) for p in store.rglob("*") if p.is_file() and p.name != "lock")
+    with pytest.raises(InvalidInput, match="--append"):
+        ingest(store, make_records(3, start=50), tmp_path)
+    assert before == sorted((p, p.read_bytes()) for p in store.rglob("*") if p.is_file() and p.name != "lock")
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random interleavings of ingest --append, fit and forget; after every fit or forget the
+    stored fit equals a fresh fit on the survivors (verify), and at the end a brand-new store of
+    the survivors has a byte-identical manifest."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="erase-sm-"))
+        self.store = self.tmp / "store"
+        self.live: dict[str, dict] = {}
+        self.next_id = 0
+        self.fitted = False
+        self.stale = False
+
+    @initialize(n=st.integers(1, 25), seed=st.integers(0, 3))
+    def first_ingest(self, n, seed):
+        recs = make_records(n, seed=seed)
+        ingest(self.store, recs, self.tmp)
+        self.live = {r["id"]: r for r in recs}
+        self.next_id = n
+
+    @rule(n=st.integers(1, 6), seed=st.integers(0, 3))
+    def append(self, n, seed):
+        recs = make_records(n, seed=seed + 10, start=self.next_id)
+        self.next_id += n
+        ingest(self.store, recs, self.tmp, append=True)
+        self.live.update({r["id"]: r for r in recs})
+        self.stale = self.fitted
+
+    @rule()
+    def fit(self):
+        service.fit(self.store, **FIT)
+        self.fitted, self.stale = True, False
+        assert service.verify(self.store)["identical"]
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def forget(self, data):
+        ids = sorted(self.live)
+        batch = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=min(6, len(ids)), unique=True))
+        report = service.forget(self.store, batch)
+        assert all(i["status"] == "forgotten" for i in report["ids"])
+        for i in batch:
+            del self.live[i]
+        if self.fitted and not self.stale:
+            assert service.verify(self.store)["identical"]
+
+    @invariant()
+    def counts_match(self):
+        if self.store.exists():
+            assert service.status(self.store)["records"] == len(self.live)
+
+    def teardown(self):
+        try:
+            if self.fitted and not self.stale:
+                got = (self.store / "manifest.json").read_bytes()
+                assert got == fresh_manifest(list(self.live.values()), self.tmp, "fresh")
+        finally:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=8, stateful_step_count=8, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
