@@ -188,6 +188,58 @@ def forget(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------- ask
+
+
+@app.command()
+def ask(
+    question: Annotated[Optional[str], typer.Argument(help="The question (or use --from-file).")] = None,
+    from_file: Annotated[Optional[str], typer.Option(
+        "--from-file", help="Questions, one per line or JSONL with input and optional choices ('-' = stdin); NDJSON out with --json.")] = None,
+    choices: Annotated[Optional[list[str]], typer.Option(
+        "--choices", help="A possible answer; repeat for each. Scores each by log-likelihood.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    n_gpu_layers: Annotated[int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")] = 0,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix."""
+    from . import service
+    from .answer import Question, read_questions
+
+    def answers():
+        if question is None and from_file is None:
+            from .errors import InvalidInput
+
+            raise InvalidInput("no question; pass one as an argument or use --from-file FILE")
+        qs = [Question(question, list(choices) if choices else None)] if question is not None else []
+        if from_file is not None:
+            qs += read_questions(from_file)
+        return service.ask(config.store_path(store), qs, model=config.model_flag(model), n_ctx=n_ctx,
+                           n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
+                           lock_timeout=config.lock_timeout(lock_timeout), hooks=_hooks(json))
+
+    try:
+        for answer in answers():
+            if json:
+                render.emit_json(answer)
+                continue
+            render.out.print(answer["answer"], markup=False)
+            for c in answer.get("choices") or []:
+                render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
+    except EraseError as exc:
+        render.error(exc.kind, str(exc), json)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        render.error("interrupted", "interrupted", json)
+        raise typer.Exit(130) from None
+
+
 # --------------------------------------------------------------------------- read-only
 
 

@@ -539,3 +539,37 @@ def log(root: Path, *, check: bool = False, hooks: Hooks = Hooks()) -> dict:
         head = st.meta.get("audit_head")
     problems = audit.verify_chain(entries, head=head) if check else []
     return {"entries": entries, "problems": problems, "valid": not problems if check else None}
+
+
+# --------------------------------------------------------------------------- ask
+
+
+def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = None,
+        n_threads: int | None = None, n_gpu_layers: int = 0, max_tokens: int = 64,
+        lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> Iterator[dict]:
+    """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+
+    The store's lock is held only briefly: shared to read the manifest, exclusive to save the
+    prefix cache after re-checking that the prompt is still the one the cache was built for."""
+    from .answer import ask as answer
+    from .llm import resolve_model
+
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+        _fitted(st, root)
+        manifest = st.manifest()
+    model_path = resolve_model(model)
+    digest = manifest["prompt_digest"]
+
+    def save_cache(write: Callable[[], None]) -> None:
+        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+            current = st.manifest()
+            if current is None or current.get("prompt_digest") != digest:
+                hooks.say("the prompt changed while answering (a forget ran); the prefix cache "
+                          "was not saved")
+                return
+            st.cache_dir().mkdir(mode=0o700, exist_ok=True)
+            write()
+
+    return answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
+                  save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
+                  n_gpu_layers=n_gpu_layers, max_tokens=max_tokens)
