@@ -111,7 +111,8 @@ def fit(
     k: Annotated[int, typer.Option("-k", "--k", help="Number of clusters = in-context examples.")] = config.DEFAULT_K,
     eps: Annotated[float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")] = config.DEFAULT_EPS,
     dim: Annotated[Optional[int], typer.Option(
-        help="Seeded +-1 projection to this many dimensions (0 = none; data-independent, so exact).")] = config.DEFAULT_DIM,
+        help=f"Seeded +-1 projection to this many dimensions; data-independent, so exact. "
+             f"Default {config.DEFAULT_DIM} for wider embeddings; 0 = no projection.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")] = config.DEFAULT_SEED,
     max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
     store: StoreOpt = None,
@@ -124,7 +125,8 @@ def fit(
     def work():
         with render.progress_bar() as progress:
             hooks = service.Hooks(say=render.say, progress=progress)
-            return service.fit(config.store_path(store), k=k, eps=eps, dim=dim or None, seed=seed,
+            return service.fit(config.store_path(store), k=k, eps=eps,
+                               dim="auto" if dim is None else (dim or None), seed=seed,
                                max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
                                hooks=hooks)
 

@@ -297,12 +297,17 @@ def _merged_index(st: Store, meta: dict, records) -> np.ndarray:
 # --------------------------------------------------------------------------- fit
 
 
-def fit(root: Path, *, k: int, eps: float, dim: int | None, seed: int, max_iter: int,
+def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed: int, max_iter: int,
         lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> dict:
+    """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
+    from .config import DEFAULT_DIM
+
     t0 = time.perf_counter()
-    params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
     with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
-        d_in = st.dim or (dim or 1)
+        d_in = st.dim or 1
+        if dim == "auto":
+            dim = DEFAULT_DIM if d_in > DEFAULT_DIM else None
+        params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
         params.validate(d_in)
         projector = qk.Projector(d_in, dim, seed)
         rows = st.live_rows()
