@@ -188,10 +188,19 @@ class Projector:
 
 @dataclass
 class Block:
+    """A slice of the records. rows: store handles; ids: object array of str; idh: uint64
+    id_hash64(ids); x: int64 (b, d) working-space vectors. xf, optional: the same values as
+    float64 (exact), so that a source which has them anyway spares every pass a conversion."""
+
     rows: np.ndarray
     ids: np.ndarray
     idh: np.ndarray
     x: np.ndarray
+    xf: np.ndarray | None = None
+
+
+def _xf(blk: Block) -> np.ndarray:
+    return blk.xf if blk.xf is not None else blk.x.astype(np.float64)
 
 
 class Source(Protocol):
@@ -209,6 +218,7 @@ class ArraySource:
         x: np.ndarray,
         idh: np.ndarray | None = None,
         block_size: int = 4096,
+        cache_float: bool = True,
     ):
         self.ids = np.empty(len(ids), dtype=object)
         self.ids[:] = list(ids)
@@ -220,16 +230,21 @@ class ArraySource:
         self.idh = id_hash64(self.ids.tolist()) if idh is None else np.asarray(idh, dtype=np.uint64)
         self.block_size = max(1, int(block_size))
         self.n = len(self.ids)
+        # Every pass of a fit multiplies these vectors in float64; converting once saves a copy
+        # per block per pass at the price of a second copy of the matrix.
+        self.xf = self.x.astype(np.float64) if cache_float else None
 
     def blocks(self) -> Iterator[Block]:
         for lo in range(0, self.n, self.block_size):
             hi = min(lo + self.block_size, self.n)
-            yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi])
+            xf = None if self.xf is None else self.xf[lo:hi]
+            yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi], xf)
 
     def without(self, ids) -> "ArraySource":
         drop = set(ids)
         keep = np.fromiter((rid not in drop for rid in self.ids), dtype=bool, count=self.n)
-        return ArraySource(self.ids[keep].tolist(), self.x[keep], self.idh[keep], self.block_size)
+        return ArraySource(self.ids[keep].tolist(), self.x[keep], self.idh[keep], self.block_size,
+                           self.xf is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,7 +549,7 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
             off += b
             if b == 0:
                 continue
-            xf = blk.x.astype(np.float64)
+            xf = _xf(blk)
             if first_pass:
                 max_abs = max(max_abs, int(np.abs(blk.x).max()))
                 x2[sl] = np.einsum("ij,ij->i", xf, xf)
@@ -579,10 +594,14 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
     return winners, np.asarray(centres, dtype=np.int64).reshape(len(winners), d)
 
 
-def _onehot_sums(labels: np.ndarray, xf: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (k, d) int64 and counts (k,) of a block; exact (integers below 2**53)."""
-    onehot = (labels[None, :] == np.arange(k)[:, None]).astype(np.float64)
-    return (onehot @ xf).astype(np.int64), np.bincount(labels, minlength=k).astype(np.int64)
+def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d) int64."""
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.int64)
+    # Masked row sums beat a one-hot matmul here and do not depend on BLAS threading.
+    for j in np.flatnonzero(counts).tolist():
+        sums[j] = x[labels == j].sum(axis=0)
+    return sums, counts
 
 
 def _lloyd(source: Source, params: Params, centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray,
@@ -598,9 +617,9 @@ def _lloyd(source: Source, params: Params, centroids: np.ndarray, sums: np.ndarr
         for blk in source.blocks():
             if len(blk.ids) == 0:
                 continue
-            xf = blk.x.astype(np.float64)
+            xf = _xf(blk)
             labels = np.argmin(_scores(xf, Cf, c2), axis=1)
-            bs, bn = _onehot_sums(labels, xf, k)
+            bs, bn = _cluster_sums(labels, blk.x, k)
             S += bs
             N += bn
         sums[t - 1] = S
@@ -639,7 +658,7 @@ def _final_pass(source: Source, C: np.ndarray, only: set[int] | None = None
         b = len(blk.ids)
         if b == 0:
             continue
-        xf = blk.x.astype(np.float64)
+        xf = _xf(blk)
         s = _scores(xf, Cf, c2)
         labels = np.argmin(s, axis=1)
         d2 = (s[np.arange(b), labels] + np.einsum("ij,ij->i", xf, xf)).astype(np.int64)
@@ -728,7 +747,7 @@ def _trace(state: State, x: np.ndarray):
     E = state.params.E
     for t in range(1, T + 1):
         labels = np.argmin(_scores(xf, Cf[t - 1], c2[t - 1]), axis=1)
-        bs, bn = _onehot_sums(labels, xf, k)
+        bs, bn = _cluster_sums(labels, x, k)
         dS[t - 1], dN[t - 1] = bs, bn
         touched = np.flatnonzero(bn)
         new = _quantize(state.sums[t - 1, touched] - bs[touched], state.counts[t - 1, touched] - bn[touched],
