@@ -61,6 +61,13 @@ CHECKSUMMED = (MANIFEST, STATE, INDEX, FORGOTTEN)
 Message = Callable[[str], None]
 
 
+def _crash_point(name: str) -> None:
+    """Test hook: ERASE_TEST_CRASH_AT=<name> ends the process on the spot, as SIGKILL or a power
+    cut would (no cleanup, no exception handlers). Inert unless the variable names this point."""
+    if os.environ.get("ERASE_TEST_CRASH_AT") == name:
+        os._exit(137)
+
+
 def _dumps(obj) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
 
@@ -151,18 +158,21 @@ class Journal:
                 with contextlib.suppress(FileNotFoundError):
                     target.unlink()
             dirs.add(target.parent)
-        for rel in self.replaces:  # ordered: store.json, then manifest.json last
+        for n, rel in enumerate(self.replaces, start=1):  # ordered: store.json, then manifest.json last
             staged = staged_root / rel
             target = root / rel
             if staged.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged, target)
                 dirs.add(target.parent)
+            _crash_point(f"apply:{n}")
         for d in dirs:
             if d.exists():
                 _fsync_path(d)
+        _crash_point("applied")
         if self.audit_entry is not None and not audit.contains_tail(root / AUDIT, self.audit_entry):
             audit.append(root / AUDIT, self.audit_entry)
+        _crash_point("audited")
         shutil.rmtree(root / JOURNAL_DIR)
         _fsync_path(root)
 
@@ -547,10 +557,12 @@ class Transaction:
             }
             for dirpath, _, _ in os.walk(self.staged_root):
                 _fsync_path(Path(dirpath))
+            _crash_point("staged")
             atomic_write(root / JOURNAL_DIR / "journal.json", orjson.dumps(journal))
         except OSError as exc:
             self.abort()
             raise _os_error(exc, root) from None
+        _crash_point("committed")
         Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root)
         self.store._meta = self.store._index = None
         self.store._arrays = {}
