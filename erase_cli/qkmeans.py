@@ -93,6 +93,10 @@ def to_fixed(x: np.ndarray) -> np.ndarray:
 # Parameters
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class Params:
     k: int
@@ -115,18 +119,18 @@ class Params:
 
     def validate(self, d_in: int) -> None:
         """Raise InvalidParameter naming the option and an acceptable value."""
-        if not isinstance(self.k, int) or self.k < 1:
+        if not _is_int(self.k) or self.k < 1:
             raise InvalidParameter(f"k must be at least 1 (got {self.k}); pass -k 1 or more")
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+        if not _is_int(self.max_iter) or self.max_iter < 1:
             raise InvalidParameter(
                 f"max_iter must be at least 1 (got {self.max_iter}); pass --max-iter 1 or more"
             )
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 63:
+        if not _is_int(self.seed) or not 0 <= self.seed < 1 << 63:
             raise InvalidParameter(
                 f"seed must be an integer in [0, 2**63) (got {self.seed}); pass --seed 0 or another "
                 "non-negative integer"
             )
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+        if not (isinstance(self.eps, (int, float, np.floating)) and math.isfinite(self.eps) and self.eps > 0):
             raise InvalidParameter(f"eps must be a positive number (got {self.eps}); pass e.g. --eps 0.1")
         if self.E < 1:
             raise InvalidParameter(
@@ -137,7 +141,7 @@ class Params:
             raise InvalidParameter(
                 f"eps {self.eps} is far larger than the distance between unit vectors; pass --eps 2 or less"
             )
-        if self.dim is not None and (not isinstance(self.dim, int) or not 1 <= self.dim <= d_in):
+        if self.dim is not None and (not _is_int(self.dim) or not 1 <= self.dim <= d_in):
             raise InvalidParameter(
                 f"dim must be between 1 and the embedding dimension {d_in} (got {self.dim}); pass "
                 f"--dim {min(d_in, 32)} or leave --dim out"
@@ -811,6 +815,8 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
     cert = Certificate([], None, None)
     labels, _ = assign(x, state.centroids[T])
     final_counts = state.final_counts - np.bincount(labels, minlength=k)
+    if (final_counts < 0).any() or (state.counts - dN < 0).any():
+        raise InvalidInput("the batch holds vectors that the fit does not cover; pass members of the fitted set")
     candidates = [[i for i in c if i not in batch] for c in state.candidates]
     cand_dists = [
         [dv for i, dv in zip(c, dl) if i not in batch] for c, dl in zip(state.candidates, state.cand_dists)

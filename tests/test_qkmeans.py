@@ -512,3 +512,13 @@ def test_empty_fit_and_differences_report():
     other = State.empty(Params(k=3, eps=0.2, dim=2, seed=5, max_iter=2), 4)
     assert e.differences(other) and e.state_digest() != other.state_digest()
     assert math.isclose(p.eps_effective, p.E / SCALE)
+
+
+def test_progress_reports_every_stage_and_numpy_ints_are_accepted():
+    ids, x, _, d, _ = next(_cases(1))
+    params = Params(k=np.int64(3), eps=0.2, dim=None, seed=np.int64(8), max_iter=np.int64(2))
+    seen = []
+    state = fit(source(ids, x), params, d, lambda stage, done, total: seen.append((stage, done, total)))
+    assert ("lloyd", 2, 2) in seen and ("k-means++", 1, 3) in seen
+    plain = fit(source(ids, x), Params(k=3, eps=0.2, dim=None, seed=8, max_iter=2), d)
+    assert_same(state, plain)
