@@ -294,16 +294,21 @@ def test_forget_equals_refit(ds, data):
 @given(datasets(max_n=25), st.data())
 def test_sequential_deletions_until_empty(ds, data):
     ids, x, params, d = ds
-    state = fit(source(ids, x), params, d)
-    order = data.draw(st.permutations(range(len(ids))))
-    live = list(range(len(ids)))
-    for r in order:
-        live.remove(r)
-        cur_ids = [ids[i] for i in live] + [ids[r]]
-        cur_x = np.concatenate([x[live], x[[r]]])
-        state, _, surv = forget_ids(state, cur_ids, cur_x, [ids[r]], block_size=3)
-        assert_same(state, fit(surv, params, d))
-    assert_same(state, State.empty(params, d))
+    # A short candidate cache makes replacements run out often, so the rescan path is exercised.
+    cache = data.draw(st.sampled_from([1, 2, qk.N_CANDIDATES]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qk, "N_CANDIDATES", cache)
+        state = fit(source(ids, x), params, d)
+        order = data.draw(st.permutations(range(len(ids))))
+        live = list(range(len(ids)))
+        for r in order:
+            live.remove(r)
+            cur_ids = [ids[i] for i in live] + [ids[r]]
+            cur_x = np.concatenate([x[live], x[[r]]])
+            state, _, surv = forget_ids(state, cur_ids, cur_x, [ids[r]], block_size=3)
+            assert_same(state, fit(surv, params, d))
+            assert all(len(c) <= cache for c in state.candidates)
+        assert_same(state, State.empty(params, d))
 
 
 @PROPS
