@@ -9,6 +9,11 @@ compute them are exact whatever the BLAS blocking. That is what makes
 achievable: a cluster sum minus a point equals the sum computed from scratch, and every random
 choice is a hash of (seed, id, round) rather than a draw from a stream.
 
+Hashes: `_hash(a, b, ...)` chains splitmix64 from 0 (h = splitmix64(h ^ part) per part); tags are
+the big-endian integers of their ASCII names. theta_t[i] = _hash(seed, "theta", t, i) % E;
+R[i, j] = 1 - 2 * (_hash(seed, "proj", i, j) >> 63); the race draw of round r is
+U = (2 * (splitmix64(idh ^ _hash(seed, "race", r)) >> 11) + 1) / 2**54.
+
 Shapes: n records, d working dimensions, k_eff clusters, T = params.max_iter iterations.
 Private helpers assume valid input; `fit`, `certify`, `forget` and `crossing_rate` validate.
 No I/O: the store streams `Block`s through a `Source`.
@@ -680,8 +685,11 @@ def _final_pass(source: Source, C: np.ndarray, only: set[int] | None = None
 
 
 def _finish(source: Source, params: Params, d_in: int, d: int, init_ids: list[str],
-            centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, n: int) -> State:
+            centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, n: int,
+            progress: Progress | None) -> State:
     final_counts, cands = _final_pass(source, centroids[-1])
+    if progress:
+        progress("examples", 1, 1)
     return State(params, d_in, d, n, len(init_ids), list(init_ids), centroids, sums, counts, final_counts,
                  [[i for _, i in c] for c in cands], [[dv for dv, _ in c] for c in cands])
 
@@ -698,7 +706,7 @@ def _fit_from_race(source: Source, params: Params, d_in: int, kept_ids: list[str
     sums = np.zeros((T, k, d), dtype=np.int64)
     counts = np.zeros((T, k), dtype=np.int64)
     _lloyd(source, params, centroids, sums, counts, 1, progress)
-    return _finish(source, params, d_in, d, init_ids, centroids, sums, counts, source.n)
+    return _finish(source, params, d_in, d, init_ids, centroids, sums, counts, source.n, progress)
 
 
 def fit(source: Source, params: Params, d_in: int, progress: Progress | None = None) -> State:
@@ -810,7 +818,8 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
         sums = state.sums - dS
         counts = state.counts - dN
         _lloyd(survivors, p, centroids, sums, counts, t0, progress)
-        return _finish(survivors, p, state.d_in, d, state.init_ids, centroids, sums, counts, n_new), cert
+        new = _finish(survivors, p, state.d_in, d, state.init_ids, centroids, sums, counts, n_new, progress)
+        return new, cert
 
     cert = Certificate([], None, None)
     labels, _ = assign(x, state.centroids[T])

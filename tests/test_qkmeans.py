@@ -524,6 +524,6 @@ def test_progress_reports_every_stage_and_numpy_ints_are_accepted():
     params = Params(k=np.int64(3), eps=0.2, dim=None, seed=np.int64(8), max_iter=np.int64(2))
     seen = []
     state = fit(source(ids, x), params, d, lambda stage, done, total: seen.append((stage, done, total)))
-    assert ("lloyd", 2, 2) in seen and ("k-means++", 1, 3) in seen
+    assert ("lloyd", 2, 2) in seen and ("k-means++", 1, 3) in seen and seen[-1] == ("examples", 1, 1)
     plain = fit(source(ids, x), Params(k=3, eps=0.2, dim=None, seed=8, max_iter=2), d)
     assert_same(state, plain)
