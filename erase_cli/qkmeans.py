@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import decimal
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -135,7 +134,7 @@ class Params:
                 f"seed must be an integer in [0, 2**63) (got {self.seed}); pass --seed 0 or another "
                 "non-negative integer"
             )
-        if not (isinstance(self.eps, (int, float, np.floating)) and math.isfinite(self.eps) and self.eps > 0):
+        if not (isinstance(self.eps, (int, float, np.floating)) and bool(np.isfinite(self.eps)) and self.eps > 0):
             raise InvalidParameter(f"eps must be a positive number (got {self.eps}); pass e.g. --eps 0.1")
         if self.E < 1:
             raise InvalidParameter(
@@ -176,7 +175,7 @@ class Projector:
             cols = np.arange(d_in, dtype=np.uint64)[None, :]
             top = _hash(seed, _TAG_PROJ, rows, cols) >> np.uint64(63)
             self.R = 1 - 2 * top.astype(np.int64)  # (m, d_in) of +-1
-            self.q = int(round(math.sqrt(dim)))
+            self.q = int(round(float(np.sqrt(dim))))
             self._Rf = self.R.astype(np.float64)
 
     def __call__(self, x_fp: np.ndarray) -> np.ndarray:
@@ -545,7 +544,7 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
     pending = np.asarray(centres, dtype=np.int64).reshape(-1, d)  # centres not yet folded into mind
     for r in range(len(winners), params.k):
         mix = _hash(params.seed, _TAG_RACE, r)
-        best = math.inf
+        best = float("inf")
         cands: list[tuple[float, int, int, str, np.ndarray]] = []
         any_weight = False
         Pf = pending.astype(np.float64)
