@@ -92,6 +92,18 @@ def _os_error(exc: OSError, path: Path) -> EraseError:
     return StoreDamaged(f"cannot access {path}: {exc.strerror}")
 
 
+@contextlib.contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """Turn an OSError from staging (disk full, permission denied) into the typed error, so a
+    writer that fails part-way reports one line; its caller aborts the transaction."""
+    try:
+        yield
+    except EraseError:  # StoreDamaged and DiskFull are OSErrors too: already typed
+        raise
+    except OSError as exc:
+        raise _os_error(exc, path) from None
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename, directory fsync."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,14 +465,16 @@ class Transaction:
         self.staged_root = store.root / JOURNAL_DIR / "files"
         self.deletes: set[str] = set()
         self._staged_arrays: dict = {}
-        if (store.root / JOURNAL_DIR).exists():
-            shutil.rmtree(store.root / JOURNAL_DIR)
-        self.staged_root.mkdir(parents=True)
+        with _os_errors(store.root):
+            if (store.root / JOURNAL_DIR).exists():
+                shutil.rmtree(store.root / JOURNAL_DIR)
+            self.staged_root.mkdir(parents=True)
 
     def write_file(self, rel: str, data: bytes) -> None:
         path = self.staged_root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        with _os_errors(self.store.root):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
 
     def delete(self, rel: str) -> None:
         self.deletes.add(rel)
@@ -468,10 +482,13 @@ class Transaction:
     # ---- zarr
     def create_arrays(self, dim: int) -> None:
         """A new records.zarr (first ingest): everything is staged, so nothing is half-made."""
+        with _os_errors(self.store.root):
+            self._create_arrays(self.staged_root / "records.zarr", dim)
+
+    def _create_arrays(self, root: Path, dim: int) -> None:
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
-        root = self.staged_root / "records.zarr"
         group = zarr.open_group(store=zarr.storage.LocalStore(root), mode="w")
         text = dict(compressors=[ZstdCodec(level=3, checksum=True)])
         group.create_array("ids", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, **text)
@@ -506,6 +523,10 @@ class Transaction:
         Each touched chunk is read from the live array, patched and written in full; a chunk that
         ends up all fill value is not written by zarr, so its live file is deleted instead.
         """
+        with _os_errors(self.store.root):
+            self._write_rows(name, n_slots, rows, values)
+
+    def _write_rows(self, name: str, n_slots: int, rows: np.ndarray, values: np.ndarray) -> None:
         staged = self._staged_array(name, n_slots)
         live_len = self.store.n_slots if self.store.exists else 0
         live = self.store.array(name) if live_len else None
