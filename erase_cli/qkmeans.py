@@ -90,7 +90,10 @@ def id_hash64(ids: Sequence[str]) -> np.ndarray:
 
 def to_fixed(x: np.ndarray) -> np.ndarray:
     """float (n, d) -> int64 (n, d) fixed point rint(float64(x) * 2**16)."""
-    return np.rint(np.asarray(x, dtype=np.float64) * SCALE).astype(np.int64)
+    # In place after the first allocation: fresh pages are costly on big matrices.
+    y = np.multiply(x, float(SCALE), dtype=np.float64)
+    np.rint(y, out=y)
+    return y.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
