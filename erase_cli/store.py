@@ -621,6 +621,11 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
     if write:
         # Everything a writer creates is readable by its owner only.
         os.umask(0o077)
+        if create and not (root / STORE_JSON).exists() and set(os.listdir(root)) <= {"lock", JOURNAL_DIR}:
+            # An empty directory the user made for the store (mode 0755, say) becomes owner-only
+            # too; a directory holding other things (--store . by mistake) is left alone.
+            with _os_errors(root):
+                os.chmod(root, 0o700)
         if not os.access(root, os.W_OK):
             raise StoreNotWritable(f"store {root} is not writable; fix its permissions or pass "
                                    "another --store")
