@@ -233,7 +233,7 @@ def source(ids, x, block_size=7):
     return ArraySource(ids, x, block_size=block_size)
 
 
-def pick_batch(data, ids, x, params, d, state: State) -> list[str]:
+def pick_batch(data, ids, x, state: State) -> list[str]:
     mode = data.draw(st.sampled_from(["single", "batch", "example", "init", "cluster", "all"]))
     if mode == "all":
         return list(ids)
@@ -280,7 +280,7 @@ def test_forget_equals_refit(ds, data):
         return
     state = fit(source(ids, x), params, d)
     before = state.state_digest()
-    batch = pick_batch(data, ids, x, params, d, state)
+    batch = pick_batch(data, ids, x, state)
     new, cert, surv = forget_ids(state, ids, x, batch)
     assert state.state_digest() == before  # forget does not mutate its input
     event("race refit" if cert.first_round is not None else "lloyd refit" if cert.first_iter else "no crossing")
