@@ -418,10 +418,41 @@ class Store:
 
     def audit_entries(self) -> list[dict]:
         path = self.resolve(AUDIT)
-        entries = audit.read_entries(path) if path is not None else []
+        if path is None:
+            entries = []
+        elif self._torn_audit(path):
+            entries = self._entries_before_torn_line(path)
+        else:
+            entries = audit.read_entries(path)
         if self.pending is not None and self.pending.audit_entry is not None:
             if not entries or entries[-1].get("hash") != self.pending.audit_entry.get("hash"):
                 entries.append(self.pending.audit_entry)
+        return entries
+
+    def _torn_audit(self, path: Path) -> bool:
+        """Whether a pending commit's audit append was cut off (a last line with no newline).
+        Only a committed journal appends, so without one a torn line is damage, not a crash."""
+        if self.pending is None or self.pending.audit_entry is None:
+            return False
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return False
+            f.seek(end - 1)
+            return f.read(1) != b"\n"
+
+    def _entries_before_torn_line(self, path: Path) -> list[dict]:
+        """The log's complete lines: the pending journal re-appends the entry that was cut off."""
+        data = path.read_bytes()
+        try:
+            entries = [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()
+                       if line.strip()]
+        except orjson.JSONDecodeError:
+            raise StoreDamaged(f"audit log {path} has a line that is not valid JSON (edited); "
+                               "restore the log from a backup") from None
+        if not all(isinstance(e, dict) for e in entries):
+            raise StoreDamaged(f"audit log {path} has a line that is not an entry (edited); "
+                               "restore the log from a backup")
         return entries
 
     def last_audit_entry(self) -> dict | None:

@@ -213,3 +213,21 @@ def test_forget_sigkilled_at_random_instants(world):
         outcomes.append((delay, state, applied))
     # Timing-dependent, so not asserted; shown with -rA or on failure.
     print("kill outcomes (delay s, state, applied):", outcomes)
+
+
+def test_forget_killed_mid_audit_append(world):
+    """A kill while appending the audit entry leaves a torn last line: readers show the committed
+    state with a valid chain, and the next writer drops the torn line and appends the entry once."""
+    store = _copy(world, "torn-audit")
+    r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
+              env=clean_env(ERASE_TEST_CRASH_AT="applied"))
+    assert r.returncode == 137, r.stderr
+    with open(store / "audit.jsonl", "ab") as f:
+        f.write(b'{"action":"forget","crossings":[],"elap')
+    ids = [rec.id for rec in world["batch"]]
+    lg = erase("log", "--verify", "--store", str(store), "--json")
+    assert lg.returncode == 0, lg.stderr
+    assert json.loads(lg.stdout.splitlines()[-1])["verify"]["valid"] is True
+    applied = _check_read_only(store, ids, via_cli=False)
+    assert applied
+    _recover_and_check(world, store, applied, via_cli=True)
