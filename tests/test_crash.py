@@ -34,6 +34,7 @@ from helpers import (
     make_records,
     record_needles,
     snapshot,
+    write_jsonl,
 )
 
 N_RECORDS = 300
@@ -231,3 +232,50 @@ def test_forget_killed_mid_audit_append(world):
     applied = _check_read_only(store, ids, via_cli=False)
     assert applied
     _recover_and_check(world, store, applied, via_cli=True)
+
+
+@pytest.mark.parametrize("command,point", [("append", "staged"), ("append", "apply:3"),
+                                           ("fit", "committed"), ("first-ingest", "committed")])
+def test_ingest_and_fit_killed(world, command, point):
+    """Ingest and fit are one transaction too: all or nothing for readers, completed or rolled
+    back by the next writing command."""
+    tmp = world["tmp"]
+    extra = make_records(20, seed=99, prefix="extra")
+    data = write_jsonl(tmp / "extra.jsonl", extra)
+    if command == "first-ingest":
+        store = tmp / "first-ingest"
+        shutil.rmtree(store, ignore_errors=True)
+        args = ["ingest", str(data), "--vector-field", "vec"]
+    else:
+        store = _copy(world, f"{command}-{point.replace(':', '-')}")
+        args = (["ingest", str(data), "--vector-field", "vec", "--append"] if command == "append"
+                else ["fit", "-k", "3", "--dim", "8"])
+    r = erase(*args, "--store", str(store), env=clean_env(ERASE_TEST_CRASH_AT=point))
+    assert r.returncode == 137, r.stderr
+    before = snapshot(store)
+    st = erase("status", "--store", str(store), "--json")
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert snapshot(store) == before
+    assert status["pending"] == ({"committed": False} if point == "staged" else
+                                 {"committed": True, "action": args[0]})
+    expect_applied = point != "staged"
+    if command in ("append", "first-ingest"):
+        base = 0 if command == "first-ingest" else N_RECORDS
+        assert status["records"] == base + (len(extra) if expect_applied else 0)
+    else:
+        assert status["fit"]["k"] == (3 if expect_applied else 4)
+    # The next writing command recovers first, and says so.
+    fit = erase("fit", "-k", "3", "--dim", "8", "--store", str(store))
+    assert fit.returncode == 0, fit.stderr
+    assert ("completed an interrupted" if expect_applied else "rolled back") in fit.stderr
+    assert not (store / "journal").exists()
+    assert service.verify(store)["identical"] is True
+    assert service.log(store, check=True)["valid"] is True
+    actions = [e["action"] for e in audit_lines(store)]
+    # The template logged one ingest and one fit; the interrupted command is logged once if it
+    # committed, and the recovering fit once more.
+    base = {"ingest": 0, "fit": 0} if command == "first-ingest" else {"ingest": 1, "fit": 1}
+    base[args[0]] += expect_applied
+    base["fit"] += 1
+    assert {a: actions.count(a) for a in base} == base, actions
