@@ -201,8 +201,7 @@ class LlamaGenerator:
     # -- model and context -------------------------------------------------------------------
 
     def _load(self, n_ctx: int) -> None:
-        import llama_cpp  # noqa: F401  (heavy: loaded only when a model is needed)
-        from llama_cpp import Llama
+        from llama_cpp import Llama  # heavy: imported only when a model is needed
 
         self._llm = None  # free the previous context before allocating a new one
         try:
