@@ -320,6 +320,10 @@ def run_eval(
 ) -> dict:
     """Evaluate each method on the task's test items; returns a JSON-ready dict.
 
+    erase uses the config defaults (eps, dim, max_iter) with this k and seed; kmeans runs the
+    same k, seed and number of Lloyd iterations on the unprojected float embeddings, so the two
+    differ only by quantization and projection.
+
     `generator` / `embedder` replace the real models (tests pass the fakes). One model load and
     one embedding pass serve every method; a shared-prefix method sets its prefix once.
     """

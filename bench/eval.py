@@ -1,0 +1,208 @@
+"""Benchmark: `erase eval` on the shared BIG-bench tasks and the sample data (SPEC 7, eval).
+
+Runs evaluate.run_eval for every task with one embedder and one model load, then writes
+bench/results/eval.json (every number, per-item results included) and bench/results/eval.md.
+Timed region per query: prompt scoring or generation only (knn also rebuilds its per-query
+prefix, which is its real cost); model load and embedding are outside it.
+
+    .venv/bin/python bench/eval.py --limit 60
+    .venv/bin/python bench/eval.py --limit 20 --tasks snarks navigate --no-sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from erase_cli.embed import load_embedder  # noqa: E402
+from erase_cli.evaluate import METHODS, paired_difference, run_eval  # noqa: E402
+from erase_cli.llm import LlamaGenerator, resolve_model  # noqa: E402
+
+BIGBENCH = Path(os.environ.get("ERASE_BIGBENCH", ROOT.parent / "shared" / "bigbench"))
+SAMPLE = ROOT / "sample_data" / "support_intents.jsonl"
+TASKS = ["intent_recognition", "implicatures", "movie_recommendation", "navigate", "snarks",
+         "sports_understanding", "object_counting", "tense"]
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=60, help="test items per task")
+    ap.add_argument("--tasks", nargs="*", default=TASKS)
+    ap.add_argument("--no-sample", action="store_true", help="skip sample_data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-k", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+
+    started = time.time()
+    embedder = load_embedder(None)
+    model = resolve_model(None)
+    generator = LlamaGenerator(model, n_threads=args.threads)
+    paths = [(t, BIGBENCH / t / "task.json") for t in args.tasks]
+    if not args.no_sample and SAMPLE.is_file():
+        paths.append(("sample:" + SAMPLE.stem, SAMPLE))
+
+    results = []
+    for label, path in paths:
+        t0 = time.time()
+        res = run_eval(path, list(METHODS), limit=args.limit, seed=args.seed, k=args.k,
+                       generator=generator, embedder=embedder)
+        res["model"] = Path(model).name
+        res["wall_s"] = time.time() - t0
+        results.append(res)
+        accs = " ".join(f"{m}={v['accuracy']:.2f}" for m, v in res["methods"].items())
+        print(f"{label}: {accs} ({res['wall_s']:.0f}s)", file=sys.stderr, flush=True)
+        _write(args, results, started, model, done=False)
+    _write(args, results, started, model, done=True)
+
+
+def summary(results: list[dict]) -> dict:
+    """SPEC 7 eval criteria: per task, erase - kmeans interval includes 0 or lies above it; over
+    the tasks where some method beats zero-shot (interval above 0), erase - random pooled over
+    their items (paired), and the unweighted mean of the per-task means."""
+    per_task = {}
+    pooled_e, pooled_r, means = [], [], []
+    for res in results:
+        ek = res["paired"].get("erase-kmeans")
+        beats_zero = [m for m in res["methods"] if m != "zero"
+                      and (res["paired"].get(f"{m}-zero") or {}).get("low") is not None
+                      and res["paired"][f"{m}-zero"]["low"] > 0]
+        per_task[res["task"]] = {
+            # "includes 0 or lies above it" is the same as: the upper end is not below 0.
+            "erase_minus_kmeans_ok": ek is not None and ek["high"] is not None and ek["high"] >= 0,
+            "erase_minus_kmeans": ek,
+            "methods_beating_zero": beats_zero,
+            "at_chance": _at_chance(res),
+        }
+        if beats_zero:
+            pooled_e += res["methods"]["erase"]["per_item"]["correct"]
+            pooled_r += res["methods"]["random"]["per_item"]["correct"]
+            means.append(res["paired"]["erase-random"]["mean"])
+    return {
+        "per_task": per_task,
+        "tasks_beating_zero": [t for t, v in per_task.items() if v["methods_beating_zero"]],
+        "erase_minus_random_pooled": paired_difference(pooled_e, pooled_r) if pooled_e else None,
+        "erase_minus_random_mean_of_tasks": sum(means) / len(means) if means else None,
+    }
+
+
+def _at_chance(res: dict) -> list[str]:
+    """Methods whose Wilson interval contains the chance level (MC tasks only)."""
+    chance = res.get("chance")
+    if chance is None:
+        return []
+    return [m for m, v in res["methods"].items() if v["ci95"][0] <= chance <= v["ci95"][1]]
+
+
+def _write(args, results, started, model, done: bool) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": "eval",
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "model": Path(model).name,
+        "embedder": "all-MiniLM-L6-v2",
+        "limit": args.limit,
+        "complete": done,
+        "total_wall_s": time.time() - started,
+        "summary": summary(results),
+        "tasks": results,
+    }
+    (args.out / "eval.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    (args.out / "eval.md").write_text(markdown(doc))
+
+
+def _ci(v) -> str:
+    return f"{v['accuracy']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
+
+
+def _diff(d) -> str:
+    if d is None:
+        return "–"
+    if d["low"] is None:
+        return f"{d['mean']:+.2f}"
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def markdown(doc: dict) -> str:
+    out = [
+        "# erase eval on BIG-bench tasks and the sample data",
+        "",
+        f"- command: `{doc['command']}`",
+        f"- date (UTC): {doc['date_utc']}; machine: {doc['machine']['cpu']}, "
+        f"{doc['machine']['cores']} cores; total wall time {doc['total_wall_s']:.0f} s"
+        + ("" if doc["complete"] else " (**run incomplete: partial results**)"),
+        f"- model: {doc['model']}; embedder: {doc['embedder']}; first {doc['limit']} test items "
+        "per task (hash split 50/50, train = all remaining items)",
+        "- accuracy: Wilson 95% interval; paired differences: mean of per-item d in {-1,0,1} "
+        "± 1.96·sd/√n; latency: per query, scoring/generation only (knn includes its own "
+        "prefix build); 'top share' = share of the most frequent predicted answer",
+        "",
+    ]
+    for res in doc["tasks"]:
+        chance = res.get("chance")
+        head = f"## {res['task']} ({res['kind']}, {res['n_test']} test / {res['n_train']} train"
+        head += f", chance {chance:.2f})" if chance is not None else ")"
+        out += [head, "",
+                "| method | accuracy [95% CI] | mean-logprob acc | erase − method | "
+                "method − zero | top share | ms/query mean / median |",
+                "|---|---|---|---|---|---|---|"]
+        for m, v in res["methods"].items():
+            mean_acc = v.get("accuracy_mean_logprob")
+            out.append(
+                f"| {m} | {_ci(v)} | {'–' if mean_acc is None else f'{mean_acc:.2f}'} | "
+                f"{_diff(res['paired'].get(f'erase-{m}')) if m != 'erase' else '–'} | "
+                f"{_diff(res['paired'].get(f'{m}-zero')) if m != 'zero' else '–'} | "
+                f"{v['most_frequent_share']:.2f} | "
+                f"{v['latency_ms_mean']:.0f} / {v['latency_ms_median']:.0f} |"
+            )
+        out.append("")
+    s = doc["summary"]
+    out += ["## Summary against SPEC 7", ""]
+    for task, v in s["per_task"].items():
+        ek = v["erase_minus_kmeans"]
+        verdict = "includes 0" if ek and ek["low"] is not None and ek["low"] <= 0 <= ek["high"] \
+            else ("above 0" if ek and ek["low"] is not None and ek["low"] > 0 else "below 0")
+        chance_note = f"; interval contains chance: {', '.join(v['at_chance'])}" \
+            if v["at_chance"] else ""
+        beats = ", ".join(v["methods_beating_zero"]) or "none"
+        out.append(f"- {task}: erase − kmeans {_diff(ek)} ({verdict}); beats zero-shot: "
+                   f"{beats}{chance_note}")
+    pooled = s["erase_minus_random_pooled"]
+    out += ["", f"Tasks where some method beats zero-shot: {', '.join(s['tasks_beating_zero']) or 'none'}."]
+    if pooled:
+        out.append(f"erase − random over those tasks (items pooled, paired): {_diff(pooled)} "
+                   f"(n = {pooled['n']}); unweighted mean of per-task means "
+                   f"{s['erase_minus_random_mean_of_tasks']:+.3f}.")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
