@@ -212,14 +212,15 @@ def ask(
 ) -> None:
     """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix."""
     from . import service
-    from .answer import Question, read_questions
+    from .answer import Question, check_choices, read_questions
 
     def answers():
         if question is None and from_file is None:
             from .errors import InvalidInput
 
             raise InvalidInput("no question; pass one as an argument or use --from-file FILE")
-        qs = [Question(question, list(choices) if choices else None)] if question is not None else []
+        qs = ([Question(question, check_choices(list(choices), "--choices") if choices else None)]
+              if question is not None else [])
         if from_file is not None:
             qs += read_questions(from_file)
         return service.ask(config.store_path(store), qs, model=config.model_flag(model), n_ctx=n_ctx,
@@ -240,6 +241,80 @@ def ask(
     except KeyboardInterrupt:
         render.error("interrupted", "interrupted", json)
         raise typer.Exit(130) from None
+
+
+# --------------------------------------------------------------------------- eval, cost
+
+
+@app.command("eval")
+def eval_(
+    task: Annotated[list[str], typer.Argument(
+        help="A BIG-bench task.json, a directory with train/test JSONL files, a train and a test JSONL file, or one JSONL file to split.")],
+    method: Annotated[Optional[list[str]], typer.Option(
+        "--method", help="erase, kmeans, random, zero or knn; repeat for several (default: all five).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the methods' randomness (never changes the split).")] = config.DEFAULT_SEED,
+    k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt.")] = config.DEFAULT_K,
+    model: Annotated[Optional[str], typer.Option(
+        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    embedder: Annotated[Optional[str], typer.Option(
+        envvar="ERASE_EMBEDDER", show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Compare demonstration choices (erase, kmeans, random, zero-shot, knn) on a task."""
+    from .evaluate import render_table, run_eval
+
+    def work():
+        with render.progress_bar() as progress:
+            return run_eval(task if len(task) > 1 else task[0], method, limit, seed, k,
+                            config.model_flag(model), config.embedder_name(embedder), progress,
+                            n_threads=threads)
+
+    _run(json, work, lambda r: render.out.print(render_table(r)))
+
+
+@app.command()
+def cost(
+    queries_per_deletion: Annotated[float, typer.Option(help="R: queries served per deletion request.")] = 1000.0,
+    sisa_shards: Annotated[int, typer.Option(help="S: shards of the modelled SISA fine-tune.")] = 5,
+    sisa_epochs: Annotated[float, typer.Option(help="Epochs of the modelled SISA retraining.")] = 3.0,
+    train_multiplier: Annotated[float, typer.Option(help="Training cost per token / inference cost per token (forward+backward ~ 3).")] = 3.0,
+    tokens_per_example: Annotated[Optional[float], typer.Option(help="Tokens per training example (default: measured from the demonstrations).")] = None,
+    per_token_s: Annotated[Optional[float], typer.Option(help="Inference seconds per token (default: measured).")] = None,
+    finetuned_query_s: Annotated[Optional[float], typer.Option(help="Query seconds of one fine-tuned model (default: the zero-shot time).")] = None,
+    questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
+    model: Annotated[Optional[str], typer.Option(
+        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    store: StoreOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Holistic cost per deletion request: erase (measured) vs SISA fine-tuning (modelled)."""
+    from . import service
+
+    def work():
+        return service.cost(config.store_path(store), queries_per_deletion=queries_per_deletion,
+                            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs,
+                            train_multiplier=train_multiplier, n_questions=questions,
+                            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
+                            finetuned_query_s=finetuned_query_s, model=config.model_flag(model),
+                            n_threads=threads, hooks=_hooks(json))
+
+    def show(r):
+        from rich.table import Table
+
+        table = Table("method", "U (s per deletion)", "I (s per query)", "H (s per request)",
+                      title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:g}, "
+                            f"I0 = {r['inputs']['zero_shot_query_s']:.4f} s")
+        for name, m in r["methods"].items():
+            table.add_row(f"{name} ({m['label']})", f"{m['U_s']:.4g}", f"{m['I_s']:.4g}", f"{m['H_s']:.4g}")
+        render.out.print(table)
+        be = r["break_even_queries_per_deletion"]
+        render.out.print(f"break-even R: {'never' if be is None else f'{be:,.0f}'}", markup=False)
+        render.out.print("inputs: " + ", ".join(f"{k}={v}" for k, v in r["inputs"].items()), markup=False)
+
+    _run(json, work, show)
 
 
 # --------------------------------------------------------------------------- read-only

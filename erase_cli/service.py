@@ -578,3 +578,45 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
     return answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
                   save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
                   n_gpu_layers=n_gpu_layers, max_tokens=max_tokens)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int = 5,
+         sisa_epochs: float = 3.0, train_multiplier: float = 3.0, n_questions: int = 20,
+         tokens_per_example: float | None = None, per_token_s: float | None = None,
+         finetuned_query_s: float | None = None, model: str | None = None,
+         n_threads: int | None = None, hooks: Hooks = Hooks()) -> dict:
+    """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now."""
+    from .cost import CostInputs, cost_inputs_from_audit, holistic_cost, measure_inference
+    from .llm import resolve_model
+
+    if n_questions < 1:
+        raise InvalidParameter(f"--questions {n_questions} must be at least 1")
+    with open_store(root, write=False, on_message=hooks.say) as st:
+        _fitted(st, root)
+        manifest = st.manifest()
+        entries = st.audit_entries()
+        rows = np.sort(st.index()["row"][:n_questions])  # a hash-chosen sample of records
+        questions = [{"input": d["input"], "choices": d.get("choices")}
+                     for d in map(orjson.loads, st.read_rows("data", rows))]
+        n_records = st.n_records
+    if not questions:
+        raise InvalidParameter(f"store {root} has no records to time queries on; ingest some first")
+    measured = measure_inference(manifest, resolve_model(model), questions, n_threads=n_threads)
+    base = CostInputs(
+        n_records=n_records, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
+        sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+        per_token_inference_s=measured["per_token_inference_s"] if per_token_s is None else per_token_s,
+        tokens_per_example=(measured["tokens_per_example"] if tokens_per_example is None
+                            else tokens_per_example),
+        prefix_rebuild_s=measured["prefix_rebuild_s"], erase_query_s=measured["erase_query_s"],
+        zero_shot_query_s=measured["zero_shot_query_s"], finetuned_query_s=finetuned_query_s,
+    )
+    result = holistic_cost(cost_inputs_from_audit(entries, base))
+    result["measured"] = measured
+    if not result["inputs"]["forget_samples"]:
+        hooks.say("the audit trail has no forget yet: erase's U counts only the prefix rebuild; "
+                  "run some forgets for a measured deletion cost")
+    return result
