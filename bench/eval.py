@@ -56,8 +56,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-k", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=32, help="generation cap (generative tasks)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None,
+                    help="only combine these eval.json files (runs split over processes) into --out")
+    ap.add_argument("--note", default=None, help="a line for the report (with --merge)")
     args = ap.parse_args()
+    if args.merge:
+        merge(args)
+        return
 
     started = time.time()
     embedder = load_embedder(None)
@@ -71,7 +78,7 @@ def main() -> None:
     for label, path in paths:
         t0 = time.time()
         res = run_eval(path, list(METHODS), limit=args.limit, seed=args.seed, k=args.k,
-                       generator=generator, embedder=embedder)
+                       generator=generator, embedder=embedder, max_tokens=args.max_tokens)
         res["model"] = Path(model).name
         res["wall_s"] = time.time() - t0
         results.append(res)
@@ -79,6 +86,38 @@ def main() -> None:
         print(f"{label}: {accs} ({res['wall_s']:.0f}s)", file=sys.stderr, flush=True)
         _write(args, results, started, model, done=False)
     _write(args, results, started, model, done=True)
+
+
+def merge(args) -> None:
+    """One report from several partial runs (same model and limit), tasks in the usual order."""
+    docs = [orjson.loads(p.read_bytes()) for p in args.merge]
+    order = {t: i for i, t in enumerate(TASKS)}
+    tasks = sorted((t for d in docs for t in d["tasks"]), key=lambda r: order.get(r["task"], 99))
+    doc = dict(docs[0])
+    doc["command"] = " ; ".join(d["command"] for d in docs)
+    doc["date_utc"] = max(d["date_utc"] for d in docs)
+    doc["complete"] = all(d["complete"] for d in docs)
+    doc["total_wall_s"] = sum(t["wall_s"] for t in tasks)
+    doc["parallel_runs"] = len(docs)
+    doc["note"] = args.note
+    for res in tasks:
+        _complete_pairs(res)
+    doc["tasks"] = tasks
+    doc["summary"] = summary(tasks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    (args.out / "eval.md").write_text(markdown(doc))
+
+
+def _complete_pairs(res: dict) -> None:
+    """Recompute the paired differences from the per-item results (runs made before a pair
+    was added to run_eval get it too)."""
+    ms = res["methods"]
+    pairs = [("erase", m) for m in ms if m != "erase"] + [(m, "zero") for m in ms if m != "zero"]
+    for a, b in pairs:
+        if a in ms and b in ms:
+            res["paired"][f"{a}-{b}"] = paired_difference(
+                ms[a]["per_item"]["correct"], ms[b]["per_item"]["correct"])
 
 
 def summary(results: list[dict]) -> dict:
@@ -163,8 +202,10 @@ def markdown(doc: dict) -> str:
         "- accuracy: Wilson 95% interval; paired differences: mean of per-item d in {-1,0,1} "
         "± 1.96·sd/√n; latency: per query, scoring/generation only (knn includes its own "
         "prefix build); 'top share' = share of the most frequent predicted answer",
-        "",
     ]
+    if doc.get("note"):
+        out.append(f"- note: {doc['note']}")
+    out.append("")
     for res in doc["tasks"]:
         chance = res.get("chance")
         head = f"## {res['task']} ({res['kind']}, {res['n_test']} test / {res['n_train']} train"

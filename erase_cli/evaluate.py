@@ -473,9 +473,11 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
             entry["examples"] = r["examples"]
         out_methods[method] = entry
 
-    pairs = [("erase", "kmeans"), ("erase", "random")]
-    if "zero" in methods:
-        pairs += [(m, "zero") for m in methods if m != "zero"]
+    # erase against every baseline (SPEC: erase - kmeans, erase - random), and every method
+    # against zero-shot, which says whether demonstrations help at all.
+    pairs = [("erase", m) for m in methods if m != "erase"]
+    pairs += [(m, "zero") for m in methods if m != "zero"]
+    pairs = list(dict.fromkeys(pairs))
     paired = {
         f"{a}-{b}": paired_difference(results[a]["correct"], results[b]["correct"])
         for a, b in pairs
