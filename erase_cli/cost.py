@@ -135,7 +135,7 @@ def cost_inputs_from_audit(entries: Iterable[Mapping], base: CostInputs) -> Cost
     n = len(forgets)
     return dataclasses.replace(
         base,
-        erase_forget_s=sum(float(e.get("elapsed_ms", 0.0)) for e in forgets) / n / 1000.0,
+        erase_forget_s=sum(float(e.get("elapsed_ms") or 0.0) for e in forgets) / n / 1000.0,
         prompt_change_rate=sum(bool(e.get("prompt_changed")) for e in forgets) / n,
         refit_share=sum(e.get("action_taken") == "refit" for e in forgets) / n,
         forget_samples=n,
