@@ -1,7 +1,7 @@
 """Build a store of n synthetic 384-d records without a 4 GB JSONL file (bench only).
 
 `erase ingest --vector-field` would need the vectors as JSON text (~4 GB at n = 1e6). Instead this
-writes what that ingest writes — records.zarr (ids, data, idh, emb), index.npy, store.json,
+writes what that ingest writes — records.zarr (ids, data, idh, emb), index/XX.npy, store.json,
 secret and the audit entry — through the store's own Transaction API, one slab of rows at a time,
 so memory stays bounded. The embedder is recorded as "vectors:embedding", as for a BYO ingest.
 Pristine stores are cached under bench/.cache/ and copied for each run (forget changes a store).
@@ -19,7 +19,7 @@ import orjson
 from common import CACHE, clustered_unit, log, rid
 from erase_cli import qkmeans as qk
 from erase_cli.store import (
-    INDEX,
+    index_changes,
     INDEX_DTYPE,
     Transaction,
     ensure_secret,
@@ -58,7 +58,8 @@ def build(root: Path, n: int) -> None:
                 lo = hi
                 log(f"staged {hi}/{n} rows")
             meta["n_slots"] = n
-            stage_meta(tx, meta, {INDEX: npy_bytes(index[np.lexsort((index["row"], index["idh"]))])})
+            meta["n_records"] = n
+            stage_meta(tx, meta, index_changes(st, add=index))
             tx.commit({"n_added": n, "n_skipped_invalid": 0, "n_skipped_forgotten": 0,
                        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)})
         except BaseException:

@@ -20,15 +20,15 @@ from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit
 from .store import (
     CACHE_DIR,
     FORGOTTEN,
-    INDEX,
+    INDEX_DIR,
     INDEX_DTYPE,
     MANIFEST,
     STATE,
     Store,
     Transaction,
     ensure_secret,
+    index_changes,
     new_meta,
-    npy_bytes,
     npz_bytes,
     open_store,
     stage_meta,
@@ -61,12 +61,15 @@ class Hooks:
 class StoreSource:
     """A qkmeans.Source over the store's live rows (those a fit covers), chunk by chunk."""
 
-    def __init__(self, store: Store, projector: qk.Projector, limit: int, exclude: np.ndarray | None = None):
+    def __init__(self, store: Store, projector: qk.Projector, limit: int,
+                 exclude: np.ndarray | None = None, n: int | None = None):
+        """Rows below `limit` minus `exclude`; pass `n` when it is known, so that a forget that
+        never streams does not read the whole index to count."""
         self.store = store
         self.projector = projector
         self._limit, self._exclude = limit, exclude
         self._rows: np.ndarray | None = None
-        self.n = int(np.count_nonzero(store.index()["row"] < limit)) - (0 if exclude is None else len(exclude))
+        self.n = len(self.rows) if n is None else n
         self._cached: list[qk.Block] | None = None
         self._cache_ok = self.n * projector.d * 8 <= IN_MEMORY_BYTES
 
@@ -228,8 +231,8 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
                 raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
             if meta.get("fit") and records:
                 meta["fit"] = dict(meta["fit"], stale=True)
-            index_bytes = npy_bytes(_merged_index(st, meta, records)) if records else None
-            files = {INDEX: index_bytes} if index_bytes is not None else {}
+            files = index_changes(st, add=_new_index_entries(meta, records)) if records else {}
+            meta["n_records"] = st.n_records + len(records)
             stage_meta(tx, meta, files)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
@@ -285,13 +288,11 @@ def _stage_new_rows(tx: Transaction, st: Store, meta: dict, records, vectors: np
     meta["n_slots"] = n_new
 
 
-def _merged_index(st: Store, meta: dict, records) -> np.ndarray:
-    old = st.index() if st.exists else np.zeros(0, dtype=INDEX_DTYPE)
+def _new_index_entries(meta: dict, records) -> np.ndarray:
     new = np.zeros(len(records), dtype=INDEX_DTYPE)
     new["idh"] = qk.id_hash64([r.id for r in records])
     new["row"] = np.arange(meta["n_slots"] - len(records), meta["n_slots"])
-    merged = np.concatenate([old, new])
-    return merged[np.lexsort((merged["row"], merged["idh"]))]
+    return new
 
 
 # --------------------------------------------------------------------------- fit
@@ -383,7 +384,8 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 if dry_run:
                     cert = qk.certify(state, cids, x)
                 else:
-                    survivors = StoreSource(st, projector, fit_meta["fit_rows"], exclude=krows[covered])
+                    survivors = StoreSource(st, projector, fit_meta["fit_rows"], exclude=krows[covered],
+                                            n=state.n - len(cids))
                     new_state, cert = qk.forget(state, cids, x, survivors, hooks.progress)
         refit = cert is not None and cert.action_needed == "refit"
         example_ids = {i for _, i in state.examples} if state is not None else set()
@@ -416,11 +418,10 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             tx.write_rows("data", n, krows, np.full(len(krows), "", dtype=object))
             tx.write_rows("idh", n, krows, np.zeros(len(krows), dtype=np.uint64))
             tx.write_rows("emb", n, krows, np.zeros((len(krows), st.dim), dtype=np.float32))
-            purged = ["records.zarr/ids", "records.zarr/data", "records.zarr/idh", "records.zarr/emb", INDEX]
-            index = st.index()
-            files: dict[str, bytes | None] = {INDEX: npy_bytes(index[~np.isin(index["row"], krows)])}
+            purged = ["records.zarr/ids", "records.zarr/data", "records.zarr/idh", "records.zarr/emb", INDEX_DIR]
+            files = index_changes(st, remove_rows=krows, remove_idh=qk.id_hash64(kids))
+            meta = dict(meta, n_records=st.n_records - len(kids))
             files[FORGOTTEN] = orjson.dumps(sorted(forgotten | {h for h, k in zip(hashes, known) if k}))
-            meta = dict(meta)
             meta["n_forgotten"] = int(meta.get("n_forgotten", 0)) + len(kids)
             counters = dict(meta["counters"])
             counters["forget_batches"] += 1

@@ -1,6 +1,6 @@
 """The on-disk store: the only module that imports zarr.
 
-Layout (docs/DESIGN.md): store.json, secret, records.zarr/{ids,idh,data,emb}, index.npy,
+Layout (docs/DESIGN.md): store.json, secret, records.zarr/{ids,idh,data,emb}, index/XX.npy,
 forgotten.json, fit/state.npz, manifest.json, audit.jsonl, cache/, journal/, lock.
 
 Every change goes through a Transaction: new files (whole small files, or rewritten zarr chunks)
@@ -49,14 +49,14 @@ INDEX_DTYPE = np.dtype([("idh", "<u8"), ("row", "<i8")])
 STORE_JSON = "store.json"
 MANIFEST = "manifest.json"
 STATE = "fit/state.npz"
-INDEX = "index.npy"
+INDEX_DIR = "index"
+INDEX_SHARDS = 256
 FORGOTTEN = "forgotten.json"
 AUDIT = "audit.jsonl"
 SECRET = "secret"
 CACHE_DIR = "cache"
 JOURNAL_DIR = "journal"
 # Files whose sha256 store.json records, so damage is reported instead of answered wrongly.
-CHECKSUMMED = (MANIFEST, STATE, INDEX, FORGOTTEN)
 
 Message = Callable[[str], None]
 
@@ -208,6 +208,7 @@ class Store:
         self.pending: Journal | None = None
         self._meta: dict | None = None
         self._index: np.ndarray | None = None
+        self._shards: dict[int, np.ndarray] = {}
         self._arrays: dict = {}
 
     # ---- files
@@ -283,25 +284,32 @@ class Store:
     def dim(self) -> int | None:
         return self.meta.get("dim")
 
-    def index(self) -> np.ndarray:
-        """Live rows sorted by (idh, row): the lookup table from an id to its row."""
-        if self._index is None:
-            data = self.read_bytes(INDEX)
-            if data is None:
-                self._index = np.zeros(0, dtype=INDEX_DTYPE)
-            else:
+    def index_shard(self, shard: int) -> np.ndarray:
+        """Live rows of one index shard (ids whose hash starts with byte `shard`), sorted by
+        (idh, row). Sharding keeps a forget's index rewrite small at any store size."""
+        if shard not in self._shards:
+            rel = index_rel(shard)
+            data = self.read_bytes(rel)
+            arr = np.zeros(0, dtype=INDEX_DTYPE)
+            if data is not None:
                 try:
                     arr = np.load(io.BytesIO(data), allow_pickle=False)
                 except ValueError:
-                    raise StoreDamaged(f"{self.root / INDEX} is damaged; restore the store") from None
+                    raise StoreDamaged(f"{self.root / rel} is damaged; restore the store") from None
                 if arr.dtype != INDEX_DTYPE:
-                    raise StoreDamaged(f"{self.root / INDEX} has the wrong layout; restore the store")
-                self._index = arr
+                    raise StoreDamaged(f"{self.root / rel} has the wrong layout; restore the store")
+            self._shards[shard] = arr
+        return self._shards[shard]
+
+    def index(self) -> np.ndarray:
+        """All live rows sorted by (idh, row): the shards in order."""
+        if self._index is None:
+            self._index = np.concatenate([self.index_shard(b) for b in range(INDEX_SHARDS)])
         return self._index
 
     @property
     def n_records(self) -> int:
-        return len(self.index())
+        return int(self.meta.get("n_records", 0)) if self.exists else 0
 
     def array(self, name: str):
         if name not in self._arrays:
@@ -361,22 +369,23 @@ class Store:
             yield part, {n: self._read_chunk(a, n, lo, hi)[part - lo] for n, a in arrays.items()}
 
     def lookup(self, ids: list[str]) -> np.ndarray:
-        """Row of each id, -1 where absent. Confirms the id text, so idh collisions are harmless."""
+        """Row of each id, -1 where absent. Reads only the index shards the ids hash to, and
+        confirms the id text, so hash collisions are harmless."""
         from .qkmeans import id_hash64
 
-        index = self.index()
         rows = np.full(len(ids), -1, dtype=np.int64)
-        if len(ids) == 0 or len(index) == 0:
+        if len(ids) == 0 or not self.exists or not self.n_records:
             return rows
         h = id_hash64(ids)
-        left = np.searchsorted(index["idh"], h, side="left")
-        right = np.searchsorted(index["idh"], h, side="right")
-        cand_pos = [np.arange(lo, hi) for lo, hi in zip(left, right)]
-        flat = np.concatenate(cand_pos) if cand_pos else np.zeros(0, np.int64)
-        cand_rows = index["row"][flat]
-        stored = dict(zip(cand_rows.tolist(), self.read_rows("ids", cand_rows).tolist()))
-        for i, (rid, pos) in enumerate(zip(ids, cand_pos)):
-            for r in index["row"][pos].tolist():
+        cands: list[np.ndarray] = []
+        for i, (hi, shard) in enumerate(zip(h, shard_of(h))):
+            part = self.index_shard(int(shard))
+            lo, up = np.searchsorted(part["idh"], hi, side="left"), np.searchsorted(part["idh"], hi, side="right")
+            cands.append(part["row"][lo:up])
+        flat = np.concatenate(cands)
+        stored = dict(zip(flat.tolist(), self.read_rows("ids", flat).tolist())) if len(flat) else {}
+        for i, (rid, cand) in enumerate(zip(ids, cands)):
+            for r in cand.tolist():
                 if stored[r] == rid:
                     rows[i] = r
                     break
@@ -617,6 +626,7 @@ class Transaction:
         _crash_point("committed")
         Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root)
         self.store._meta = self.store._index = None
+        self.store._shards = {}
         self.store._arrays = {}
         return entry
 
@@ -697,6 +707,36 @@ def new_meta(dim: int, embedder: str) -> dict:
                      "examples_replaced": 0},
         "checksums": {},
     }
+
+
+def shard_of(idh: np.ndarray) -> np.ndarray:
+    return (np.asarray(idh, dtype=np.uint64) >> np.uint64(56)).astype(np.int64)
+
+
+def index_rel(shard: int) -> str:
+    return f"{INDEX_DIR}/{shard:02x}.npy"
+
+
+def index_changes(store: Store, *, add: np.ndarray | None = None,
+                  remove_rows: np.ndarray | None = None, remove_idh: np.ndarray | None = None
+                  ) -> dict[str, bytes | None]:
+    """The index shard files that change when entries `add` (INDEX_DTYPE) come in and the rows
+    `remove_rows` (with their id hashes `remove_idh`) go: {relpath: bytes, or None to delete}."""
+    add = np.zeros(0, dtype=INDEX_DTYPE) if add is None else add
+    remove_rows = np.zeros(0, dtype=np.int64) if remove_rows is None else np.asarray(remove_rows)
+    touched = set(shard_of(add["idh"]).tolist())
+    if remove_idh is not None:
+        touched |= set(shard_of(remove_idh).tolist())
+    add_shards = shard_of(add["idh"])
+    out: dict[str, bytes | None] = {}
+    for b in sorted(touched):
+        cur = store.index_shard(b) if store.exists else np.zeros(0, dtype=INDEX_DTYPE)
+        if len(remove_rows):
+            cur = cur[~np.isin(cur["row"], remove_rows)]
+        merged = np.concatenate([cur, add[add_shards == b]])
+        merged = merged[np.lexsort((merged["row"], merged["idh"]))]
+        out[index_rel(b)] = npy_bytes(merged) if len(merged) else None
+    return out
 
 
 def stage_meta(tx: Transaction, meta: dict, files: dict[str, bytes | None]) -> None:

@@ -108,10 +108,15 @@ def test_damaged_manifest(store, damage):
                 mentions=["manifest.json"])
 
 
-@pytest.mark.parametrize("name", ["fit/state.npz", "index.npy", "forgotten.json"])
+@pytest.mark.parametrize("name", ["fit/state.npz", "index", "forgotten.json"])
 def test_damaged_checksummed_file(store, name):
     if name == "forgotten.json":  # exists after a first forget
         assert erase("forget", "rec-000002-ID", "--store", str(store)).returncode == 0
+    if name == "index":  # the shard that the forgotten id is looked up in
+        from erase_cli.qkmeans import id_hash64
+        from erase_cli.store import index_rel, shard_of
+
+        name = index_rel(int(shard_of(id_hash64(["rec-000001-ID"]))[0]))
     path = store / name
     _flip(path, at=0.9)
     refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store-damaged",
@@ -207,7 +212,7 @@ def test_disk_full_during_forget_leaves_store_unchanged(store, monkeypatch, wher
         monkeypatch.setattr(store_mod, "atomic_write", _enospc)  # the commit point itself
     elif where == "staged-file":
         _fail_staged_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"),
-                            ("index.npy", "store.json"))
+                            ("store.json",))
     else:
         import zarr.storage
 
