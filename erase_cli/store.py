@@ -20,8 +20,7 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,10 +28,10 @@ import numpy as np
 import orjson
 
 from . import audit
+from .durable import atomic_write, fsync_path
 from .errors import (
     DiskFull,
     EraseError,
-    InvalidInput,
     StoreDamaged,
     StoreMissing,
     StoreNotWritable,
@@ -74,21 +73,13 @@ def _dumps(obj) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_all(root: Path, paths: list[Path]) -> None:
     """Make `paths` (files and directories) durable: one fsync each, or, for many, a single
     syncfs of the store's filesystem, which costs far less than thousands of fsyncs."""
     if len(paths) > SYNCFS_OVER and _syncfs(root):
         return
     for path in paths:
-        _fsync_path(path)
+        fsync_path(path)
 
 
 def _syncfs(root: Path) -> bool:
@@ -127,23 +118,6 @@ def _os_errors(path: Path) -> Iterator[None]:
         raise
     except OSError as exc:
         raise _os_error(exc, path) from None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, directory fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -209,7 +183,7 @@ class Journal:
             audit.append(root / AUDIT, self.audit_entry)
         _crash_point("audited")
         shutil.rmtree(root / JOURNAL_DIR)
-        _fsync_path(root)
+        fsync_path(root)
 
 
 def _order(rels: list[str]) -> list[str]:
@@ -716,7 +690,7 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
                 say(f"completed an interrupted {journal.action} found in {root}")
             elif (root / JOURNAL_DIR).exists():
                 shutil.rmtree(root / JOURNAL_DIR)
-                _fsync_path(root)
+                fsync_path(root)
                 say(f"rolled back an interrupted operation found in {root} (it had not committed)")
         elif journal is not None:
             store.pending = journal

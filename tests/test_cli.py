@@ -5,10 +5,8 @@ text for every command, and a start-up path that never imports the heavy model l
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, clean_env, erase, find_bytes
+from helpers import ROOT, erase, find_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ import pytest
 from erase_cli import llm
 from erase_cli.answer import Question, ask, cache_file_name, check_choices, read_questions
 from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing, NotFound, PromptTooLong
+from erase_cli.durable import atomic_write
 from erase_cli.llm import (
     FakeGenerator,
     _split_trailing_spaces,
     check_gguf,
     model_identity,
     resolve_model,
-    write_private,
 )
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
 
@@ -242,10 +242,10 @@ def test_model_identity_tracks_content_and_mtime(tmp_path):
     assert model_identity(path) != changed
 
 
-def test_write_private_is_owner_only_and_atomic(tmp_path):
+def test_atomic_write_is_owner_only_and_atomic(tmp_path):
     path = tmp_path / "x.kv"
-    write_private(path, b"abc")
-    write_private(path, b"defg")
+    atomic_write(path, b"abc")
+    atomic_write(path, b"defg")
     assert path.read_bytes() == b"defg"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["x.kv"]

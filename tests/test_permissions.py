@@ -4,7 +4,6 @@ command's output nor in any store file but its own."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
