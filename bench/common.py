@@ -155,4 +155,6 @@ class WithoutSource:
             if keep.all():
                 yield b
             else:
-                yield Block(b.rows[keep], b.ids[keep], b.idh[keep], b.x[keep])
+                xf = getattr(b, "xf", None)
+                yield Block(b.rows[keep], b.ids[keep], b.idh[keep], b.x[keep],
+                            **({} if xf is None else {"xf": xf[keep]}))
