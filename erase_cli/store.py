@@ -46,7 +46,7 @@ SYNCFS_OVER = 64  # files to make durable at once above which one syncfs replace
 # Embedding chunks are smaller: a batch of scattered ids rewrites every chunk it touches, and
 # 256 x 384 float32 (384 KB) keeps those rewrites ~3x smaller than 1,024-row chunks would.
 EMB_CHUNK_ROWS = 256
-RUN_CHUNKS = 32  # most chunks one zarr call rewrites, so a big batch never holds a whole array
+GROUP_CHUNKS = 128  # most chunks one zarr call rewrites (128 x 384 KB of 384-d embeddings)
 ARRAYS = ("ids", "idh", "data", "emb")
 INDEX_DTYPE = np.dtype([("idh", "<u8"), ("row", "<i8")])
 
@@ -327,32 +327,25 @@ class Store:
         return self._arrays[name]
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Values of `name` at `rows` (any order), reading only the chunks involved."""
+        """Values of `name` at `rows` (any order, repeats allowed), reading only the chunks
+        involved, in one zarr call so they are read concurrently."""
         rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            arr = self.array(name)
-            return np.zeros((0,) + arr.shape[1:], dtype=_np_dtype(name))
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        out = None
         arr = self.array(name)
-        size = arr.chunks[0]
-        for ci in np.unique(sorted_rows // size):
-            lo = int(ci) * size
-            chunk = self._read_chunk(arr, name, lo, min(lo + size, arr.shape[0]))
-            sel = (sorted_rows >= lo) & (sorted_rows < lo + size)
-            vals = chunk[sorted_rows[sel] - lo]
-            if out is None:
-                out = np.empty((len(rows),) + vals.shape[1:], dtype=vals.dtype if name != "ids" and name != "data" else object)
-            out[order[sel]] = vals
-        return out
+        if len(rows) == 0:
+            return np.zeros((0,) + arr.shape[1:], dtype=_np_dtype(name))
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self._read_rows_exact(arr, name, uniq)[inverse]
 
     def _read_chunk(self, arr, name: str, lo: int, hi: int) -> np.ndarray:
+        return self._read_rows_exact(arr, name, slice(lo, hi))
+
+    def _read_rows_exact(self, arr, name: str, rows) -> np.ndarray:
+        """arr at `rows` (a slice or sorted row numbers); damage becomes StoreDamaged."""
         try:
-            vals = arr[lo:hi]
+            vals = arr[rows] if isinstance(rows, slice) else arr.oindex[rows]
         except Exception as exc:
-            raise StoreDamaged(f"a chunk of {name} (rows {lo}-{hi - 1}) in {self.root / 'records.zarr'} "
-                               f"is damaged ({type(exc).__name__}); restore the store from a backup") from None
+            raise StoreDamaged(f"a chunk of {name} in {self.root / 'records.zarr'} is damaged "
+                               f"({type(exc).__name__}); restore the store from a backup") from None
         if name in ("ids", "data"):
             vals = np.asarray(vals, dtype=object)
         return vals
@@ -575,24 +568,24 @@ class Transaction:
         encode = staged.metadata.chunk_key_encoding.encode_chunk_key
         size = staged.chunks[0]
         chunks = np.unique(rows // size)
-        # Runs of consecutive chunks go through zarr in one call each (zarr then handles their
-        # chunks concurrently); a run is capped so a big batch never holds the whole array.
-        breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
-        for run in np.split(chunks, breaks):
-            for part in np.array_split(run, -(-len(run) // RUN_CHUNKS)):
-                lo, hi = int(part[0]) * size, min((int(part[-1]) + 1) * size, n_slots)
-                block = np.empty((hi - lo,) + staged.shape[1:], dtype=_np_dtype(name))
-                block[...] = "" if name in ("ids", "data") else 0
-                if live is not None and lo < live_len:
-                    old = self.store._read_chunk(live, name, lo, min(hi, live_len))
-                    block[: len(old)] = old
-                sel = (rows >= lo) & (rows < hi)
-                block[rows[sel] - lo] = values[sel]
-                staged[lo:hi] = block
-                for ci in part.tolist():
-                    key = encode((ci,) + (0,) * (staged.ndim - 1))
-                    if not (self.staged_root / "records.zarr" / name / key).exists():
-                        self.deletes.add(f"records.zarr/{name}/{key}")
+        # Every touched chunk is read and written in one orthogonal selection per group, so zarr
+        # handles the group's chunks concurrently; groups are capped so that a big batch never
+        # holds a whole array in memory.
+        for group in np.array_split(chunks, -(-len(chunks) // GROUP_CHUNKS)):
+            span = (group[:, None] * size + np.arange(size)[None, :]).ravel()
+            span = span[span < n_slots]
+            block = np.empty((len(span),) + staged.shape[1:], dtype=_np_dtype(name))
+            block[...] = "" if name in ("ids", "data") else 0
+            old = span[span < live_len]  # a prefix: span is sorted
+            if live is not None and len(old):
+                block[: len(old)] = self.store._read_rows_exact(live, name, old)
+            sel = np.isin(rows, span)
+            block[np.searchsorted(span, rows[sel])] = values[sel]
+            staged.oindex[span] = block
+            for ci in group.tolist():
+                key = encode((ci,) + (0,) * (staged.ndim - 1))
+                if not (self.staged_root / "records.zarr" / name / key).exists():
+                    self.deletes.add(f"records.zarr/{name}/{key}")
 
     # ---- commit
     def commit(self, audit_details: dict | None = None) -> dict | None:
