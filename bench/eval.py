@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -25,6 +24,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from erase_cli.embed import load_embedder  # noqa: E402
 from erase_cli.evaluate import METHODS, paired_difference, run_eval  # noqa: E402
 from erase_cli.llm import LlamaGenerator, resolve_model  # noqa: E402
@@ -33,19 +33,6 @@ BIGBENCH = Path(os.environ.get("ERASE_BIGBENCH", ROOT.parent / "shared" / "bigbe
 SAMPLE = ROOT / "sample_data" / "support_intents.jsonl"
 TASKS = ["intent_recognition", "implicatures", "movie_recommendation", "navigate", "snarks",
          "sports_understanding", "object_counting", "tense"]
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def main() -> None:

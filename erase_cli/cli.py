@@ -48,10 +48,19 @@ def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], Non
     return result
 
 
-def _hooks(as_json: bool):
+def _hooks():
+    """Notices on stderr, no progress bar (quick commands)."""
     from .service import Hooks
 
     return Hooks(say=render.say)
+
+
+def _with_progress(call: Callable[[object], object]) -> object:
+    """call(hooks) with stderr notices and a progress bar for long work."""
+    from .service import Hooks
+
+    with render.progress_bar() as progress:
+        return call(Hooks(say=render.say, progress=progress))
 
 
 # --------------------------------------------------------------------------- ingest
@@ -80,14 +89,12 @@ def ingest(
     from . import service
 
     def work():
-        with render.progress_bar() as progress:
-            hooks = service.Hooks(say=render.say, progress=progress)
-            return service.ingest(config.store_path(store), str(file), id_field=id_field,
-                                  input_field=input_field, target_field=target_field,
-                                  vector_field=vector_field, embedder=config.embedder_name(embedder),
-                                  batch_size=batch_size, append=append, skip_invalid=skip_invalid,
-                                  allow_relearn=allow_relearn,
-                                  lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks)
+        return _with_progress(lambda hooks: service.ingest(
+            config.store_path(store), str(file), id_field=id_field, input_field=input_field,
+            target_field=target_field, vector_field=vector_field,
+            embedder=config.embedder_name(embedder), batch_size=batch_size, append=append,
+            skip_invalid=skip_invalid, allow_relearn=allow_relearn,
+            lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks))
 
     def show(r):
         render.out.print(f"ingested {r['ingested']} records into {r['store']} "
@@ -123,12 +130,10 @@ def fit(
     from . import service
 
     def work():
-        with render.progress_bar() as progress:
-            hooks = service.Hooks(say=render.say, progress=progress)
-            return service.fit(config.store_path(store), k=k, eps=eps,
-                               dim="auto" if dim is None else (dim or None), seed=seed,
-                               max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
-                               hooks=hooks)
+        return _with_progress(lambda hooks: service.fit(
+            config.store_path(store), k=k, eps=eps, dim="auto" if dim is None else (dim or None),
+            seed=seed, max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
+            hooks=hooks))
 
     def show(r):
         est = r["crossing_estimate"]
@@ -165,10 +170,9 @@ def forget(
         batch = list(ids or [])
         if from_file is not None:
             batch += read_ids(from_file)
-        with render.progress_bar() as progress:
-            hooks = service.Hooks(say=render.say, progress=progress)
-            return service.forget(config.store_path(store), batch, dry_run=dry_run,
-                                  lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks)
+        return _with_progress(lambda hooks: service.forget(
+            config.store_path(store), batch, dry_run=dry_run,
+            lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks))
 
     def show(r):
         b = r["batch"]
@@ -225,7 +229,7 @@ def ask(
             qs += read_questions(from_file)
         return service.ask(config.store_path(store), qs, model=config.model_flag(model), n_ctx=n_ctx,
                            n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                           lock_timeout=config.lock_timeout(lock_timeout), hooks=_hooks(json))
+                           lock_timeout=config.lock_timeout(lock_timeout), hooks=_hooks())
 
     try:
         for answer in answers():
@@ -299,7 +303,7 @@ def cost(
                             train_multiplier=train_multiplier, n_questions=questions,
                             tokens_per_example=tokens_per_example, per_token_s=per_token_s,
                             finetuned_query_s=finetuned_query_s, model=config.model_flag(model),
-                            n_threads=threads, hooks=_hooks(json))
+                            n_threads=threads, hooks=_hooks())
 
     def show(r):
         from rich.table import Table
@@ -350,7 +354,7 @@ def status(store: StoreOpt = None, json: JsonOpt = False) -> None:
             lines.append(f"pending interrupted operation: {r['pending']}")
         render.out.print("\n".join(lines), markup=False)
 
-    _run(json, lambda: service.status(config.store_path(store), hooks=_hooks(json)), show)
+    _run(json, lambda: service.status(config.store_path(store), hooks=_hooks()), show)
 
 
 @app.command()
@@ -365,7 +369,8 @@ def verify(store: StoreOpt = None, json: JsonOpt = False) -> None:
         else:
             render.out.print("DIFFERENT:\n" + "\n".join(f"  {d}" for d in r["differences"]), markup=False)
 
-    result = _run(json, lambda: service.verify(config.store_path(store), hooks=_hooks(json)), show)
+    result = _run(json, lambda: _with_progress(
+        lambda hooks: service.verify(config.store_path(store), hooks=hooks)), show)
     if not result["identical"]:
         raise typer.Exit(1)
 
@@ -380,7 +385,7 @@ def log(
     from . import service
 
     try:
-        result = service.log(config.store_path(store), check=check, hooks=_hooks(json))
+        result = service.log(config.store_path(store), check=check, hooks=_hooks())
     except EraseError as exc:
         render.error(exc.kind, str(exc), json)
         raise typer.Exit(exc.exit_code) from None
