@@ -9,7 +9,7 @@ from pathlib import Path
 # says why. k = number of demonstrations; eps = lattice step in unit-norm embedding space; dim = the
 # seeded +-1 projection (data-independent, so exactness holds); max_iter = Lloyd iterations T.
 DEFAULT_K = 8
-DEFAULT_EPS = 0.1
+DEFAULT_EPS = 0.05
 DEFAULT_DIM = 32
 DEFAULT_MAX_ITER = 3
 DEFAULT_SEED = 0

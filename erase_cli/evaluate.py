@@ -50,10 +50,6 @@ Progress = Callable[[str, int, int], None]
 """progress(label, done, total): called as each stage advances (a rich bar is one consumer)."""
 
 
-def _default(name: str, fallback):
-    return getattr(config, name, fallback)
-
-
 @dataclass(frozen=True)
 class Item:
     """One example. `targets` are the acceptable answers (demonstrations show the first);
@@ -269,10 +265,10 @@ def erase_examples(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int) -
     dim = _working_dim(d_in)
     params = qkmeans.Params(
         k=k,
-        eps=_default("DEFAULT_EPS", 0.1),
+        eps=config.DEFAULT_EPS,
         dim=dim,
         seed=seed,
-        max_iter=_default("DEFAULT_MAX_ITER", 3),
+        max_iter=config.DEFAULT_MAX_ITER,
     )
     fixed = qkmeans.to_fixed(np.asarray(train_x, dtype=np.float32))
     if dim:
@@ -283,7 +279,7 @@ def erase_examples(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int) -
 
 def _working_dim(d_in: int) -> int | None:
     """The default projection, dropped when it would not reduce (a small test embedder)."""
-    dim = _default("DEFAULT_DIM", 32)
+    dim = config.DEFAULT_DIM
     return dim if dim and dim < d_in else None
 
 
@@ -328,8 +324,8 @@ def run_eval(
     one embedding pass serve every method; a shared-prefix method sets its prefix once.
     """
     methods = _check_methods(methods)
-    seed = _default("DEFAULT_SEED", 0) if seed is None else seed
-    k = _default("DEFAULT_K", 8) if k is None else k
+    seed = config.DEFAULT_SEED if seed is None else seed
+    k = config.DEFAULT_K if k is None else k
     if k < 1:
         raise InvalidParameter(f"-k must be at least 1, got {k}")
     if max_tokens < 1:
@@ -366,7 +362,7 @@ def run_eval(
             chosen = erase_examples(train_x, train_ids, k, seed)
         elif method == "kmeans":
             chosen = [i for _, i in kmeans_float(
-                train_x, train_ids, k, seed, _default("DEFAULT_MAX_ITER", 3))]
+                train_x, train_ids, k, seed, config.DEFAULT_MAX_ITER)]
         elif method == "random":
             chosen = random_examples(train_ids, k, seed)
         else:
@@ -494,9 +490,9 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
         "k": k,
         "seed": seed,
         "params": {
-            "eps": _default("DEFAULT_EPS", 0.1),
-            "dim": _default("DEFAULT_DIM", 32),
-            "max_iter": _default("DEFAULT_MAX_ITER", 3),
+            "eps": config.DEFAULT_EPS,
+            "dim": config.DEFAULT_DIM,
+            "max_iter": config.DEFAULT_MAX_ITER,
         },
         "model": model_name,
         "embedder": getattr(embedder, "name", None),
