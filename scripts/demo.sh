@@ -17,6 +17,9 @@ step status
 victim=$("$erase" status --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["fit"]["examples"][0]["id"])')
 step forget "$victim"
 step verify
+# Without --choices the model generates an answer; with them it scores each option.
 step ask "I was charged twice for my order this month, can you fix it?"
+step ask "I was charged twice for my order this month, can you fix it?" \
+    --choices "question about a charge" --choices "track a package" --choices "reset a password"
 step ask --from-file sample_data/questions.jsonl
 step log --verify
