@@ -193,8 +193,7 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
                                f"{path}, or use another --store")
         tx = Transaction(st, "ingest")
         try:
-            ensure_secret(tx)
-            secret = tx_secret(st, tx)
+            secret = ensure_secret(tx)
             forgotten = set() if fresh else st.forgotten()
             skipped_forgotten = []
             if forgotten and not allow_relearn:
@@ -211,7 +210,6 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
                     dup = records[int(np.flatnonzero(present >= 0)[0])].id
                     raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
                                        "unique (remove it from the file or forget it first)")
-            name = f"vectors:{vector_field}" if vector_field else None
             if records:
                 vectors, name = _embed(records, vector_field, embedder, batch_size, hooks)
                 dim = vectors.shape[1]
@@ -248,11 +246,6 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
         "stale_fit": bool(meta.get("fit") and meta["fit"].get("stale")),
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
     }
-
-
-def tx_secret(st: Store, tx: Transaction) -> bytes:
-    staged = tx.staged_root / "secret"
-    return staged.read_bytes() if staged.exists() else st.secret()
 
 
 def _embed(records, vector_field, embedder, batch_size, hooks: Hooks) -> tuple[np.ndarray, str]:
@@ -473,20 +466,22 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
 # --------------------------------------------------------------------------- read-only
 
 
-def _fitted(st: Store, root: Path) -> tuple[dict, qk.State]:
+def _fitted(st: Store, root: Path) -> dict:
+    """The fit's metadata, after checking that the store has a fresh fit."""
     fit_meta = st.meta.get("fit")
     if not fit_meta:
         raise NotFitted(f"store {root} has no fit yet; run 'erase fit'")
     if fit_meta.get("stale"):
         raise StaleFit(f"the fit of store {root} is stale (records were appended since); run 'erase fit'")
-    return fit_meta, _load_state(st)
+    return fit_meta
 
 
 def verify(root: Path, *, hooks: Hooks = Hooks()) -> dict:
     """Refit from scratch on the stored embeddings of the remaining records and compare."""
     t0 = time.perf_counter()
     with open_store(root, write=False, on_message=hooks.say) as st:
-        fit_meta, state = _fitted(st, root)
+        fit_meta = _fitted(st, root)
+        state = _load_state(st)
         params = _params_of(fit_meta)
         rows = st.live_rows(fit_meta["fit_rows"])
         projector = qk.Projector(state.d_in, params.dim, params.seed)

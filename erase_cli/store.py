@@ -763,6 +763,10 @@ def stage_meta(tx: Transaction, meta: dict, files: dict[str, bytes | None]) -> N
     tx.write_file(STORE_JSON, _dumps(meta))
 
 
-def ensure_secret(tx: Transaction) -> None:
-    if tx.store.resolve(SECRET) is None:
-        tx.write_file(SECRET, os.urandom(32))
+def ensure_secret(tx: Transaction) -> bytes:
+    """The store's HMAC key, staged as a fresh random one if the store has none yet."""
+    if tx.store.resolve(SECRET) is not None:
+        return tx.store.secret()
+    secret = os.urandom(32)
+    tx.write_file(SECRET, secret)
+    return secret
