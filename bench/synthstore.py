@@ -36,8 +36,7 @@ def build(root: Path, n: int) -> None:
     t0 = time.perf_counter()
     with open_store(root, write=True, create=True) as st:
         meta = new_meta(D, "vectors:embedding")
-        tx = Transaction(st, "ingest")
-        try:
+        with Transaction(st, "ingest") as tx:
             ensure_secret(tx)
             tx.create_arrays(D)
             index = np.zeros(n, dtype=INDEX_DTYPE)
@@ -61,9 +60,6 @@ def build(root: Path, n: int) -> None:
             stage_meta(tx, meta, index_changes(st, add=index))
             tx.commit({"n_added": n, "n_skipped_invalid": 0, "n_skipped_forgotten": 0,
                        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)})
-        except BaseException:
-            tx.abort()
-            raise
     log(f"built {root} ({n} records) in {time.perf_counter() - t0:.1f} s")
 
 

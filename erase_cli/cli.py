@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 
-from . import config, render
+from . import config, interrupts, render
 from .errors import EraseError
 
 app = typer.Typer(
@@ -28,23 +27,34 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 LockOpt = Annotated[Optional[float], typer.Option(
     "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
+SecretOpt = Annotated[Optional[Path], typer.Option(
+    "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
+    help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
+         "Given at the first ingest, the store records only its fingerprint.")]
+
+
+def _fail(exc: BaseException, as_json: bool) -> typer.Exit:
+    """An expected error or an interruption as one line (and a JSON error object) + exit code."""
+    if isinstance(exc, interrupts.Interrupted):
+        render.error("interrupted", f"interrupted by {exc.name}; nothing changed", as_json)
+        return typer.Exit(exc.exit_code)
+    assert isinstance(exc, EraseError)
+    render.error(exc.kind, str(exc), as_json)
+    return typer.Exit(exc.exit_code)
 
 
 def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
-    """Run one core call; expected errors become one line (and a JSON error object) + exit code."""
-    try:
-        result = work()
-    except EraseError as exc:
-        render.error(exc.kind, str(exc), as_json)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        render.error("interrupted", "interrupted; the store is unchanged or will be completed by "
-                     "the next writing command", as_json)
-        raise typer.Exit(130) from None
-    if as_json:
-        render.emit_json(result)
-    else:
-        show(result)
+    """Run one core call under the signal guard (a signal before the commit point rolls back;
+    after it, the command finishes as if uninterrupted), then render the result."""
+    with interrupts.guard(render.say):
+        try:
+            result = work()
+        except (EraseError, interrupts.Interrupted) as exc:
+            raise _fail(exc, as_json) from None
+        if as_json:
+            render.emit_json(result)
+        else:
+            show(result)
     return result
 
 
@@ -83,6 +93,7 @@ def ingest(
     allow_relearn: Annotated[bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Embed a JSONL file's records and add them to the store."""
@@ -94,11 +105,10 @@ def ingest(
             target_field=target_field, vector_field=vector_field,
             embedder=config.embedder_name(embedder), batch_size=batch_size, append=append,
             skip_invalid=skip_invalid, allow_relearn=allow_relearn,
-            lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks))
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
 
     def show(r):
-        render.out.print(f"ingested {r['ingested']} records into {r['store']} "
-                         f"({r['elapsed_ms'] / 1000:.1f} s)", markup=False)
+        render.show(f"ingested {r['ingested']} records into {r['store']} ({r['elapsed_ms'] / 1000:.1f} s)")
         for s in r["skipped_invalid"]:
             render.say(f"skipped line {s['line']}: {s['message']}")
         if r["skipped_forgotten"]:
@@ -124,6 +134,7 @@ def fit(
     max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
@@ -133,17 +144,16 @@ def fit(
         return _with_progress(lambda hooks: service.fit(
             config.store_path(store), k=k, eps=eps, dim="auto" if dim is None else (dim or None),
             seed=seed, max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
-            hooks=hooks))
+            key_file=secret_file, hooks=hooks))
 
     def show(r):
         est = r["crossing_estimate"]
-        render.out.print(
+        render.show(
             f"fit {r['n_records']} records: k_eff {r['k_eff']}, eps {r['eps']:.6g}, dim {r['dim']}, "
             f"T {r['max_iter']}, seed {r['seed']} ({r['elapsed_ms'] / 1000:.2f} s)\n"
             f"examples: {', '.join(e['id'] for e in r['examples']) or '(none)'}\n"
             f"estimated chance that the next single deletion crosses: "
-            f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}",
-            markup=False)
+            f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}")
 
     _run(json, work, show)
 
@@ -160,6 +170,7 @@ def forget(
     missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Exit 0 even if some ids are unknown.")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Forget records, as one atomic batch: purge them and update the fit exactly."""
@@ -172,21 +183,20 @@ def forget(
             batch += read_ids(from_file)
         return _with_progress(lambda hooks: service.forget(
             config.store_path(store), batch, dry_run=dry_run,
-            lock_timeout=config.lock_timeout(lock_timeout), hooks=hooks))
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
 
     def show(r):
         b = r["batch"]
         counts: dict[str, int] = {}
         for item in r["ids"]:
             counts[item["status"]] = counts.get(item["status"], 0) + 1
-            if item["status"] != "forgotten":
+            if item["status"] not in ("forgotten", "would_forget"):
                 render.say(f"{item['id']}: {item['status'].replace('_', ' ')}")
         verb = "would forget" if b["dry_run"] else "forgot"
         crossings = ", ".join(f"t{c['iteration']}/c{c['cluster']}" for c in b["crossings"]) or "none"
-        render.out.print(
-            f"{verb} {counts.get('forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
-            f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)",
-            markup=False)
+        render.show(
+            f"{verb} {counts.get('would_forget' if b['dry_run'] else 'forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
+            f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)")
 
     result = _run(json, work, show)
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
@@ -212,6 +222,7 @@ def ask(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix."""
@@ -229,22 +240,20 @@ def ask(
             qs += read_questions(from_file)
         return service.ask(config.store_path(store), qs, model=config.model_flag(model), n_ctx=n_ctx,
                            n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                           lock_timeout=config.lock_timeout(lock_timeout), hooks=_hooks())
+                           lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
+                           hooks=_hooks())
 
-    try:
-        for answer in answers():
-            if json:
-                render.emit_json(answer)
-                continue
-            render.out.print(answer["answer"], markup=False)
-            for c in answer.get("choices") or []:
-                render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
-    except EraseError as exc:
-        render.error(exc.kind, str(exc), json)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        render.error("interrupted", "interrupted", json)
-        raise typer.Exit(130) from None
+    with interrupts.guard(render.say):
+        try:
+            for answer in answers():
+                if json:
+                    render.emit_json(answer)
+                    continue
+                render.show(answer["answer"])
+                for c in answer.get("choices") or []:
+                    render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
+        except (EraseError, interrupts.Interrupted) as exc:
+            raise _fail(exc, json) from None
 
 
 # --------------------------------------------------------------------------- eval, cost
@@ -292,6 +301,8 @@ def cost(
         envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
     store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Holistic cost per deletion request: erase (measured) vs SISA fine-tuning (modelled)."""
@@ -303,7 +314,8 @@ def cost(
                             train_multiplier=train_multiplier, n_questions=questions,
                             tokens_per_example=tokens_per_example, per_token_s=per_token_s,
                             finetuned_query_s=finetuned_query_s, model=config.model_flag(model),
-                            n_threads=threads, hooks=_hooks())
+                            n_threads=threads, lock_timeout=config.lock_timeout(lock_timeout),
+                            key_file=secret_file, hooks=_hooks())
 
     def show(r):
         from rich.table import Table
@@ -325,14 +337,20 @@ def cost(
 
 
 @app.command()
-def status(store: StoreOpt = None, json: JsonOpt = False) -> None:
+def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
+           json: JsonOpt = False) -> None:
     """Records, fit, crossings and prompt changes so far, cache, pending recovery."""
     from . import service
 
     def show(r):
-        lines = [f"store {r['store']} ({r['size_bytes'] / 2**20:.1f} MiB)",
-                 f"records {r['records']} ({r['forgotten']} forgotten), embedder {r['embedder']} "
-                 f"({r['dimension']}-d)"]
+        lines = []
+        p = r["pending"]
+        if p and p.get("forgotten_data_on_disk"):
+            lines.append("WARNING: an interrupted forget committed but did not finish: forgotten data "
+                         "is still on disk; run 'erase recover' (or any writing command) now")
+        lines += [f"store {r['store']} ({r['size_bytes'] / 2**20:.1f} MiB)",
+                  f"records {r['records']} ({r['forgotten']} forgotten), embedder {r['embedder']} "
+                  f"({r['dimension']}-d)"]
         f = r["fit"]
         if f is None:
             lines.append("fit: none yet (run 'erase fit')")
@@ -350,50 +368,87 @@ def status(store: StoreOpt = None, json: JsonOpt = False) -> None:
                      f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
                      "replaced an example")
         lines.append(f"prefix cache files: {r['cache']['files']}")
-        if r["pending"]:
-            lines.append(f"pending interrupted operation: {r['pending']}")
-        render.out.print("\n".join(lines), markup=False)
+        if p:
+            lines.append(f"pending interrupted operation: {p} (run 'erase recover')")
+        render.show("\n".join(lines))
 
-    _run(json, lambda: service.status(config.store_path(store), hooks=_hooks()), show)
+    _run(json, lambda: service.status(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
+                                      key_file=secret_file, hooks=_hooks()), show)
 
 
 @app.command()
-def verify(store: StoreOpt = None, json: JsonOpt = False) -> None:
-    """Refit from scratch on the remaining records and compare with the stored fit."""
+def verify(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
+           json: JsonOpt = False) -> None:
+    """Check every file of the store, refit from scratch on the remaining records and compare."""
     from . import service
 
     def show(r):
         if r["identical"]:
-            render.out.print(f"identical: the fit equals a fresh fit on the {r['n_records']} remaining "
-                             f"records ({r['elapsed_ms'] / 1000:.2f} s)", markup=False)
+            render.show(f"identical: the fit equals a fresh fit on the {r['n_records']} remaining "
+                        f"records ({r['elapsed_ms'] / 1000:.2f} s)")
         else:
-            render.out.print("DIFFERENT:\n" + "\n".join(f"  {d}" for d in r["differences"]), markup=False)
+            render.show("DIFFERENT:\n" + "\n".join(f"  {d}" for d in r["differences"]))
 
-    result = _run(json, lambda: _with_progress(
-        lambda hooks: service.verify(config.store_path(store), hooks=hooks)), show)
+    result = _run(json, lambda: _with_progress(lambda hooks: service.verify(
+        config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
+        hooks=hooks)), show)
     if not result["identical"]:
         raise typer.Exit(1)
 
 
 @app.command()
+def recover(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
+            json: JsonOpt = False) -> None:
+    """Complete an interrupted operation that committed (purging what a forget removed), or roll
+    back one that did not; changes nothing else."""
+    from . import service
+
+    def show(r):
+        rec = r["recovered"]
+        if rec is None:
+            render.show(f"nothing to recover in {r['store']}")
+        elif rec["outcome"] == "completed":
+            render.show(f"completed the interrupted {rec['action']} in {r['store']}")
+        else:
+            render.show(f"rolled back an interrupted operation in {r['store']} (it had not committed)")
+
+    _run(json, lambda: service.recover(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
+                                       key_file=secret_file, hooks=_hooks()), show)
+
+
+@app.command()
 def log(
-    check: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 if broken.")] = False,
+    check: Annotated[bool, typer.Option("--verify", help="Check the keyed hash chain; exit 1 if broken.")] = False,
+    head: Annotated[bool, typer.Option("--head", help="Print only the hash of the newest entry (record it elsewhere).")] = False,
+    expect_head: Annotated[Optional[str], typer.Option(
+        "--expect-head", help="With --verify: a head hash recorded earlier; the chain must still contain it.")] = None,
     store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Show the audit trail (NDJSON with --json); --verify checks its hash chain."""
     from . import service
 
-    try:
-        result = service.log(config.store_path(store), check=check, hooks=_hooks())
-    except EraseError as exc:
-        render.error(exc.kind, str(exc), json)
-        raise typer.Exit(exc.exit_code) from None
-    if json:
+    with interrupts.guard(render.say):
+        try:
+            if expect_head is not None and not check:
+                from .errors import InvalidParameter
+
+                raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
+            result = service.log(config.store_path(store), check=check, expect_head=expect_head,
+                                 lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
+                                 hooks=_hooks())
+        except (EraseError, interrupts.Interrupted) as exc:
+            raise _fail(exc, json) from None
+    if head:
+        if json:
+            render.emit_json({"head": result["head"]})
+        else:
+            render.show(result["head"] or "(no entries)")
+    elif json:
         for entry in result["entries"]:
             render.emit_json(entry)
-        if check:
-            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"]}})
     else:
         from rich.table import Table
 
@@ -402,21 +457,18 @@ def log(
             detail = {k: v for k, v in e.items() if k not in ("seq", "time", "action", "hash", "prev", "id_hashes")}
             if "id_hashes" in e:
                 detail["ids"] = len(e["id_hashes"])
-            table.add_row(str(e.get("seq")), str(e.get("time")), str(e.get("action")),
-                          ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, [], {})),
-                          str(e.get("hash", ""))[:12])
+            table.add_row(*(render.clean(str(x)) for x in (
+                e.get("seq"), e.get("time"), e.get("action"),
+                ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, [], {})),
+                str(e.get("hash", ""))[:12])))
         render.out.print(table)
-        if check:
-            render.out.print("audit chain valid" if result["valid"] else
-                             "audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]),
-                             markup=False)
-    if check and not result["valid"]:
-        raise typer.Exit(1)
+    if check:
+        if json:
+            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"]}})
+        else:
+            render.show("audit chain valid" if result["valid"] else
+                        "audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
+        if not result["valid"]:
+            raise typer.Exit(1)
 
 
-def main() -> None:  # pragma: no cover - console entry point alternative
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -32,6 +32,14 @@ class StoreDamaged(EraseError, OSError):
     kind = "store-damaged"
 
 
+class InsecureKey(EraseError, PermissionError):
+    kind = "insecure-key"
+
+
+class KeyMismatch(EraseError, ValueError):
+    kind = "key-mismatch"
+
+
 class StoreTooNew(EraseError):
     kind = "store-format-newer"
 

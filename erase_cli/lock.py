@@ -8,14 +8,16 @@ locked.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from erase_cli.errors import InvalidParameter, StoreLocked, StoreMissing, StoreNotWritable
+from erase_cli.errors import InvalidParameter, StoreDamaged, StoreLocked, StoreMissing, StoreNotWritable
 
 POLL_SECONDS = 0.05
 
@@ -68,31 +70,43 @@ class StoreLock:
         self._entered = False
 
     def _open(self) -> int | None:
-        """A descriptor for the lock file, or None for a shared lock on a store nobody can write."""
+        """A descriptor for the lock file, or None for a reader of a store without one.
+
+        Readers never create the file (a read-only command writes nothing, even in a directory
+        that is not a store); writers create it owner-only. A symbolic link is never followed."""
         if not self.store.is_dir():
             hint = "is not a directory" if self.store.exists() else "does not exist"
             raise StoreMissing(
                 f"store {self.store} {hint}; create one with 'erase ingest FILE --store {self.store}' "
                 "or point --store / ERASE_STORE at an existing store"
             )
+        flags = os.O_NOFOLLOW | (os.O_RDONLY if self.shared else os.O_RDWR | os.O_CREAT)
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except PermissionError:
-            pass
-        # flock needs no write access, so an existing lock file serves a read-only store too.
-        try:
-            return os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, flags, 0o600)
         except FileNotFoundError:
-            if self.shared:
-                # Without a lock file, and unable to create one, no erase command can have written
-                # or be writing this store, so a reader has nothing to exclude.
-                return None
+            # Without a lock file no erase command has ever written this directory, so a reader
+            # has nobody to exclude (and a directory that is no store is reported as such later).
+            return None
         except PermissionError:
-            pass
-        raise StoreNotWritable(
-            f"cannot open the lock file {self.path} of store {self.store}; "
-            f"make the store readable and writable by its owner (chmod u+rwx {self.store})"
-        )
+            # flock needs no write access, so an existing lock file serves a read-only store too.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                raise StoreNotWritable(
+                    f"cannot open the lock file {self.path} of store {self.store}; make the store "
+                    f"readable and writable by its owner (chmod u+rwx {self.store})") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise StoreDamaged(
+                    f"damaged store: the lock file {self.path} is not a regular file (a directory or "
+                    f"a link); remove it ('rm -r {self.path}') and run the command again") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreDamaged(
+                f"damaged store: the lock file {self.path} is not a regular file; remove it "
+                f"('rm -r {self.path}') and run the command again")
+        return fd
 
     def _acquire(self, fd: int) -> None:
         operation = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB

@@ -32,6 +32,10 @@ from erase_cli.errors import InvalidInput, InvalidParameter, StoreDamaged
 
 SCALE = 1 << 16
 N_CANDIDATES = 16
+# Upper limits of the fit parameters: k demonstrations must fit in a prompt and every Lloyd
+# iteration is kept in the state, so values far beyond these are mistakes, not workloads.
+MAX_K = 10_000
+MAX_ITER = 1_000
 
 Progress = Callable[[str, int, int], None]
 
@@ -126,11 +130,11 @@ class Params:
 
     def validate(self, d_in: int) -> None:
         """Raise InvalidParameter naming the option and an acceptable value."""
-        if not _is_int(self.k) or self.k < 1:
-            raise InvalidParameter(f"k must be at least 1 (got {self.k}); pass -k 1 or more")
-        if not _is_int(self.max_iter) or self.max_iter < 1:
+        if not _is_int(self.k) or not 1 <= self.k <= MAX_K:
+            raise InvalidParameter(f"k must be between 1 and {MAX_K} (got {self.k}); pass e.g. -k 8")
+        if not _is_int(self.max_iter) or not 1 <= self.max_iter <= MAX_ITER:
             raise InvalidParameter(
-                f"max_iter must be at least 1 (got {self.max_iter}); pass --max-iter 1 or more"
+                f"max_iter must be between 1 and {MAX_ITER} (got {self.max_iter}); pass e.g. --max-iter 3"
             )
         if not _is_int(self.seed) or not 0 <= self.seed < 1 << 63:
             raise InvalidParameter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -19,12 +20,27 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+# C0 and C1 control characters and DEL, except newline: an id or a text holding terminal escape
+# sequences must not reach the operator's terminal as commands. JSON output stays exact.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """`text` with control characters shown as escapes (\\x1b), safe to print to a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def show(text: str) -> None:
+    """A line of human output on stdout, control characters escaped."""
+    out.print(clean(text), markup=False)
+
+
 def say(message: str) -> None:
-    err.print(message, markup=False)
+    err.print(clean(message), markup=False)
 
 
 def error(kind: str, message: str, as_json: bool) -> None:
-    err.print(f"error: {message}", markup=False, style="bold red")
+    err.print(f"error: {clean(message)}", markup=False, style="bold red")
     if as_json:
         emit_json({"error": {"kind": kind, "message": message}})
 

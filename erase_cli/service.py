@@ -16,12 +16,14 @@ import numpy as np
 import orjson
 
 from . import audit, qkmeans as qk
-from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit
+from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged
 from .store import (
+    AUDIT,
     CACHE_DIR,
     FORGOTTEN,
     INDEX_DIR,
     INDEX_DTYPE,
+    JOURNAL_DIR,
     MANIFEST,
     STATE,
     Store,
@@ -176,7 +178,8 @@ def _crossing_estimate(store: Store, state: qk.State, rows: np.ndarray, projecto
 def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "input",
            target_field: str = "target", vector_field: str | None = None, embedder: str | None = None,
            batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
-           allow_relearn: bool = False, lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> dict:
+           allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
+           hooks: Hooks = Hooks()) -> dict:
     from .records import read_jsonl
 
     t0 = time.perf_counter()
@@ -185,14 +188,14 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     records, skipped = read_jsonl(path, id_field=id_field, input_field=input_field,
                                   target_field=target_field, vector_field=vector_field,
                                   skip_invalid=skip_invalid)
-    with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+    with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         fresh = not st.exists
         meta = new_meta(0, "") if fresh else dict(st.meta)
         if not fresh and st.n_records and not append:
             raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
                                f"{path}, or use another --store")
-        tx = Transaction(st, "ingest")
-        try:
+        with Transaction(st, "ingest") as tx:
             secret = ensure_secret(tx)
             forgotten = set() if fresh else st.forgotten()
             skipped_forgotten = []
@@ -235,9 +238,6 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
                        "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
-        except BaseException:
-            tx.abort()
-            raise
     return {
         "store": str(root),
         "ingested": len(records),
@@ -292,12 +292,13 @@ def _new_index_entries(meta: dict, records) -> np.ndarray:
 
 
 def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed: int, max_iter: int,
-        lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> dict:
+        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
     from .config import DEFAULT_DIM
 
     t0 = time.perf_counter()
-    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         d_in = st.dim or 1
         if dim == "auto":
             dim = DEFAULT_DIM if d_in > DEFAULT_DIM else None
@@ -319,8 +320,7 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
         meta["counters"] = dict(meta["counters"], refits=0)
         new = orjson.loads(manifest)
         changed = old_manifest is None or old_manifest.get("prompt_digest") != new["prompt_digest"]
-        tx = Transaction(st, "fit")
-        try:
+        with Transaction(st, "fit") as tx:
             files = {STATE: npz_bytes(state.to_arrays()), MANIFEST: manifest}
             if changed and (root / CACHE_DIR).exists():
                 tx.delete(CACHE_DIR)
@@ -331,9 +331,6 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
                        "prompt_digest_after": new["prompt_digest"],
                        "state_digest_before": old_manifest and old_manifest.get("state_digest"),
                        "state_digest_after": new["state_digest"], "elapsed_ms": round(elapsed, 3)})
-        except BaseException:
-            tx.abort()
-            raise
     return {"store": str(root), "n_records": int(state.n), "k": k, "k_eff": int(state.k_eff),
             "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
             "examples": [{"cluster": c, "id": i} for c, i in state.examples],
@@ -345,20 +342,22 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
 
 
 def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
-           hooks: Hooks = Hooks()) -> dict:
+           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each."""
     t0 = time.perf_counter()
     if not ids:
         raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
     ids = list(dict.fromkeys(ids))  # one batch is a set; keep the caller's order for the report
-    with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+    with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         rows = st.lookup(ids)
         secret = st.secret()
         forgotten = st.forgotten()
         hashes = [audit.id_hash(secret, i) for i in ids]
         statuses = []
         for rid, row, h in zip(ids, rows, hashes):
-            status = "forgotten" if row >= 0 else ("already_forgotten" if h in forgotten else "not_found")
+            found = "would_forget" if dry_run else "forgotten"
+            status = found if row >= 0 else ("already_forgotten" if h in forgotten else "not_found")
             statuses.append({"id": rid, "status": status})
         known = rows >= 0
         kids = [i for i, k in zip(ids, known) if k]
@@ -404,8 +403,7 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             report["batch"]["prompt_changed"] = False
             report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             return report
-        tx = Transaction(st, "forget")
-        try:
+        with Transaction(st, "forget") as tx:
             n = st.n_slots
             tx.write_rows("ids", n, krows, np.full(len(krows), "", dtype=object))
             tx.write_rows("data", n, krows, np.full(len(krows), "", dtype=object))
@@ -457,9 +455,6 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 "n_forgotten": len(kids),
                 "elapsed_ms": elapsed,
             })
-        except BaseException:
-            tx.abort()
-            raise
     return report
 
 
@@ -476,12 +471,18 @@ def _fitted(st: Store, root: Path) -> dict:
     return fit_meta
 
 
-def verify(root: Path, *, hooks: Hooks = Hooks()) -> dict:
-    """Refit from scratch on the stored embeddings of the remaining records and compare."""
+def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
+           hooks: Hooks = Hooks()) -> dict:
+    """Check every file the store must have, then refit from scratch on the stored embeddings of
+    the remaining records and compare."""
     t0 = time.perf_counter()
-    with open_store(root, write=False, on_message=hooks.say) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
+        st.check_files()
         fit_meta = _fitted(st, root)
         state = _load_state(st)
+        if state is None:
+            raise StoreDamaged(f"damaged store: {st.root / STATE} is missing; run 'erase fit'")
         params = _params_of(fit_meta)
         rows = st.live_rows(fit_meta["fit_rows"])
         projector = qk.Projector(state.d_in, params.dim, params.seed)
@@ -497,18 +498,31 @@ def verify(root: Path, *, hooks: Hooks = Hooks()) -> dict:
             "state_digest": fresh.state_digest(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
 
-def status(root: Path, *, hooks: Hooks = Hooks()) -> dict:
-    with open_store(root, write=False, on_message=hooks.say) as st:
+def _pending(st: Store) -> dict | None:
+    """An interrupted operation on disk, for `status`: a committed forget still has the
+    forgotten records' bytes on disk until a writing command (or `erase recover`) completes it."""
+    if st.pending is not None:
+        lingering = st.pending.action == "forget"
+        return {"action": st.pending.action, "committed": True, "forgotten_data_on_disk": lingering}
+    if (st.root / JOURNAL_DIR).exists():
+        return {"committed": False}
+    return None
+
+
+def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
+           hooks: Hooks = Hooks()) -> dict:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         meta = st.meta
         manifest = st.manifest()
         fit_meta = meta.get("fit")
         cache = st.cache_dir()
-        cache_files = sorted(p.name for p in cache.glob("*.kv")) if cache.exists() else []
+        cache_files = sorted(p.name for p in cache.glob("*.kv")) if cache.is_dir() else []
         out = {
-            "store": str(root),
+            "store": str(st.root),
             "format": meta["format"],
             "records": st.n_records,
-            "forgotten": int(meta.get("n_forgotten", 0)),
+            "forgotten": len(st.forgotten()),  # distinct ids, not forget events
             "embedder": meta.get("embedder"),
             "dimension": meta.get("dim"),
             "size_bytes": st.size_bytes(),
@@ -516,8 +530,8 @@ def status(root: Path, *, hooks: Hooks = Hooks()) -> dict:
             "counters": meta.get("counters", {}),
             "cache": {"files": len(cache_files),
                       "prompt_digest": manifest["prompt_digest"] if manifest else None},
-            "pending": ({"action": st.pending.action, "committed": True} if st.pending else
-                        ({"committed": False} if (root / "journal").exists() else None)),
+            "pending": _pending(st),
+            "audit_head": meta.get("audit_head"),
         }
         if fit_meta:
             out["fit"] = {
@@ -534,12 +548,36 @@ def status(root: Path, *, hooks: Hooks = Hooks()) -> dict:
     return out
 
 
-def log(root: Path, *, check: bool = False, hooks: Hooks = Hooks()) -> dict:
-    with open_store(root, write=False, on_message=hooks.say) as st:
+def log(root: Path, *, check: bool = False, expect_head: str | None = None,
+        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+    """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
+    verified with its key from `audit_keyed_from` on, against the head that store.json (itself
+    under the key) records, and against `expect_head`, a hash an operator kept elsewhere."""
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         entries = st.audit_entries()
-        head = st.meta.get("audit_head")
-    problems = audit.verify_chain(entries, head=head) if check else []
-    return {"entries": entries, "problems": problems, "valid": not problems if check else None}
+        meta = st.meta
+        head = meta.get("audit_head")
+        keyed = st.format_version >= 2
+        key = st.key() if check and keyed else None
+        if check and head is not None and not entries and not (st.root / AUDIT).exists():
+            hooks.say(f"the audit log {st.root / AUDIT} is missing")
+    problems = (audit.verify_chain(entries, head=head, key=key,
+                                   keyed_from=int(meta.get("audit_keyed_from", 0)) if keyed else 0,
+                                   expect_head=expect_head)
+                if check else [])
+    return {"entries": entries, "problems": problems, "valid": not problems if check else None,
+            "head": head}
+
+
+def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
+            hooks: Hooks = Hooks()) -> dict:
+    """Complete a committed interrupted operation or roll back an uncommitted one, and nothing
+    else (no upgrade, no other change)."""
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file, upgrade=False) as st:
+        recovered = st.recovered
+    return {"store": str(st.root), "recovered": recovered}
 
 
 # --------------------------------------------------------------------------- ask
@@ -547,7 +585,8 @@ def log(root: Path, *, check: bool = False, hooks: Hooks = Hooks()) -> dict:
 
 def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = None,
         n_threads: int | None = None, n_gpu_layers: int = 0, max_tokens: int = 64,
-        lock_timeout: float = 60.0, hooks: Hooks = Hooks()) -> Iterator[dict]:
+        lock_timeout: float = 60.0, key_file: Path | None = None,
+        hooks: Hooks = Hooks()) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
 
     The store's lock is held only briefly: shared to read the manifest, exclusive to save the
@@ -555,14 +594,16 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
     from .answer import ask as answer
     from .llm import resolve_model
 
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         _fitted(st, root)
         manifest = st.manifest()
     model_path = resolve_model(model)
     digest = manifest["prompt_digest"]
 
     def save_cache(write: Callable[[], None]) -> None:
-        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say) as st:
+        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                        key_file=key_file) as st:
             current = st.manifest()
             if current is None or current.get("prompt_digest") != digest:
                 hooks.say("the prompt changed while answering (a forget ran); the prefix cache "
@@ -583,14 +624,16 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
          sisa_epochs: float = 3.0, train_multiplier: float = 3.0, n_questions: int = 20,
          tokens_per_example: float | None = None, per_token_s: float | None = None,
          finetuned_query_s: float | None = None, model: str | None = None,
-         n_threads: int | None = None, hooks: Hooks = Hooks()) -> dict:
+         n_threads: int | None = None, lock_timeout: float = 60.0, key_file: Path | None = None,
+         hooks: Hooks = Hooks()) -> dict:
     """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now."""
     from .cost import CostInputs, cost_inputs_from_audit, holistic_cost, measure_inference
     from .llm import resolve_model
 
     if n_questions < 1:
         raise InvalidParameter(f"--questions {n_questions} must be at least 1")
-    with open_store(root, write=False, on_message=hooks.say) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
         _fitted(st, root)
         manifest = st.manifest()
         entries = st.audit_entries()

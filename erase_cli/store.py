@@ -11,15 +11,25 @@ reader that finds a committed journal reads through it (the overlay) without cha
 
 Forgotten rows keep their slot, but every chunk that held them is rewritten with the slot empty,
 so their bytes are physically gone (renaming over a file drops the old inode).
+
+Integrity (format 2): store.json carries an HMAC made with the store's key and the sha256 of every
+small file, so an edit, a deleted file or a planted value is "damage", never read as "absent".
+Every zarr chunk of the written rows exists on disk (empty ones included), so a missing chunk is
+damage too. Paths read from store files are checked against the names the format allows, and no
+symbolic link inside the store is ever followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
 import io
 import os
+import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,11 +37,13 @@ from typing import Callable, Iterator
 import numpy as np
 import orjson
 
-from . import audit
+from . import audit, interrupts
 from .durable import atomic_write, fsync_path
 from .errors import (
     DiskFull,
     EraseError,
+    InsecureKey,
+    KeyMismatch,
     StoreDamaged,
     StoreMissing,
     StoreNotWritable,
@@ -39,8 +51,8 @@ from .errors import (
 )
 from .lock import StoreLock
 
-FORMAT = "erase-store/1"
-FORMAT_VERSION = 1
+FORMAT = "erase-store/2"
+FORMAT_VERSION = 2
 CHUNK_ROWS = 1024
 SYNCFS_OVER = 64  # files to make durable at once above which one syncfs replaces the fsyncs
 # Embedding chunks are smaller: a batch of scattered ids rewrites every chunk it touches, and
@@ -60,20 +72,85 @@ AUDIT = "audit.jsonl"
 SECRET = "secret"
 CACHE_DIR = "cache"
 JOURNAL_DIR = "journal"
-# Files whose sha256 store.json records, so damage is reported instead of answered wrongly.
+LOCK = "lock"
+ACTIONS = frozenset({"ingest", "fit", "forget", "upgrade"})
+
+# The only names a journal may replace or delete: a planted journal.json can name nothing else,
+# so it can never reach outside the store (no "..", no absolute path, no unknown file).
+_ARRAY = "(?:ids|idh|data|emb)"
+_CHUNK = rf"records\.zarr/{_ARRAY}/c(?:/[0-9]{{1,12}}){{1,2}}"
+_INDEX_FILE = r"index/[0-9a-f]{2}\.npy"
+_REPLACEABLE = re.compile(
+    rf"(?:store\.json|secret|manifest\.json|forgotten\.json|fit/state\.npz|{_INDEX_FILE}"
+    rf"|records\.zarr/zarr\.json|records\.zarr/{_ARRAY}/zarr\.json|{_CHUNK})")
+_DELETABLE = re.compile(rf"(?:cache|{_INDEX_FILE}|{_CHUNK})")
+_IS_CHUNK = re.compile(_CHUNK)
+# Known places checked for symbolic links when a store is opened (a few lstat calls); deeper
+# paths (chunk directories) are checked as they are used.
+_LAYOUT = (STORE_JSON, SECRET, MANIFEST, FORGOTTEN, AUDIT, "fit", STATE, INDEX_DIR, CACHE_DIR,
+           JOURNAL_DIR, f"{JOURNAL_DIR}/files", f"{JOURNAL_DIR}/journal.json", "records.zarr",
+           "records.zarr/zarr.json",
+           *(f"records.zarr/{a}{sub}" for a in ARRAYS for sub in ("", "/zarr.json", "/c")))
 
 Message = Callable[[str], None]
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: ERASE_TEST_CRASH_AT=<name> ends the process on the spot, as SIGKILL or a power
-    cut would (no cleanup, no exception handlers). Inert unless the variable names this point."""
-    if os.environ.get("ERASE_TEST_CRASH_AT") == name:
-        os._exit(137)
+_test_point = interrupts.test_point
 
 
 def _dumps(obj) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def meta_mac(key: bytes, meta: dict) -> str:
+    """HMAC of store.json's content (without its own mac): a plain checksum inside the file could
+    be recomputed by whoever edits it, a keyed one cannot."""
+    body = {k: v for k, v in meta.items() if k != "mac"}
+    return hmac.new(key, b"erase-store.json\0" + audit.canonical(body), hashlib.sha256).hexdigest()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a key without revealing it: the store records it to refuse a wrong --secret-file."""
+    return hmac.new(key, b"erase-key-fingerprint", hashlib.sha256).hexdigest()[:32]
+
+
+def _damaged_missing(path: Path) -> StoreDamaged:
+    return StoreDamaged(f"damaged store: {path} is missing; restore the store from a backup")
+
+
+def _link_error(path: Path) -> StoreDamaged:
+    return StoreDamaged(f"damaged store: {path} is a symbolic link; erase never follows links inside "
+                        "a store (replace it with the real file or directory from a backup)")
+
+
+def _check_link_free(root: Path, rel: str, checked: set[str] | None = None) -> bool:
+    """Whether root/rel exists, after checking that neither it nor any directory on the way is a
+    symbolic link (StoreDamaged if one is). `checked` caches directories already seen."""
+    parts = rel.split("/")
+    path = root
+    for i, part in enumerate(parts):
+        path = path / part
+        sub = "/".join(parts[: i + 1])
+        if checked is not None and sub in checked:
+            continue
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _os_error(exc, path) from None
+        if stat.S_ISLNK(mode):
+            raise _link_error(path)
+        if checked is not None and i < len(parts) - 1:
+            checked.add(sub)
+    return True
+
+
+def _read_nofollow(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _sync_all(root: Path, paths: list[Path]) -> None:
@@ -100,15 +177,20 @@ def _syncfs(root: Path) -> bool:
 
 
 def _os_error(exc: OSError, path: Path) -> EraseError:
-    import errno
-
+    if isinstance(exc, EraseError):
+        return exc
     if exc.errno == errno.ENOSPC:
         return DiskFull(f"no space left on the device while writing {path}; free space and retry "
                         "(the store was left unchanged)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreNotWritable(f"cannot write {path}: {exc.strerror}; fix the permissions "
                                 "(the store was left unchanged)")
-    return StoreDamaged(f"cannot access {path}: {exc.strerror}")
+    if exc.errno == errno.ELOOP:
+        return _link_error(path)
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR):
+        return StoreDamaged(f"damaged store: {path} is not what the store format expects "
+                            f"({exc.strerror}); restore the store from a backup")
+    return StoreDamaged(f"cannot access {path}: {exc.strerror or exc}; restore the store from a backup")
 
 
 @contextlib.contextmanager
@@ -151,40 +233,78 @@ class Journal:
     def read(cls, root: Path) -> "Journal | None":
         path = root / JOURNAL_DIR / "journal.json"
         try:
-            raw = orjson.loads(path.read_bytes())
-            return cls(raw["action"], list(raw["replaces"]), list(raw["deletes"]), raw.get("audit"))
+            raw = orjson.loads(_read_nofollow(path))
         except FileNotFoundError:
             return None
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except orjson.JSONDecodeError as exc:
             # journal.json is written atomically, so a torn one means outside damage.
-            raise StoreDamaged(f"the journal {path} is unreadable ({exc}); restore the store "
-                               "from a backup") from None
+            raise StoreDamaged(f"damaged store: the journal {path} is unreadable ({exc}); restore "
+                               "the store from a backup") from None
+        except OSError as exc:
+            raise _os_error(exc, path) from None
+        return cls.validated(raw, path)
 
-    def apply(self, root: Path) -> None:
-        """Idempotent: a replay after a crash part-way through gives the same result."""
+    @classmethod
+    def validated(cls, raw, path: Path) -> "Journal":
+        """Only what the format allows: a known action, and relative names of the store's own
+        files (so a planted journal can neither write nor delete anything outside the store)."""
+        def bad(what: str) -> StoreDamaged:
+            return StoreDamaged(f"damaged store: the journal {path} {what}; nothing was changed "
+                                "(remove the journal directory only if you know it was planted, "
+                                "or restore the store from a backup)")
+
+        if not isinstance(raw, dict) or raw.get("action") not in ACTIONS:
+            raise bad("has no known action")
+        replaces, deletes, entry = raw.get("replaces"), raw.get("deletes"), raw.get("audit")
+        for name, items, pattern in (("replaces", replaces, _REPLACEABLE), ("deletes", deletes, _DELETABLE)):
+            if not isinstance(items, list):
+                raise bad(f"has no list of files to {name[:-1]}")
+            for rel in items:
+                if not isinstance(rel, str) or not pattern.fullmatch(rel):
+                    raise bad(f"names {rel!r}, which is not a file of the store format")
+        if entry is not None and not isinstance(entry, dict):
+            raise bad("holds an audit entry that is not an object")
+        return cls(raw["action"], list(replaces), list(deletes), entry)
+
+    def apply(self, root: Path, key: bytes | None) -> None:
+        """Idempotent: a replay after a crash part-way through gives the same result. `key` is
+        the store's key (None for a format-1 store): the audit entry must verify with it before
+        anything is touched."""
+        if self.audit_entry is not None:
+            try:
+                genuine = audit.entry_hash(self.audit_entry, key) == self.audit_entry.get("hash")
+            except (TypeError, ValueError):
+                genuine = False
+            if not genuine:
+                raise StoreDamaged(f"damaged store: the journal in {root / JOURNAL_DIR} holds an audit "
+                                   "entry that does not verify with the store's key; nothing was "
+                                   "changed (restore the store from a backup)")
         staged_root = root / JOURNAL_DIR / "files"
         dirs: set[Path] = set()
+        checked: set[str] = set()
         for rel in self.deletes:
             target = root / rel
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
+            if _check_link_free(root, rel, checked):
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        target.unlink()
             dirs.add(target.parent)
         for n, rel in enumerate(self.replaces, start=1):  # ordered: store.json, then manifest.json last
             staged = staged_root / rel
             target = root / rel
-            if staged.exists():
+            if _check_link_free(root, f"{JOURNAL_DIR}/files/{rel}", checked):
+                _check_link_free(root, rel, checked)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged, target)
                 dirs.add(target.parent)
-            _crash_point(f"apply:{n}")
+            _test_point(f"apply:{n}")
         _sync_all(root, [d for d in dirs if d.exists()])
-        _crash_point("applied")
+        _test_point("applied")
         if self.audit_entry is not None and not audit.contains_tail(root / AUDIT, self.audit_entry):
-            audit.append(root / AUDIT, self.audit_entry)
-        _crash_point("audited")
+            audit.append(root / AUDIT, self.audit_entry, key=key)
+        _test_point("audited")
         shutil.rmtree(root / JOURNAL_DIR)
         fsync_path(root)
 
@@ -199,13 +319,57 @@ def _order(rels: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- store
 
 
+def _read_key(path: Path, *, follow: bool) -> bytes:
+    """A key file's bytes, refused when others may read it (as ssh refuses a private key)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
+    except FileNotFoundError:
+        raise (KeyMismatch(f"key file {path} does not exist; pass the key file the store was "
+                           "created with") if follow else _damaged_missing(path)) from None
+    except OSError as exc:
+        raise _os_error(exc, path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise KeyMismatch(f"key file {path} is not a regular file")
+        if mode & 0o077:
+            raise InsecureKey(f"key file {path} is accessible by group or others (mode "
+                              f"{stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(4096)
+    finally:
+        os.close(fd)
+
+
+def read_key_file(path: Path) -> bytes:
+    """An external key (--secret-file): 32 raw bytes, or 64 hex digits (a trailing newline is
+    fine), e.g. from `head -c 32 /dev/urandom > KEY` or `openssl rand -hex 32 > KEY`."""
+    data = _read_key(Path(path), follow=True)
+    text = data.strip()
+    if len(text) == 64:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(text.decode("ascii"))
+    if len(data) == 32:
+        return data
+    raise KeyMismatch(f"key file {path} must hold 32 random bytes or 64 hex digits; create one "
+                      f"with 'openssl rand -hex 32 > {path}'")
+
+
 class Store:
     """An opened store. Use `open_store`; reads are overlay-aware when a commit is pending."""
 
-    def __init__(self, root: Path, *, writable: bool):
+    def __init__(self, root: Path, *, writable: bool, key_file: Path | None = None):
         self.root = root
         self.writable = writable
+        self.key_file = key_file
         self.pending: Journal | None = None
+        self.recovered: dict | None = None  # what opening for writing did with a found journal
+        self._key: bytes | None = None
+        self._checked: set[str] = set()  # directories known not to be symbolic links
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget what was read (after a commit changed the files)."""
         self._meta: dict | None = None
         self._index: np.ndarray | None = None
         self._shards: dict[int, np.ndarray] = {}
@@ -213,59 +377,133 @@ class Store:
 
     # ---- files
     def resolve(self, rel: str) -> Path | None:
-        """Where `rel` lives in the last consistent state (through a pending journal)."""
+        """Where `rel` lives in the last consistent state (through a pending journal); None when
+        absent. Raises StoreDamaged if the path goes through a symbolic link."""
         if self.pending is not None:
             if rel in self.pending.deletes or any(rel.startswith(d + "/") for d in self.pending.deletes):
                 return None
-            staged = self.root / JOURNAL_DIR / "files" / rel
-            if rel in self.pending.replaces and staged.exists():
-                return staged
-        path = self.root / rel
-        return path if path.exists() else None
+            if rel in self.pending.replaces and _check_link_free(
+                    self.root, f"{JOURNAL_DIR}/files/{rel}", self._checked):
+                return self.root / JOURNAL_DIR / "files" / rel
+        return self.root / rel if _check_link_free(self.root, rel, self._checked) else None
 
-    def read_bytes(self, rel: str) -> bytes | None:
+    def _raw(self, rel: str) -> bytes | None:
         path = self.resolve(rel)
         if path is None:
             return None
         try:
-            data = path.read_bytes()
+            return _read_nofollow(path)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise _os_error(exc, path) from None
-        want = self.meta.get("checksums", {}).get(rel) if rel != STORE_JSON else None
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """A small file's bytes, checked against the sha256 store.json records for it. A file the
+        store records but that is gone is damage, never "absent"."""
+        data = self._raw(rel)
+        want = self.meta.get("checksums", {}).get(rel)
+        if data is None:
+            if want is not None:
+                raise _damaged_missing(self.root / rel)
+            return None
         if want is not None and hashlib.sha256(data).hexdigest() != want:
-            raise StoreDamaged(f"{self.root / rel} does not match its checksum (edited or damaged); "
-                               "restore the store from a backup, or run 'erase fit' if only the "
-                               "fit is affected")
+            raise StoreDamaged(f"damaged store: {self.root / rel} does not match its checksum (edited "
+                               "or damaged); restore the store from a backup, or run 'erase fit' if "
+                               "only the fit is affected")
         return data
 
     @property
     def meta(self) -> dict:
         if self._meta is None:
-            path = self.resolve(STORE_JSON)
-            if path is None:
+            path = self.root / STORE_JSON
+            raw = self._raw(STORE_JSON)
+            if raw is None:
                 raise StoreMissing(f"no store at {self.root}; create one with 'erase ingest FILE.jsonl'")
             try:
-                meta = orjson.loads(path.read_bytes())
-            except (orjson.JSONDecodeError, OSError):
-                raise StoreDamaged(f"{path} is unreadable; restore the store from a backup") from None
+                meta = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise StoreDamaged(f"damaged store: {path} is unreadable; restore the store from a "
+                                   "backup") from None
             if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
-                raise StoreDamaged(f"{path} is not an erase store file; restore it from a backup")
+                raise StoreDamaged(f"damaged store: {path} is not an erase store file; restore it "
+                                   "from a backup")
             if meta["format_version"] > FORMAT_VERSION:
                 raise StoreTooNew(f"store {self.root} has format version {meta['format_version']}, "
                                   f"newer than this erase understands ({FORMAT_VERSION}); upgrade erase")
+            if meta["format_version"] >= 2:
+                key = self._load_key(meta.get("key"))
+                mac = meta.get("mac")
+                if not isinstance(mac, str) or not hmac.compare_digest(mac, meta_mac(key, meta)):
+                    raise StoreDamaged(f"damaged store: {path} does not match its keyed checksum "
+                                       "(edited outside erase); restore the store from a backup")
             self._meta = meta
         return self._meta
+
+    @property
+    def format_version(self) -> int:
+        return int(self.meta["format_version"])
 
     @property
     def exists(self) -> bool:
         return self.resolve(STORE_JSON) is not None
 
-    def secret(self) -> bytes:
-        data = self.read_bytes(SECRET)
-        if data is None or len(data) != 32:
-            raise StoreDamaged(f"the store secret {self.root / SECRET} is missing or damaged; "
-                               "restore the store from a backup")
-        return data
+    def key(self) -> bytes:
+        """The store's HMAC key (audit chain, id hashes, store.json), from its secret file or,
+        for a store created with --secret-file, from that file, checked by fingerprint."""
+        return self._load_key(self.meta.get("key"))
+
+    def secret(self) -> bytes:  # the name the id-hash callers know
+        return self.key()
+
+    def _load_key(self, info) -> bytes:
+        if self._key is not None:
+            return self._key
+        external = isinstance(info, dict) and info.get("location") == "external"
+        if external:
+            if self.key_file is None:
+                raise KeyMismatch(f"store {self.root} keeps its key outside the store; pass "
+                                  "--secret-file FILE or set ERASE_SECRET_FILE")
+            key = read_key_file(self.key_file)
+        else:
+            if self.key_file is not None:
+                raise KeyMismatch(f"store {self.root} keeps its key inside the store ({SECRET}); "
+                                  "drop --secret-file / ERASE_SECRET_FILE for this store")
+            path = self.resolve(SECRET)
+            if path is None:
+                raise _damaged_missing(self.root / SECRET)
+            key = _read_key(path, follow=False)
+            if len(key) != 32:
+                raise StoreDamaged(f"damaged store: the store secret {path} is not 32 bytes; "
+                                   "restore the store from a backup")
+        if isinstance(info, dict) and info.get("fingerprint") != key_fingerprint(key):
+            if external:
+                raise KeyMismatch(f"{self.key_file} is not the key of store {self.root} (its "
+                                  "fingerprint differs); pass the key file the store was created with")
+            raise StoreDamaged(f"damaged store: the secret {self.root / SECRET} is not the store's "
+                               "key (it was replaced); restore the store from a backup")
+        self._key = key
+        return key
+
+    def check_files(self) -> None:
+        """The full scan `verify` does: every file store.json records is there and matches its
+        checksum, and (format 2) every chunk of every array's written rows is on disk, not a link.
+        Other commands check only the files they read."""
+        for rel in sorted(self.meta.get("checksums", {})):
+            self.read_bytes(rel)
+        if self.format_version < 2 or not self.n_slots:
+            return
+        for name in ARRAYS:
+            arr = self.array(name)
+            size = arr.chunks[0]
+            encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+            missing = [f"records.zarr/{name}/{encode((ci,) + (0,) * (arr.ndim - 1))}"
+                       for ci in range(-(-self.n_slots // size))]
+            missing = [rel for rel in missing if self.resolve(rel) is None]
+            if missing:
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                raise StoreDamaged(f"damaged store: chunk {self.root / missing[0]}{more} missing (they "
+                                   "would read as empty values); restore the store from a backup")
 
     def size_bytes(self) -> int:
         total = 0
@@ -315,15 +553,14 @@ class Store:
         if name not in self._arrays:
             import zarr
 
-            if self.pending is None:
-                zstore = zarr.storage.LocalStore(self.root / "records.zarr", read_only=True)
-            else:
-                zstore = _overlay_store(self, "records.zarr")
             try:
-                self._arrays[name] = zarr.open_array(store=zstore, path=name, mode="r")
+                self._arrays[name] = zarr.open_array(store=_checked_store(self), path=name, mode="r")
+            except EraseError:
+                raise
             except Exception as exc:  # zarr raises many types for a damaged array
-                raise StoreDamaged(f"array {name} in {self.root / 'records.zarr'} is unreadable "
-                                   f"({type(exc).__name__}); restore the store from a backup") from None
+                raise StoreDamaged(f"damaged store: array {name} in {self.root / 'records.zarr'} is "
+                                   f"unreadable ({type(exc).__name__}); restore the store from a "
+                                   "backup") from None
         return self._arrays[name]
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -343,6 +580,8 @@ class Store:
         """arr at `rows` (a slice or sorted row numbers); damage becomes StoreDamaged."""
         try:
             vals = arr[rows] if isinstance(rows, slice) else arr.oindex[rows]
+        except EraseError:
+            raise
         except Exception as exc:
             raise StoreDamaged(f"a chunk of {name} in {self.root / 'records.zarr'} is damaged "
                                f"({type(exc).__name__}); restore the store from a backup") from None
@@ -469,20 +708,38 @@ def _np_dtype(name: str):
     return {"ids": object, "data": object, "idh": np.uint64, "emb": np.float32}[name]
 
 
-def _overlay_store(store: Store, prefix: str):
-    """A read-only zarr store that reads through a pending committed journal."""
+def _checked_store(store: Store):
+    """A read-only zarr store over records.zarr that reads through `store`: a pending journal's
+    staged files, no symbolic links, checksummed metadata, and a missing chunk of the written rows
+    reported as damage (zarr itself would read it as fill values: empty texts, zero vectors)."""
     import zarr
     from zarr.core.buffer import default_buffer_prototype
-    from zarr.storage._local import _get
 
-    class OverlayStore(zarr.storage.LocalStore):
+    class CheckedStore(zarr.storage.LocalStore):
         async def get(self, key, prototype=None, byte_range=None):
-            path = store.resolve(f"{prefix}/{key}")
-            if path is None or path.is_dir():
+            rel = f"records.zarr/{key}"
+            if _IS_CHUNK.fullmatch(rel):
+                data = store._raw(rel)
+                if data is None and store.format_version >= 2:
+                    raise StoreDamaged(f"damaged store: chunk {store.root / rel} is missing (it would "
+                                       "read as empty values); restore the store from a backup")
+            else:
+                data = store.read_bytes(rel)
+            if data is None:
                 return None
-            return _get(path, prototype or default_buffer_prototype(), byte_range)
+            if byte_range is not None:  # not used by these arrays' codecs; kept correct anyway
+                data = _byte_range(data, byte_range)
+            return (prototype or default_buffer_prototype()).buffer.from_bytes(data)
 
-    return OverlayStore(store.root / prefix, read_only=True)
+    return CheckedStore(store.root / "records.zarr", read_only=True)
+
+
+def _byte_range(data: bytes, req) -> bytes:
+    if hasattr(req, "suffix"):
+        return data[-req.suffix:]
+    if hasattr(req, "offset"):
+        return data[req.offset:]
+    return data[req.start:req.end]
 
 
 # --------------------------------------------------------------------------- transactions
@@ -498,11 +755,28 @@ class Transaction:
         self.action = action
         self.staged_root = store.root / JOURNAL_DIR / "files"
         self.deletes: set[str] = set()
+        self.meta: dict | None = None  # store.json's content, set by stage_meta
+        self.key: bytes | None = None  # a new store's key (ensure_secret)
+        self.key_info: dict | None = None
+        self.checksums: dict[str, str] = {}  # checksums of live files adopted as they are (upgrade)
         self._staged_arrays: dict = {}
-        with _os_errors(store.root):
-            if (store.root / JOURNAL_DIR).exists():
-                shutil.rmtree(store.root / JOURNAL_DIR)
-            self.staged_root.mkdir(parents=True)
+
+    def __enter__(self) -> "Transaction":
+        """Start staging. Any exception or signal before the commit point rolls back on exit."""
+        try:
+            with _os_errors(self.store.root):
+                if (self.store.root / JOURNAL_DIR).exists():
+                    shutil.rmtree(self.store.root / JOURNAL_DIR)
+                self.staged_root.mkdir(parents=True)
+            _test_point("begin")
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def write_file(self, rel: str, data: bytes) -> None:
         path = self.staged_root / rel
@@ -534,21 +808,28 @@ class Transaction:
                            compressors=[Crc32cCodec()])
 
     def _staged_array(self, name: str, n_slots: int):
-        """The staged copy of array `name` with `n_slots` rows: same codecs as the live one."""
+        """The staged copy of array `name` with `n_slots` rows: same codecs as the live one.
+        Empty chunks are written too, so that a chunk missing on disk is always damage."""
         import zarr
 
         if name not in self._staged_arrays:
+            rel = f"records.zarr/{name}/zarr.json"
             path = self.staged_root / "records.zarr" / name
             source = path / "zarr.json"  # created by create_arrays for a new store
-            if not source.exists():
-                source = self.store.resolve(f"records.zarr/{name}/zarr.json")
-            meta = orjson.loads(source.read_bytes())
-            meta["shape"] = [n_slots] + list(meta["shape"][1:])
+            raw = source.read_bytes() if source.exists() else self.store.read_bytes(rel)
+            if raw is None:
+                raise _damaged_missing(self.store.root / rel)
+            try:
+                meta = orjson.loads(raw)
+                meta["shape"] = [n_slots] + list(meta["shape"][1:])
+            except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
+                raise StoreDamaged(f"damaged store: {self.store.root / rel} is unreadable; restore "
+                                   "the store from a backup") from None
             path.mkdir(parents=True, exist_ok=True)
             (path / "zarr.json").write_bytes(orjson.dumps(meta))
             self._staged_arrays[name] = zarr.open_array(
-                store=zarr.storage.LocalStore(self.staged_root / "records.zarr"), path=name, mode="r+"
-            )
+                store=zarr.storage.LocalStore(self.staged_root / "records.zarr"), path=name, mode="r+",
+            ).with_config({"write_empty_chunks": True})
         return self._staged_arrays[name]
 
     def write_rows(self, name: str, n_slots: int, rows: np.ndarray, values: np.ndarray) -> None:
@@ -587,21 +868,31 @@ class Transaction:
                 if not (self.staged_root / "records.zarr" / name / key).exists():
                     self.deletes.add(f"records.zarr/{name}/{key}")
 
+    def fill_missing_chunks(self, name: str) -> int:
+        """Write the chunks of `name` that are absent on disk (an older erase left out chunks
+        holding only empty slots); returns how many. Used once, by the format upgrade."""
+        arr = self.store.array(name)
+        size = arr.chunks[0]
+        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+        missing = [ci for ci in range(-(-self.store.n_slots // size))
+                   if not _check_link_free(self.store.root, f"records.zarr/{name}/"
+                                           + encode((ci,) + (0,) * (arr.ndim - 1)), self.store._checked)]
+        if missing:
+            rows = (np.asarray(missing)[:, None] * size + np.arange(size)[None, :]).ravel()
+            rows = rows[rows < self.store.n_slots]
+            self.write_rows(name, self.store.n_slots, rows, self.store.read_rows(name, rows))
+        return len(missing)
+
     # ---- commit
-    def commit(self, audit_details: dict | None = None) -> dict | None:
-        """Make everything staged take effect at once. Returns the audit entry written."""
+    def commit(self, audit_details: dict) -> dict:
+        """Make everything staged take effect at once. Returns the audit entry written.
+
+        store.json is written here, last: the checksums of every small file staged, the audit head,
+        the format and the keyed mac, so nothing else can forget to update them."""
         root = self.store.root
+        if self.meta is None:
+            raise RuntimeError("stage_meta() must run before commit()")
         try:
-            entry = None
-            if audit_details is not None:
-                entry = audit.new_entry(self.store.last_audit_entry(), self.action, audit_details)
-                # store.json remembers the newest entry's hash, so cutting entries off the end of
-                # the log is detected by `erase log --verify`.
-                meta_path = self.staged_root / STORE_JSON
-                if meta_path.exists():
-                    meta = orjson.loads(meta_path.read_bytes())
-                    meta["audit_head"] = entry["hash"]
-                    meta_path.write_bytes(_dumps(meta))
             replaces, written = [], []
             for dirpath, _, files in os.walk(self.staged_root):
                 written.append(Path(dirpath))
@@ -613,34 +904,56 @@ class Transaction:
                         continue
                     written.append(path)
                     replaces.append(rel)
-            journal = {
-                "action": self.action,
-                "replaces": _order(replaces),
-                "deletes": sorted(self.deletes - set(replaces)),
-                "audit": entry,
-            }
+            deletes = sorted(self.deletes - set(replaces))
+            meta = dict(self.meta)
+            sums = {rel: h for rel, h in meta.get("checksums", {}).items() if rel not in deletes}
+            for rel in replaces:
+                if rel != SECRET and not _IS_CHUNK.fullmatch(rel):
+                    sums[rel] = hashlib.sha256((self.staged_root / rel).read_bytes()).hexdigest()
+            sums.update(self.checksums)
+            meta["checksums"] = sums
+            key = self.key if self.key is not None else self.store.key()
+            if self.key_info is not None:
+                meta["key"] = self.key_info
+            entry = audit.new_entry(self.store.last_audit_entry(), self.action, audit_details, key=key)
+            # store.json remembers the newest entry's hash under its mac: a log that was cut,
+            # removed or rewritten no longer ends there, and writers refuse it.
+            meta.update(audit_head=entry["hash"], format=FORMAT, format_version=FORMAT_VERSION)
+            meta["mac"] = meta_mac(key, meta)
+            (self.staged_root / STORE_JSON).write_bytes(_dumps(meta))
+            written.append(self.staged_root / STORE_JSON)
+            if STORE_JSON not in replaces:
+                replaces.append(STORE_JSON)
+            journal = {"action": self.action, "replaces": _order(replaces), "deletes": deletes,
+                       "audit": entry}
             _sync_all(root, written)
-            _crash_point("staged")
+            _test_point("staged")
+            interrupts.committing()
             atomic_write(root / JOURNAL_DIR / "journal.json", orjson.dumps(journal))
+        except EraseError:
+            self.abort()
+            raise
         except OSError as exc:
             self.abort()
             raise _os_error(exc, root) from None
-        _crash_point("committed")
-        Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root)
-        self.store._meta = self.store._index = None
-        self.store._shards = {}
-        self.store._arrays = {}
+        _test_point("committed")
+        Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root, key)
+        self.store._reset()
         return entry
 
     def _unchanged(self, rel: str, staged: Path) -> bool:
         """An array's zarr.json staged only so zarr could open the staged copy, same as live."""
         if not rel.endswith("zarr.json"):
             return False
-        live = self.store.root / rel
-        return live.exists() and live.read_bytes() == staged.read_bytes()
+        return self.store._raw(rel) == staged.read_bytes()
 
     def abort(self) -> None:
-        shutil.rmtree(self.store.root / JOURNAL_DIR, ignore_errors=True)
+        """Roll back what was staged. A journal that reached its commit point is never removed:
+        the batch is decided, and the next writing command completes it."""
+        journal = self.store.root / JOURNAL_DIR
+        if (journal / "journal.json").exists():
+            return
+        shutil.rmtree(journal, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- opening
@@ -652,13 +965,27 @@ def _check_root(root: Path) -> None:
                            "(or set ERASE_STORE) to a directory")
 
 
+def _check_layout(root: Path) -> None:
+    """No symbolic link at any place the format knows (a few lstat calls): erase never writes or
+    reads through one. Deeper paths are checked as they are used."""
+    for rel in _LAYOUT:
+        path = root / rel
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise _link_error(path)
+
+
 @contextlib.contextmanager
 def open_store(root: str | Path, *, write: bool, create: bool = False, lock_timeout: float = 60.0,
-               on_message: Message | None = None) -> Iterator[Store]:
-    """Open with the lock held: exclusive for writers (which first recover a pending journal),
-    shared for readers (which read through it). `create` makes the directory for a first ingest."""
-    root = Path(root)
+               on_message: Message | None = None, key_file: Path | None = None,
+               upgrade: bool = True) -> Iterator[Store]:
+    """Open with the lock held: exclusive for writers (which first recover a pending journal,
+    check the audit log and upgrade an older format), shared for readers (which read through a
+    pending journal and write nothing). `create` makes the directory for a first ingest.
+
+    The --store path may itself be a symbolic link: it is resolved once, here."""
     say = on_message or (lambda _m: None)
+    root = Path(root)
     _check_root(root)
     if not root.exists():
         if not create:
@@ -668,10 +995,11 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
             root.mkdir(parents=True, mode=0o700)
         except OSError as exc:
             raise _os_error(exc, root) from None
+    root = root.resolve()
     if write:
         # Everything a writer creates is readable by its owner only.
         os.umask(0o077)
-        if create and not (root / STORE_JSON).exists() and set(os.listdir(root)) <= {"lock", JOURNAL_DIR}:
+        if create and not (root / STORE_JSON).exists() and set(os.listdir(root)) <= {LOCK, JOURNAL_DIR}:
             # An empty directory the user made for the store (mode 0755, say) becomes owner-only
             # too; a directory holding other things (--store . by mistake) is left alone.
             with _os_errors(root):
@@ -679,27 +1007,79 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
         if not os.access(root, os.W_OK):
             raise StoreNotWritable(f"store {root} is not writable; fix its permissions or pass "
                                    "another --store")
-    with StoreLock(root / "lock", shared=not write, timeout=lock_timeout, on_wait=say):
-        store = Store(root, writable=write)
+    if os.stat(root).st_mode & stat.S_IWOTH:
+        say(f"warning: store {root} is writable by every user, who could plant or damage files; "
+            f"run 'chmod 700 {root}'")
+    with StoreLock(root / LOCK, shared=not write, timeout=lock_timeout, on_wait=say):
+        _check_layout(root)
+        store = Store(root, writable=write, key_file=key_file)
         journal = Journal.read(root)
         if write:
             if journal is not None:
-                journal.apply(root)
+                with interrupts.deferred():
+                    journal.apply(root, _journal_key(root, journal, key_file))
+                store.recovered = {"action": journal.action, "outcome": "completed"}
                 say(f"completed an interrupted {journal.action} found in {root}")
             elif (root / JOURNAL_DIR).exists():
                 shutil.rmtree(root / JOURNAL_DIR)
                 fsync_path(root)
+                store.recovered = {"action": None, "outcome": "rolled_back"}
                 say(f"rolled back an interrupted operation found in {root} (it had not committed)")
+            if store.exists:
+                # Writers never build on a log that does not end where store.json says.
+                audit.check_head(root / AUDIT, store.meta.get("audit_head"))
+                if upgrade and store.format_version < FORMAT_VERSION:
+                    _upgrade(store, say)
         elif journal is not None:
             store.pending = journal
             say(f"an interrupted {journal.action} is pending in {root}; showing the state it "
-                "committed (the next writing command completes it)")
+                "committed (the next writing command, or 'erase recover', completes it)")
         elif (root / JOURNAL_DIR).exists():
             say(f"an interrupted operation that never committed is pending in {root}; the next "
-                "writing command rolls it back")
-        if not create and not store.exists:
-            raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl'")
+                "writing command, or 'erase recover', rolls it back")
+        if not store.exists:
+            remains = [rel for rel in (SECRET, "records.zarr", INDEX_DIR, MANIFEST, FORGOTTEN, AUDIT)
+                       if os.path.lexists(root / rel)]
+            if remains:
+                # A store whose store.json is gone is damaged, not new: starting afresh over its
+                # files would mix old records and history into a new store.
+                raise StoreDamaged(f"damaged store: {root / STORE_JSON} is missing but {root} holds "
+                                   f"store files ({', '.join(remains)}); restore the store from a backup")
+            if not create:
+                raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl'")
         yield store
+
+
+def _journal_key(root: Path, journal: Journal, key_file: Path | None) -> bytes | None:
+    """The key a found journal's audit entry was made with: that of the store.json it commits
+    (whose mac is checked on the way), None for a format-1 store."""
+    if journal.audit_entry is None:
+        return None
+    probe = Store(root, writable=False, key_file=key_file)
+    probe.pending = journal
+    return probe.key() if probe.format_version >= 2 else None
+
+
+def _upgrade(store: Store, say: Message) -> None:
+    """erase-store/1 -> 2 in one journaled step, logged as an `upgrade` audit entry: store.json
+    gains its keyed mac and the checksums of the zarr metadata, the chunks an older erase left out
+    are written, and the audit chain is keyed from this entry on."""
+    with Transaction(store, "upgrade") as tx:
+        key = store.key()
+        meta = dict(store.meta)
+        filled = {name: tx.fill_missing_chunks(name) for name in ARRAYS} if store.n_slots else {}
+        for rel in ["records.zarr/zarr.json"] + [f"records.zarr/{a}/zarr.json" for a in ARRAYS]:
+            data = store._raw(rel)
+            if data is not None:
+                tx.checksums[rel] = hashlib.sha256(data).hexdigest()
+        last = store.last_audit_entry()
+        meta["audit_keyed_from"] = 0 if last is None else int(last["seq"]) + 1
+        tx.key_info = {"location": "store", "fingerprint": key_fingerprint(key)}
+        tx.meta = meta
+        tx.commit({"from_format": str(meta.get("format")), "to_format": FORMAT,
+                   "chunks_written": int(sum(filled.values()))})
+    say(f"upgraded store {store.root} to {FORMAT} (one journaled step, logged as an 'upgrade' "
+        "audit entry)")
 
 
 def new_meta(dim: int, embedder: str) -> dict:
@@ -715,6 +1095,7 @@ def new_meta(dim: int, embedder: str) -> dict:
         "counters": {"forget_batches": 0, "crossing_batches": 0, "prompt_changes": 0, "refits": 0,
                      "examples_replaced": 0},
         "checksums": {},
+        "audit_keyed_from": 0,
     }
 
 
@@ -749,24 +1130,27 @@ def index_changes(store: Store, *, add: np.ndarray | None = None,
 
 
 def stage_meta(tx: Transaction, meta: dict, files: dict[str, bytes | None]) -> None:
-    """Stage the small files in `files` (None = delete) and store.json with their checksums."""
-    meta = dict(meta)
-    sums = dict(meta.get("checksums", {}))
+    """Stage the small files in `files` (None = delete) and the new store.json content; commit
+    adds their checksums, the audit head and the mac."""
     for rel, data in files.items():
         if data is None:
             tx.delete(rel)
-            sums.pop(rel, None)
         else:
             tx.write_file(rel, data)
-            sums[rel] = hashlib.sha256(data).hexdigest()
-    meta["checksums"] = sums
-    tx.write_file(STORE_JSON, _dumps(meta))
+    tx.meta = dict(meta)
 
 
 def ensure_secret(tx: Transaction) -> bytes:
-    """The store's HMAC key, staged as a fresh random one if the store has none yet."""
-    if tx.store.resolve(SECRET) is not None:
-        return tx.store.secret()
-    secret = os.urandom(32)
-    tx.write_file(SECRET, secret)
-    return secret
+    """The store's HMAC key. A new store gets a fresh random one in its `secret` file, or adopts
+    the external key file it was opened with (--secret-file), recording only its fingerprint. An
+    existing store's key must be there: a missing secret is damage, never silently replaced."""
+    store = tx.store
+    if store.exists:
+        return store.key()
+    if store.key_file is not None:
+        key, location = read_key_file(store.key_file), "external"
+    else:
+        key, location = os.urandom(32), "store"
+        tx.write_file(SECRET, key)
+    tx.key, tx.key_info = key, {"location": location, "fingerprint": key_fingerprint(key)}
+    return key

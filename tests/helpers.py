@@ -141,3 +141,23 @@ def build_store(store: Path, records: list[Rec], tmp: Path, *, k: int = 4, dim: 
 def audit_lines(store: Path) -> list[dict]:
     p = Path(store) / "audit.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def refused(args: list[str], store: Path | None, *, code: int = 1, kind: str, mentions: list[str],
+            env: dict | None = None) -> str:
+    """Run `erase ARGS --json`; check the exit code, the JSON error object, one stderr line with no
+    traceback, and (if `store`) an unchanged store. Returns the message."""
+    before = snapshot(store) if store is not None and store.is_dir() else None
+    r = erase(*args, "--json", env=env)
+    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert err["kind"] == kind, err
+    assert err["message"] == lines[0][len("error: "):]
+    for word in mentions:
+        assert word.lower() in err["message"].lower(), (word, err["message"])
+    if before is not None:
+        assert snapshot(store) == before
+    return err["message"]

@@ -110,7 +110,7 @@ def _check_read_only(store: Path, ids: list[str], *, via_cli: bool) -> bool:
         if journal.exists():
             assert any("pending" in n for n in notes), notes
     if (journal / "journal.json").exists():
-        assert pending["committed"] is True and pending["action"] == "forget"
+        assert pending == {"committed": True, "action": "forget", "forgotten_data_on_disk": True}
     elif journal.exists():
         assert pending == {"committed": False}
     else:
@@ -223,8 +223,11 @@ def test_forget_killed_mid_audit_append(world):
     r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
               env=clean_env(ERASE_TEST_CRASH_AT="applied"))
     assert r.returncode == 137, r.stderr
+    # The torn line is the start of the entry the committed journal appends (a crash cut that
+    # append); any other torn tail would be an edit, which writers refuse (test_guarantees.py).
+    entry = json.loads((store / "journal" / "journal.json").read_bytes())["audit"]
     with open(store / "audit.jsonl", "ab") as f:
-        f.write(b'{"action":"forget","crossings":[],"elap')
+        f.write(audit.entry_line(entry)[:40])
     ids = [rec.id for rec in world["batch"]]
     lg = erase("log", "--verify", "--store", str(store), "--json")
     assert lg.returncode == 0, lg.stderr
@@ -258,7 +261,7 @@ def test_ingest_and_fit_killed(world, command, point):
     status = json.loads(st.stdout)
     assert snapshot(store) == before
     assert status["pending"] == ({"committed": False} if point == "staged" else
-                                 {"committed": True, "action": args[0]})
+                                 {"committed": True, "action": args[0], "forgotten_data_on_disk": False})
     expect_applied = point != "staged"
     if command in ("append", "first-ingest"):
         base = 0 if command == "first-ingest" else N_RECORDS

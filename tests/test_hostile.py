@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from erase_cli import store as store_mod
 from erase_cli.cli import app
 from erase_cli.records import MAX_ID_BYTES, MAX_JSON_DEPTH, MAX_LINE_BYTES
-from helpers import ERASE, build_store, clean_env, erase, make_records, snapshot, write_jsonl
+from helpers import ERASE, build_store, clean_env, erase, make_records, refused, snapshot, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -40,26 +40,6 @@ def store(template, tmp_path):
     dst = tmp_path / "store"
     shutil.copytree(template[0], dst)
     return dst
-
-
-def refused(args: list[str], store: Path | None, *, code: int = 1, kind: str, mentions: list[str],
-            env: dict | None = None) -> str:
-    """Run `erase ARGS --json`; check the exit code, the JSON error object, one stderr line with no
-    traceback, and (if `store`) an unchanged store. Returns the message."""
-    before = snapshot(store) if store is not None and store.is_dir() else None
-    r = erase(*args, "--json", env=env)
-    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    err = json.loads(r.stdout)["error"]
-    assert err["kind"] == kind, err
-    assert err["message"] == lines[0][len("error: "):]
-    for word in mentions:
-        assert word.lower() in err["message"].lower(), (word, err["message"])
-    if before is not None:
-        assert snapshot(store) == before
-    return err["message"]
 
 
 def _flip(path: Path, at: float = 0.5) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from erase_cli import lock as lock_module
-from erase_cli.errors import InvalidParameter, StoreLocked, StoreMissing
+from erase_cli.errors import InvalidParameter, StoreDamaged, StoreLocked, StoreMissing
 from erase_cli.lock import StoreLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +27,11 @@ with StoreLock(Path(sys.argv[1]), shared=sys.argv[2] == "shared", timeout=5):
 
 @pytest.fixture
 def lock_path(tmp_path):
+    """A store directory's lock file, created the way it always is: by a first writer."""
     store = tmp_path / "store"
     store.mkdir()
+    with StoreLock(store / "lock", shared=False, timeout=0):
+        pass
     return store / "lock"
 
 
@@ -58,9 +61,29 @@ def test_exclusive_excludes_exclusive_within_one_process(lock_path):
 
 
 def test_lock_file_is_owner_only(lock_path):
-    with StoreLock(lock_path, shared=True, timeout=0):
-        pass
     assert stat.S_IMODE(os.stat(lock_path).st_mode) & 0o077 == 0
+
+
+def test_readers_never_create_the_lock_file(tmp_path):
+    """A read-only command writes nothing, even in a directory that is no store."""
+    with StoreLock(tmp_path / "lock", shared=True, timeout=0):
+        pass
+    assert not (tmp_path / "lock").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_lock_that_is_no_regular_file_is_damage(lock_path, tmp_path, kind):
+    lock_path.unlink()
+    if kind == "directory":
+        lock_path.mkdir()
+    else:
+        (tmp_path / "elsewhere").write_text("x")
+        lock_path.symlink_to(tmp_path / "elsewhere")
+    for shared in (True, False):
+        with pytest.raises(StoreDamaged, match="not a regular file"):
+            with StoreLock(lock_path, shared=shared, timeout=0):
+                pass
+    assert kind == "directory" or (tmp_path / "elsewhere").read_text() == "x"
 
 
 def test_timeout_raises_store_locked_after_about_the_timeout(lock_path):
@@ -208,6 +231,7 @@ def test_read_only_store_still_locks_through_an_existing_lock_file(lock_path, mo
 
 
 def test_read_only_store_without_lock_file(lock_path, monkeypatch):
+    lock_path.unlink()
     monkeypatch.setattr(lock_module.os, "open", read_only_open(os.open))
     with StoreLock(lock_path, shared=True, timeout=0):
         assert not lock_path.exists()

@@ -105,7 +105,7 @@ def test_dry_run_changes_nothing(tmp_path):
     service.fit(store, **FIT)
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"}
     report = service.forget(store, ["rec-3", "rec-4"], dry_run=True)
-    assert report["batch"]["dry_run"] and [i["status"] for i in report["ids"]] == ["forgotten"] * 2
+    assert report["batch"]["dry_run"] and [i["status"] for i in report["ids"]] == ["would_forget"] * 2
     after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"}
     assert before == after
 
