@@ -17,7 +17,7 @@ purge of the rewritten chunks, fsyncs, audit entry) from spawn to exit; the comm
 `elapsed_ms` is reported beside it. Reference: the same command at n = 1e4 (ratio), and the
 start-up of `erase --help`.
 
-    python bench/forget_e2e.py [--quick]
+    python bench/forget_e2e.py [--quick] [--sizes N ...] [--defaults-only]
 """
 
 from __future__ import annotations
@@ -121,11 +121,13 @@ def forget_ids(store, rows: list[int], tag: str) -> dict:
             "rc": res["rc"]}
 
 
-def run(n: int, singles: int) -> tuple[list[dict], list[dict]]:
+def run(n: int, singles: int, defaults_only: bool = False) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng([7, n])
     store = synthstore.fresh_copy(n, "e2e")
     live = set(range(n))
     fits, ops = [], []
+    if defaults_only:
+        return _at_defaults(store, n, live, singles, rng, fits, ops)
 
     log(f"n={n}: erase fit {' '.join(FIT_A)}")
     r = cli("fit", "--store", str(store), "--json", *FIT_A)
@@ -143,7 +145,11 @@ def run(n: int, singles: int) -> tuple[list[dict], list[dict]]:
         ops.append({"n": n, "fit": "k16 eps0.1 T10 no-dim", **forget_ids(store, rows, "batch-10000")})
         live -= set(rows)
         log(f"n={n}: {ops[-1]}")
+    return _at_defaults(store, n, live, singles, rng, fits, ops)
 
+
+def _at_defaults(store, n: int, live: set[int], singles: int, rng, fits: list, ops: list):
+    """`erase fit` at the defaults, single forgets, and at 1e6 a 1,000-id non-crossing batch."""
     log(f"n={n}: erase fit (defaults)")
     r = cli("fit", "--store", str(store), "--json")
     defaults = (f"defaults k{config.DEFAULT_K} eps{config.DEFAULT_EPS} dim{config.DEFAULT_DIM} "
@@ -168,6 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n = 1e4 and 1e5 only")
     ap.add_argument("--sizes", type=int, nargs="*")
+    ap.add_argument("--defaults-only", action="store_true",
+                    help="skip the k16/T10/no-projection fit and its 10,000-id crossing batch (minutes "
+                         "at 1e6); results go to forget_e2e_defaults.*")
     args = ap.parse_args()
     started = now_utc()
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
@@ -176,7 +185,7 @@ def main() -> None:
     help_cpu = [h["cpu_s"] for h in helps]
     fits, ops = [], []
     for n in sizes:
-        f, o = run(n, singles=5)
+        f, o = run(n, singles=5, defaults_only=args.defaults_only)
         fits += f
         ops += o
     single, single_cpu = {}, {}
@@ -218,7 +227,7 @@ def main() -> None:
                       f"peak RSS {f['maxrss_mib']:.0f} MiB", "", "",
                       f"RSS / float32 matrix {f['maxrss_mib'] / f['float32_matrix_mib']:.2f}"])
     write_results(
-        "forget_e2e",
+        "forget_e2e_defaults" if args.defaults_only else "forget_e2e",
         summary=(f"`erase forget` / `erase fit` as subprocesses on synthetic 384-d stores. Targets: single forget "
                  f"<= 1 s at 1e6 and within 1.5x of 1e4; batch of 1,000 non-crossing ids <= 10 s; batch of "
                  f"10,000 ids (crossing) <= 60 s; fit peak RSS at 1e6 <= 0.5x the float32 matrix. Met: {met}. "

@@ -953,7 +953,8 @@ class Transaction:
         journal = self.store.root / JOURNAL_DIR
         if (journal / "journal.json").exists():
             return
-        shutil.rmtree(journal, ignore_errors=True)
+        with interrupts.deferred():  # a signal now would leave half the staging behind
+            shutil.rmtree(journal, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- opening
@@ -1021,8 +1022,9 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
                 store.recovered = {"action": journal.action, "outcome": "completed"}
                 say(f"completed an interrupted {journal.action} found in {root}")
             elif (root / JOURNAL_DIR).exists():
-                shutil.rmtree(root / JOURNAL_DIR)
-                fsync_path(root)
+                with interrupts.deferred():
+                    shutil.rmtree(root / JOURNAL_DIR)
+                    fsync_path(root)
                 store.recovered = {"action": None, "outcome": "rolled_back"}
                 say(f"rolled back an interrupted operation found in {root} (it had not committed)")
             if store.exists:
