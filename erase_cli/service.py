@@ -351,7 +351,7 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         rows = st.lookup(ids)
-        secret = st.secret()
+        secret = st.key()
         forgotten = st.forgotten()
         hashes = [audit.id_hash(secret, i) for i in ids]
         statuses = []

@@ -21,6 +21,7 @@ symbolic link inside the store is ever followed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -123,25 +124,27 @@ def _link_error(path: Path) -> StoreDamaged:
 
 def _check_link_free(root: Path, rel: str, checked: set[str] | None = None) -> bool:
     """Whether root/rel exists, after checking that neither it nor any directory on the way is a
-    symbolic link (StoreDamaged if one is). `checked` caches directories already seen."""
-    parts = rel.split("/")
-    path = root
-    for i, part in enumerate(parts):
-        path = path / part
-        sub = "/".join(parts[: i + 1])
-        if checked is not None and sub in checked:
-            continue
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise _os_error(exc, path) from None
-        if stat.S_ISLNK(mode):
-            raise _link_error(path)
-        if checked is not None and i < len(parts) - 1:
-            checked.add(sub)
-    return True
+    symbolic link (StoreDamaged if one is). `checked` caches directories already seen. Plain
+    strings, not pathlib: a big batch checks thousands of chunk paths."""
+    base = os.fspath(root)
+    end = -1
+    while True:
+        end = rel.find("/", end + 1)
+        sub = rel if end < 0 else rel[:end]
+        if end < 0 or checked is None or sub not in checked:
+            path = f"{base}/{sub}"
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise _os_error(exc, Path(path)) from None
+            if stat.S_ISLNK(mode):
+                raise _link_error(Path(path))
+            if end >= 0 and checked is not None:
+                checked.add(sub)
+        if end < 0:
+            return True
 
 
 def _read_nofollow(path: Path) -> bytes:
@@ -453,9 +456,6 @@ class Store:
         for a store created with --secret-file, from that file, checked by fingerprint."""
         return self._load_key(self.meta.get("key"))
 
-    def secret(self) -> bytes:  # the name the id-hash callers know
-        return self.key()
-
     def _load_key(self, info) -> bytes:
         if self._key is not None:
             return self._key
@@ -717,6 +717,10 @@ def _checked_store(store: Store):
 
     class CheckedStore(zarr.storage.LocalStore):
         async def get(self, key, prototype=None, byte_range=None):
+            # In a worker thread, as LocalStore does, so that zarr reads many chunks at once.
+            return await asyncio.to_thread(self._checked_get, key, prototype, byte_range)
+
+        def _checked_get(self, key, prototype, byte_range):
             rel = f"records.zarr/{key}"
             if _IS_CHUNK.fullmatch(rel):
                 data = store._raw(rel)

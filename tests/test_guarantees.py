@@ -265,6 +265,13 @@ def test_missing_file_is_damage(store, template, tmp_path, missing, args):
             mentions=[missing.split("/")[0], "missing", "backup"])
 
 
+def test_broken_zarr_json_is_damage(store, tmp_path):
+    (store / "records.zarr" / "ids" / "zarr.json").write_text("{ not json")
+    data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
+    refused(["ingest", str(data), "--vector-field", "vec", "--append", "--store", str(store)], store,
+            kind="store-damaged", mentions=["zarr.json", "checksum"])
+
+
 # --------------------------------------------------------------------------- 6. store.json
 
 
