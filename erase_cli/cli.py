@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
@@ -43,14 +44,26 @@ def _fail(exc: BaseException, as_json: bool) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
-    """Run one core call under the signal guard (a signal before the commit point rolls back;
-    after it, the command finishes as if uninterrupted), then render the result."""
+@contextlib.contextmanager
+def _handled(as_json: bool) -> Iterator[None]:
+    """One command under the signal guard (a signal before the commit point rolls back; after
+    it, the command finishes as if uninterrupted); expected errors become one line + exit code."""
     with interrupts.guard(render.say):
         try:
-            result = work()
-        except (EraseError, interrupts.Interrupted) as exc:
+            yield
+        except EraseError as exc:
             raise _fail(exc, as_json) from None
+        except BaseException as exc:
+            stopped = interrupts.find(exc)
+            if stopped is None:
+                raise
+            raise _fail(stopped, as_json) from None
+
+
+def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
+    """Run one core call, then render its result."""
+    with _handled(as_json):
+        result = work()
         if as_json:
             render.emit_json(result)
         else:
@@ -243,17 +256,14 @@ def ask(
                            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
                            hooks=_hooks())
 
-    with interrupts.guard(render.say):
-        try:
-            for answer in answers():
-                if json:
-                    render.emit_json(answer)
-                    continue
-                render.show(answer["answer"])
-                for c in answer.get("choices") or []:
-                    render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
-        except (EraseError, interrupts.Interrupted) as exc:
-            raise _fail(exc, json) from None
+    with _handled(json):
+        for answer in answers():
+            if json:
+                render.emit_json(answer)
+                continue
+            render.show(answer["answer"])
+            for c in answer.get("choices") or []:
+                render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
 
 
 # --------------------------------------------------------------------------- eval, cost
@@ -430,17 +440,14 @@ def log(
     """Show the audit trail (NDJSON with --json); --verify checks its hash chain."""
     from . import service
 
-    with interrupts.guard(render.say):
-        try:
-            if expect_head is not None and not check:
-                from .errors import InvalidParameter
+    with _handled(json):
+        if expect_head is not None and not check:
+            from .errors import InvalidParameter
 
-                raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
-            result = service.log(config.store_path(store), check=check, expect_head=expect_head,
-                                 lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
-                                 hooks=_hooks())
-        except (EraseError, interrupts.Interrupted) as exc:
-            raise _fail(exc, json) from None
+            raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
+        result = service.log(config.store_path(store), check=check, expect_head=expect_head,
+                             lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
+                             hooks=_hooks())
     if head:
         if json:
             render.emit_json({"head": result["head"]})

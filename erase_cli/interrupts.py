@@ -55,8 +55,9 @@ class _Guard:
             # the next writing command completes it (the same state a SIGKILL leaves).
             os._exit(128 + signum)
         self.pending = signum
-        self.say(f"received {signal.Signals(signum).name}: finishing the committed change first "
-                 "(signal again to stop at once and leave it to the next writing command)")
+        if self.committed:
+            self.say(f"received {signal.Signals(signum).name}: finishing the committed change first "
+                     "(signal again to stop at once and leave it to the next writing command)")
 
 
 _active: _Guard | None = None
@@ -74,7 +75,23 @@ def guard(say: Callable[[str], None]) -> Iterator[None]:
     finally:
         _active = None
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # After a commit the command is done but for its exit: a signal now must neither
+            # claim "nothing changed" (the previous handler) nor kill the process during
+            # interpreter shutdown (Python resets handlers to the defaults there), so the rest
+            # of the process ignores it.
+            signal.signal(sig, signal.SIG_IGN if state.committed else handler)
+
+
+def find(exc: BaseException | None) -> Interrupted | None:
+    """The Interrupted behind `exc`, if any: Python wraps an exception raised inside some
+    machinery (an import's __set_name__, say) in another one, with the original as its cause."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, Interrupted):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def committing() -> None:

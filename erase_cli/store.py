@@ -794,7 +794,7 @@ class Transaction:
     # ---- zarr
     def create_arrays(self, dim: int) -> None:
         """A new records.zarr (first ingest): everything is staged, so nothing is half-made."""
-        with _os_errors(self.store.root):
+        with interrupts.deferred(), _os_errors(self.store.root):
             self._create_arrays(self.staged_root / "records.zarr", dim)
 
     def _create_arrays(self, root: Path, dim: int) -> None:
@@ -842,7 +842,9 @@ class Transaction:
         Each touched chunk is read from the live array, patched and written in full; a chunk that
         ends up all fill value is not written by zarr, so its live file is deleted instead.
         """
-        with _os_errors(self.store.root):
+        # Deferred: zarr writes chunks from its own threads, which a signal in this thread would
+        # not stop; rolling back while they still write would leave staged files behind.
+        with interrupts.deferred(), _os_errors(self.store.root):
             self._write_rows(name, n_slots, rows, values)
 
     def _write_rows(self, name: str, n_slots: int, rows: np.ndarray, values: np.ndarray) -> None:

@@ -17,27 +17,28 @@ import os
 import random
 import shutil
 import signal
-import time
-from pathlib import Path
 
 import pytest
 
 from erase_cli import audit, service
-from erase_cli.store import open_store
 from helpers import (
+    WORLD_RECORDS,
     audit_lines,
-    build_store,
+    check_read_only,
     clean_env,
+    copy_store,
     erase,
-    erase_popen,
     find_bytes,
+    forget_world,
     make_records,
     record_needles,
+    recover_and_check,
+    signal_at_random,
     snapshot,
     write_jsonl,
 )
 
-N_RECORDS = 300
+N_RECORDS = WORLD_RECORDS
 RANDOM_KILLS = 9
 # Fixed so a failure can be replayed; the instants still vary with the machine's timing.
 KILL_SEED = int(os.environ.get("ERASE_TEST_KILL_SEED", "20261123"))
@@ -46,109 +47,8 @@ KILL_SEED = int(os.environ.get("ERASE_TEST_KILL_SEED", "20261123"))
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A fitted template store, the batch (examples and non-examples), and an uninterrupted
-    reference run of the same forget: its manifest and how long it took."""
-    tmp = tmp_path_factory.mktemp("crash")
-    records = make_records(N_RECORDS)
-    template = tmp / "template"
-    fit = build_store(template, records, tmp)
-    examples = [e["id"] for e in fit["examples"]]
-    assert len(examples) >= 2
-    others = [r.id for r in records if r.id not in examples][:: N_RECORDS // 4][:4]
-    batch_ids = examples[:2] + others
-    by_id = {r.id: r for r in records}
-    batch = [by_id[i] for i in batch_ids]
-    ids_file = tmp / "ids.txt"
-    ids_file.write_text("\n".join(batch_ids) + "\n")
-
-    reference = tmp / "reference"
-    shutil.copytree(template, reference)
-    t0 = time.monotonic()
-    r = erase("forget", "--from-file", str(ids_file), "--store", str(reference), "--json")
-    duration = time.monotonic() - t0
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
-    assert [i["status"] for i in report["ids"]] == ["forgotten"] * len(batch_ids)
-    return {"tmp": tmp, "template": template, "batch": batch, "ids_file": ids_file,
-            "reference_manifest": (reference / "manifest.json").read_bytes(), "duration": duration,
-            "report": report}
-
-
-def _copy(world, name: str) -> Path:
-    store = world["tmp"] / name
-    shutil.rmtree(store, ignore_errors=True)
-    shutil.copytree(world["template"], store)
-    return store
-
-
-def _visible(store: Path, ids: list[str]) -> list[bool]:
-    """Which ids a reader sees as present (through a pending journal)."""
-    with open_store(store, write=False) as st:
-        return [bool(r >= 0) for r in st.lookup(ids)]
-
-
-def _check_read_only(store: Path, ids: list[str], *, via_cli: bool) -> bool:
-    """Readers after a crash: exit 0, report pending, change nothing. Returns whether the batch is
-    visible as applied (and asserts it is all or nothing)."""
-    journal = store / "journal"
-    before = snapshot(store)
-    if via_cli:
-        r = erase("status", "--store", str(store), "--json")
-        assert r.returncode == 0, r.stderr
-        pending = json.loads(r.stdout)["pending"]
-        v = erase("verify", "--store", str(store), "--json")
-        assert v.returncode == 0, v.stderr
-        assert json.loads(v.stdout)["identical"] is True
-        lg = erase("log", "--verify", "--store", str(store))
-        assert lg.returncode == 0, lg.stdout + lg.stderr
-        if journal.exists():
-            assert "pending" in r.stderr and "pending" in v.stderr
-    else:
-        notes: list[str] = []
-        pending = service.status(store, hooks=service.Hooks(say=notes.append))["pending"]
-        assert service.verify(store)["identical"] is True
-        assert service.log(store, check=True)["valid"] is True
-        if journal.exists():
-            assert any("pending" in n for n in notes), notes
-    if (journal / "journal.json").exists():
-        assert pending == {"committed": True, "action": "forget", "forgotten_data_on_disk": True}
-    elif journal.exists():
-        assert pending == {"committed": False}
-    else:
-        assert pending is None
-    visible = _visible(store, ids)
-    assert snapshot(store) == before, "a read-only command changed the store"
-    assert all(visible) or not any(visible), f"batch half applied: {visible}"
-    return not any(visible)
-
-
-def _recover_and_check(world, store: Path, applied_before: bool, *, via_cli: bool) -> None:
-    ids = [r.id for r in world["batch"]]
-    had_journal = (store / "journal").exists()
-    committed = (store / "journal" / "journal.json").exists()
-    if via_cli:
-        r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store), "--json")
-        assert r.returncode == 0, r.stderr
-        report, notes = json.loads(r.stdout), r.stderr
-    else:
-        said: list[str] = []
-        report = service.forget(store, ids, hooks=service.Hooks(say=said.append))
-        notes = "\n".join(said)
-    if committed:
-        assert "completed an interrupted forget" in notes
-    elif had_journal:
-        assert "rolled back an interrupted operation" in notes
-    statuses = {i["status"] for i in report["ids"]}
-    assert statuses == ({"already_forgotten"} if applied_before else {"forgotten"}), report["ids"]
-
-    assert not (store / "journal").exists()
-    assert service.verify(store)["identical"] is True
-    assert (store / "manifest.json").read_bytes() == world["reference_manifest"]
-    assert find_bytes(store, record_needles(world["batch"])) == {}
-    assert service.log(store, check=True)["valid"] is True
-    secret = (store / "secret").read_bytes()
-    logged = [h for e in audit_lines(store) if e["action"] == "forget" for h in e["id_hashes"]]
-    for rid in ids:
-        assert logged.count(audit.id_hash(secret, rid)) == 1, rid
+    reference run of the same forget (helpers.forget_world)."""
+    return forget_world(tmp_path_factory.mktemp("crash"), N_RECORDS)
 
 
 def test_search_finds_a_batch_record_before_forgetting(world):
@@ -166,7 +66,7 @@ CRASH_POINTS = ["staged", "committed", "apply:1", "apply:5", "applied", "audited
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_forget_killed_at_a_named_point(world, point):
-    store = _copy(world, f"at-{point.replace(':', '-')}")
+    store = copy_store(world, f"at-{point.replace(':', '-')}")
     r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
               env=clean_env(ERASE_TEST_CRASH_AT=point))
     assert r.returncode == 137, (point, r.returncode, r.stderr)  # it really stopped there
@@ -174,44 +74,30 @@ def test_forget_killed_at_a_named_point(world, point):
     ids = [rec.id for rec in world["batch"]]
     # The real CLI for the two journal states (uncommitted, committed); in-process for the rest.
     via_cli = point in ("staged", "apply:5")
-    applied = _check_read_only(store, ids, via_cli=via_cli)
-    assert applied == (point != "staged")  # the journal write is the commit point
-    _recover_and_check(world, store, applied, via_cli=True)
-
-
-def _kill_at_random(store: Path, world, rng: random.Random, phase: str) -> tuple[float, str]:
-    """SIGKILL a forget at a uniform instant of its whole run ("any": mostly interpreter start-up),
-    within 0.25 s after its journal directory appears ("staging"), or within 20 ms after its
-    journal is committed ("apply": renames, audit append, clean-up)."""
-    journal = store / "journal"
-    marker = {"staging": journal, "apply": journal / "journal.json"}.get(phase)
-    proc = erase_popen("forget", "--from-file", str(world["ids_file"]), "--store", str(store))
-    t0 = time.monotonic()
-    if marker is None:
-        time.sleep(rng.uniform(0.0, world["duration"]))
-    else:
-        while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 30:
-            time.sleep(0.0002)
-        time.sleep(rng.uniform(0.0, 0.25 if phase == "staging" else 0.02))
-    delay = time.monotonic() - t0
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    state = ("finished" if proc.returncode == 0 else
-             "committed" if (journal / "journal.json").exists() else
-             "staging" if journal.exists() else "no journal")
-    return round(delay, 3), state
+    present, _ = check_read_only(store, ids, via_cli=via_cli)
+    assert present == (point == "staged")  # the journal write is the commit point
+    recover_and_check(world, store, not present, via_cli=True)
 
 
 def test_forget_sigkilled_at_random_instants(world):
+    """SIGKILL at a uniform instant of the whole run ("any": mostly interpreter start-up), within
+    0.25 s after the journal directory appears ("staging"), or within 20 ms after the journal is
+    committed ("apply": renames, audit append, clean-up)."""
     rng = random.Random(KILL_SEED)
     ids = [rec.id for rec in world["batch"]]
+    journal = world["tmp"] / "random" / "journal"
     outcomes = []
     for i in range(RANDOM_KILLS):
-        store = _copy(world, "random")
-        delay, state = _kill_at_random(store, world, rng, ("any", "staging", "apply")[i % 3])
-        applied = _check_read_only(store, ids, via_cli=i == 1)
-        _recover_and_check(world, store, applied, via_cli=i == 1)
-        outcomes.append((delay, state, applied))
+        store = copy_store(world, "random")
+        r, delay = signal_at_random(["forget", "--from-file", str(world["ids_file"])], store,
+                                    signal.SIGKILL, rng, duration=world["duration"],
+                                    phase=("any", "staging", "apply")[i % 3])
+        state = ("finished" if r.returncode == 0 else
+                 "committed" if (journal / "journal.json").exists() else
+                 "staging" if journal.exists() else "no journal")
+        present, _ = check_read_only(store, ids, via_cli=i == 1)
+        recover_and_check(world, store, not present, via_cli=i == 1)
+        outcomes.append((delay, state, not present))
     # Timing-dependent, so not asserted; shown with -rA or on failure.
     print("kill outcomes (delay s, state, applied):", outcomes)
 
@@ -219,7 +105,7 @@ def test_forget_sigkilled_at_random_instants(world):
 def test_forget_killed_mid_audit_append(world):
     """A kill while appending the audit entry leaves a torn last line: readers show the committed
     state with a valid chain, and the next writer drops the torn line and appends the entry once."""
-    store = _copy(world, "torn-audit")
+    store = copy_store(world, "torn-audit")
     r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
               env=clean_env(ERASE_TEST_CRASH_AT="applied"))
     assert r.returncode == 137, r.stderr
@@ -232,9 +118,9 @@ def test_forget_killed_mid_audit_append(world):
     lg = erase("log", "--verify", "--store", str(store), "--json")
     assert lg.returncode == 0, lg.stderr
     assert json.loads(lg.stdout.splitlines()[-1])["verify"]["valid"] is True
-    applied = _check_read_only(store, ids, via_cli=False)
-    assert applied
-    _recover_and_check(world, store, applied, via_cli=True)
+    present, _ = check_read_only(store, ids, via_cli=False)
+    assert not present
+    recover_and_check(world, store, True, via_cli=True)
 
 
 @pytest.mark.parametrize("command,point", [("append", "staged"), ("append", "apply:3"),
@@ -250,7 +136,7 @@ def test_ingest_and_fit_killed(world, command, point):
         shutil.rmtree(store, ignore_errors=True)
         args = ["ingest", str(data), "--vector-field", "vec"]
     else:
-        store = _copy(world, f"{command}-{point.replace(':', '-')}")
+        store = copy_store(world, f"{command}-{point.replace(':', '-')}")
         args = (["ingest", str(data), "--vector-field", "vec", "--append"] if command == "append"
                 else ["fit", "-k", "3", "--dim", "8"])
     r = erase(*args, "--store", str(store), env=clean_env(ERASE_TEST_CRASH_AT=point))
