@@ -1,7 +1,8 @@
 """Typed errors. The core raises them; only cli.py turns them into exit codes and messages.
 
 Each error also inherits the builtin it resembles, so library callers can catch either.
-A message names the thing that is wrong and the fix.
+A message names the thing that is wrong and the fix. `kind` is the machine-readable name in
+`--json` error objects: snake_case, like every other word erase prints for programs.
 """
 
 
@@ -13,69 +14,69 @@ class EraseError(Exception):
 
 
 class InvalidInput(EraseError, ValueError):
-    kind = "invalid-input"
+    kind = "invalid_input"
 
 
 class InvalidParameter(EraseError, ValueError):
-    kind = "invalid-parameter"
+    kind = "invalid_parameter"
 
 
 class NotFound(EraseError, LookupError):
-    kind = "not-found"
+    kind = "not_found"
 
 
 class StoreMissing(EraseError, FileNotFoundError):
-    kind = "store-missing"
+    kind = "store_missing"
 
 
 class StoreDamaged(EraseError, OSError):
-    kind = "store-damaged"
+    kind = "store_damaged"
 
 
 class InsecureKey(EraseError, PermissionError):
-    kind = "insecure-key"
+    kind = "insecure_key"
 
 
 class KeyMismatch(EraseError, ValueError):
-    kind = "key-mismatch"
+    kind = "key_mismatch"
 
 
 class StoreTooNew(EraseError):
-    kind = "store-format-newer"
+    kind = "store_format_newer"
 
 
 class StoreNotWritable(EraseError, PermissionError):
-    kind = "store-not-writable"
+    kind = "store_not_writable"
 
 
 class DiskFull(EraseError, OSError):
-    kind = "disk-full"
+    kind = "disk_full"
 
 
 class NotFitted(EraseError):
-    kind = "not-fitted"
+    kind = "not_fitted"
 
 
 class StaleFit(EraseError):
-    kind = "stale-fit"
+    kind = "stale_fit"
 
 
 class VerifyMismatch(EraseError):
-    kind = "verify-mismatch"
+    kind = "verify_mismatch"
 
 
 class ModelMissing(EraseError, FileNotFoundError):
-    kind = "model-missing"
+    kind = "model_missing"
 
 
 class ModelInvalid(EraseError, ValueError):
-    kind = "model-invalid"
+    kind = "model_invalid"
 
 
 class PromptTooLong(EraseError, ValueError):
-    kind = "prompt-too-long"
+    kind = "prompt_too_long"
 
 
 class StoreLocked(EraseError, TimeoutError):
-    kind = "store-locked"
+    kind = "store_locked"
     exit_code = 75
