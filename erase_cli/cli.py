@@ -33,6 +33,10 @@ SecretOpt = Annotated[Optional[Path], typer.Option(
          "Given at the first ingest, the store records only its fingerprint.")]
 
 
+# `forget` with ids the store never had (a cron job can tell them from failures, exit 1).
+EXIT_NOT_FOUND = 3
+
+
 def _fail(exc: BaseException, as_json: bool) -> typer.Exit:
     """An expected error or an interruption as one line (and a JSON error object) + exit code."""
     if isinstance(exc, interrupts.Interrupted):
@@ -167,7 +171,8 @@ def forget(
     from_file: Annotated[Optional[str], typer.Option(
         "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
-    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Exit 0 even if some ids are unknown.")] = False,
+    missing_ok: Annotated[bool, typer.Option(
+        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {EXIT_NOT_FOUND}, after applying the rest).")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -178,20 +183,29 @@ def forget(
     from .records import read_ids
 
     def work():
+        if not ids and from_file is None:
+            from .errors import InvalidInput
+
+            raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
         batch = list(ids or [])
         if from_file is not None:
-            batch += read_ids(from_file)
+            batch += read_ids(from_file)  # an empty file is an empty batch: nothing to do
         return _with_progress(lambda hooks: service.forget(
             config.store_path(store), batch, dry_run=dry_run,
             lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
 
     def show(r):
         b = r["batch"]
+        if not r["ids"]:
+            render.show("no ids to forget: nothing changed")
+            return
         counts: dict[str, int] = {}
         for item in r["ids"]:
             counts[item["status"]] = counts.get(item["status"], 0) + 1
             if item["status"] not in ("forgotten", "would_forget"):
                 render.say(f"{item['id']}: {item['status'].replace('_', ' ')}")
+            if "hint" in item:
+                render.say(f"hint for {item['id']!r}: {item['hint']}")
         verb = "would forget" if b["dry_run"] else "forgot"
         crossings = ", ".join(f"t{c['iteration']}/c{c['cluster']}" for c in b["crossings"]) or "none"
         render.show(
@@ -200,8 +214,9 @@ def forget(
 
     result = _run(json, work, show)
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
-        render.say("some ids were not found (pass --missing-ok to exit 0 anyway)")
-        raise typer.Exit(1)
+        # Not 1: the batch was applied for the known ids; 1 keeps meaning that something failed.
+        render.say("some ids were not found; the others were handled (pass --missing-ok to exit 0)")
+        raise typer.Exit(EXIT_NOT_FOUND)
 
 
 # --------------------------------------------------------------------------- ask

@@ -240,9 +240,10 @@ def read_ids(path: str | Path) -> list[str]:
     """Read one id per line from a file, or from stdin when `path` is "-".
 
     Only the line break (and a preceding carriage return) is removed, so an id may keep
-    surrounding spaces; blank lines are skipped. Ids are returned in file order, repeats kept.
-    Raises InvalidInput naming the line for non-UTF-8 bytes, NUL or an over-long id, and when
-    there is no id at all; NotFound for a missing file.
+    surrounding spaces; blank lines are skipped. Ids are returned in file order, repeats kept; a
+    file with no id at all gives [] (a cron job's empty deletion list is no error).
+    Raises InvalidInput naming the line for non-UTF-8 bytes, NUL or an over-long id; NotFound for
+    a missing file.
     """
     name = "<stdin>" if str(path) == _STDIN else str(path)
     ids: list[str] = []
@@ -272,8 +273,6 @@ def read_ids(path: str | Path) -> list[str]:
                 ids.append(normalise_id(text))
             except InvalidInput as problem:
                 raise InvalidInput(f"{name}:{lineno}: {problem}") from None
-    if not ids:
-        raise InvalidInput(f"no ids in {name}; write one id per line")
     return ids
 
 

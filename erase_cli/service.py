@@ -343,11 +343,22 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
 
 def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
            key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
-    """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each."""
+    """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
+
+    Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
+    changes nothing and logs nothing; the store is still opened, so a wrong --store is reported."""
     t0 = time.perf_counter()
-    if not ids:
-        raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
     ids = list(dict.fromkeys(ids))  # one batch is a set; keep the caller's order for the report
+    if not ids:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                        key_file=key_file) as st:
+            # Loads store.json and the key: a damaged or mis-keyed store is reported even when
+            # there is nothing to do, so a cron job learns of it on its next (empty) run.
+            st.key()
+        return {"batch": {"crossings": [], "action": "none", "prompt_changed": False, "purged": [],
+                          "dry_run": dry_run, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+                          "n_forgotten": 0},
+                "ids": []}
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         rows = st.lookup(ids)
@@ -359,6 +370,7 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             found = "would_forget" if dry_run else "forgotten"
             status = found if row >= 0 else ("already_forgotten" if h in forgotten else "not_found")
             statuses.append({"id": rid, "status": status})
+        _whitespace_hints(st, statuses)
         known = rows >= 0
         kids = [i for i, k in zip(ids, known) if k]
         krows = rows[known]
@@ -456,6 +468,24 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 "elapsed_ms": elapsed,
             })
     return report
+
+
+WHITESPACE_HINT = ("the store has this id without its leading or trailing whitespace; ids are "
+                   "matched exactly (erase never strips them), so fix the id list")
+
+
+def _whitespace_hints(st: Store, statuses: list[dict]) -> None:
+    """A hint on each unknown id whose stripped form is in the store: an id file written with
+    stray spaces would otherwise silently forget nothing. Only a hint: the id is never changed."""
+    batch = {item["id"] for item in statuses}
+    suspects = [item for item in statuses if item["status"] == "not_found"
+                and item["id"].strip() != item["id"] and item["id"].strip()
+                and item["id"].strip() not in batch]  # that one has its own status
+    if not suspects:
+        return
+    for item, row in zip(suspects, st.lookup([item["id"].strip() for item in suspects])):
+        if row >= 0:
+            item["hint"] = WHITESPACE_HINT
 
 
 # --------------------------------------------------------------------------- read-only

@@ -141,7 +141,7 @@ def test_store_flag_beats_env_which_beats_default(store, tmp_path, monkeypatch):
 
 def test_forget_unknown_ids_do_not_block_known_ones(store):
     r = run("forget", "rec-000001-ID", "ghost", "--store", str(store), "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 3
     report = json.loads(r.stdout)
     assert [i["status"] for i in report["ids"]] == ["forgotten", "not_found"]
     r = run("forget", "rec-000001-ID", "ghost", "--missing-ok", "--store", str(store), "--json")

@@ -214,27 +214,22 @@ async def _enospc_async():
 # --------------------------------------------------------------------------- id files
 
 
-@pytest.mark.parametrize("case", ["nul", "huge", "non-utf8", "empty", "blank-lines"])
+@pytest.mark.parametrize("case", ["nul", "huge", "non-utf8"])
 def test_hostile_id_files(store, tmp_path, case):
     f = tmp_path / "ids.txt"
-    mentions = {"nul": ["NUL"], "huge": [str(MAX_ID_BYTES)], "non-utf8": ["UTF-8"],
-                "empty": ["no ids"], "blank-lines": ["no ids"]}[case]
+    mentions = {"nul": ["NUL"], "huge": [str(MAX_ID_BYTES)], "non-utf8": ["UTF-8"]}[case]
     if case == "nul":
         f.write_bytes(b"rec-000001-ID\nbad\x00id\n")
     elif case == "huge":
         with open(f, "wb") as out:  # 10 MB on one line
             out.write(b"rec-000001-ID\n" + b"x" * (10 * 2**20) + b"\n")
-    elif case == "non-utf8":
-        f.write_bytes(b"rec-000001-ID\n\xff\xfe\xc3(\n")
-    elif case == "empty":
-        f.write_bytes(b"")
     else:
-        f.write_bytes(b"\n \n\r\n")
+        f.write_bytes(b"rec-000001-ID\n\xff\xfe\xc3(\n")
     msg = refused(["forget", "--from-file", str(f), "--store", str(store)], store,
                   kind="invalid_input", mentions=mentions)
-    if case in ("nul", "huge", "non-utf8"):
-        assert ":2:" in msg  # names the line
+    assert ":2:" in msg  # names the line
     assert len(msg) < 400  # the 10 MB id is not echoed back
+    # (an id file with no id at all is an empty batch, no error: tests/test_cron.py)
 
 
 # --------------------------------------------------------------------------- JSONL input

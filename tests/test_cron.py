@@ -1,0 +1,96 @@
+"""erase as a cron job and a CI check would use it (issue 9), through the real console script:
+exit 3 for unknown ids after the rest of the batch is applied, an empty id list as a successful
+no-op, ids never stripped (a hint instead), whitespace refused at ingest, --redact-ids, --version,
+usage errors as JSON, and an ingest that embeds without blocking a forget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import audit_lines, build_store, erase, make_records, refused, snapshot
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store"
+    build_store(path, make_records(30, dim=8), tmp_path)
+    return path
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    return {item["id"]: item["status"] for item in json.loads(stdout)["ids"]}
+
+
+# --------------------------------------------------------------------------- forget exit codes
+
+
+def test_unknown_ids_exit_3_after_the_known_ones_are_forgotten(store):
+    r = erase("forget", "rec-000001-ID", "ghost", "--store", str(store), "--json")
+    assert r.returncode == 3, r.stderr
+    assert statuses(r.stdout) == {"rec-000001-ID": "forgotten", "ghost": "not_found"}
+    assert "--missing-ok" in r.stderr and "Traceback" not in r.stderr
+    assert [e["action"] for e in audit_lines(store)][-1] == "forget"
+    # The known id really went: a retry sees it already forgotten.
+    r = erase("forget", "rec-000001-ID", "ghost", "--missing-ok", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    assert statuses(r.stdout) == {"rec-000001-ID": "already_forgotten", "ghost": "not_found"}
+    # A dry run with an unknown id says so the same way, and without ids that are unknown exits 0.
+    assert erase("forget", "ghost", "--dry-run", "--store", str(store)).returncode == 3
+    assert erase("forget", "rec-000002-ID", "--dry-run", "--store", str(store)).returncode == 0
+
+
+def test_a_real_failure_still_exits_1(store, tmp_path):
+    refused(["forget", "ghost", "--store", str(tmp_path / "nowhere")], None, kind="store_missing",
+            mentions=["erase ingest"])
+
+
+@pytest.mark.parametrize("body", ["", "\n \n\r\n"])
+def test_an_empty_id_file_is_a_successful_no_op(store, tmp_path, body):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(body)
+    before, entries = snapshot(store), len(audit_lines(store))
+    r = erase("forget", "--from-file", str(ids), "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ids"] == []
+    assert report["batch"]["n_forgotten"] == 0 and report["batch"]["action"] == "none"
+    assert report["batch"]["prompt_changed"] is False and report["batch"]["purged"] == []
+    r = erase("forget", "--from-file", "-", "--store", str(store), input="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "no ids to forget: nothing changed"
+    assert snapshot(store) == before and len(audit_lines(store)) == entries
+
+
+def test_an_empty_id_file_still_needs_a_store(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("")
+    refused(["forget", "--from-file", str(ids), "--store", str(tmp_path / "nowhere")], None,
+            kind="store_missing", mentions=["erase ingest"])
+
+
+def test_forget_without_any_ids_is_refused(store):
+    refused(["forget", "--store", str(store)], store, kind="invalid_input", mentions=["--from-file"])
+
+
+def test_ids_are_never_stripped_but_a_near_miss_gets_a_hint(store, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" rec-000003-ID\nrec-000004-ID \t\nghost \n")
+    before = snapshot(store)
+    r = erase("forget", "--from-file", str(ids), "--store", str(store), "--json", "--dry-run")
+    assert r.returncode == 3, r.stderr
+    items = {item["id"]: item for item in json.loads(r.stdout)["ids"]}
+    assert set(items) == {" rec-000003-ID", "rec-000004-ID \t", "ghost "}
+    assert all(item["status"] == "not_found" for item in items.values())
+    assert "whitespace" in items[" rec-000003-ID"]["hint"]
+    assert "whitespace" in items["rec-000004-ID \t"]["hint"]
+    assert "hint" not in items["ghost "]  # "ghost" is not in the store either
+    assert snapshot(store) == before
+    r = erase("forget", "--from-file", str(ids), "--store", str(store))
+    assert r.returncode == 3
+    hints = [ln for ln in r.stderr.splitlines() if ln.startswith("hint")]
+    assert len(hints) == 2 and "' rec-000003-ID'" in r.stderr and "whitespace" in hints[0]
+    # Nothing was forgotten: the stripped ids are still there.
+    r = erase("forget", "rec-000003-ID", "rec-000004-ID", "--dry-run", "--store", str(store), "--json")
+    assert set(statuses(r.stdout).values()) == {"would_forget"}
