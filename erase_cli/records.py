@@ -408,6 +408,13 @@ def _record_from(obj: dict, fields: _Fields) -> Record:
         rid = normalise_id(_required(obj, fields.id, "--id-field"))
     except InvalidInput as err:
         raise _LineProblem(f"field {fields.id!r}: {err}") from None
+    if rid != rid.strip():
+        # Ids are matched exactly and never stripped, so " 7" would be a record that a deletion
+        # request for "7" can never reach.
+        raise _LineProblem(
+            f"field {fields.id!r}: id {rid!r} has leading or trailing whitespace; remove it "
+            f"(ids are matched exactly: {rid.strip()!r} would not find this record)"
+        )
     text = _required(obj, fields.input, "--input-field")
     if not isinstance(text, str):
         raise _LineProblem(

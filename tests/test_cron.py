@@ -94,3 +94,21 @@ def test_ids_are_never_stripped_but_a_near_miss_gets_a_hint(store, tmp_path):
     # Nothing was forgotten: the stripped ids are still there.
     r = erase("forget", "rec-000003-ID", "rec-000004-ID", "--dry-run", "--store", str(store), "--json")
     assert set(statuses(r.stdout).values()) == {"would_forget"}
+
+
+# --------------------------------------------------------------------------- ingest ids
+
+
+def test_ingest_refuses_ids_with_surrounding_whitespace(store, tmp_path):
+    good = {"id": "new-1", "input": "fine", "target": "t", "vec": [0.5] * 8}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "new-2 "}) + "\n")
+    msg = refused(["ingest", str(bad), "--vector-field", "vec", "--append", "--store", str(store)],
+                  store, kind="invalid_input", mentions=[f"{bad}:2:", "whitespace", "'new-2 '", "remove it"])
+    assert "\n" not in msg
+    r = erase("ingest", str(bad), "--vector-field", "vec", "--append", "--skip-invalid",
+              "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ingested"] == 1 and [s["line"] for s in out["skipped_invalid"]] == [2]
+    assert "whitespace" in out["skipped_invalid"][0]["message"]
