@@ -2,15 +2,62 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import config, interrupts, render
 from .errors import EraseError
 
+# Usage errors (unknown option, bad value, missing argument): click's own exit code.
+EXIT_USAGE = 2
+_ARGV = "erase.argv"  # where the group keeps the command line, for the commands' usage errors
+# click's UsageError, whose subclasses are every usage error. Found through BadParameter, which
+# typer exports, because newer typer releases bundle their own copy of click.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """--json among the options (an id after `--` that happens to read "--json" is no option)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+@contextmanager
+def _usage_errors(argv: list[str]) -> Iterator[None]:
+    """With --json, a usage error becomes the JSON error object every other error gives (kind
+    "usage", exit 2), so a script parsing stdout never meets click's help box instead."""
+    try:
+        yield
+    except _UsageError as exc:
+        if not _wants_json(argv):
+            raise  # click's usual message and exit 2
+        command = exc.ctx.command_path if exc.ctx is not None else "erase"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        render.error("usage", f"{message}; see '{command} --help'", True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+class _Group(TyperGroup):
+    """The `erase` group: catches the usage errors of the group and of every command in one place,
+    for the console script and for callers of `app` alike."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)  # click consumes `args` while parsing
+        with _usage_errors(argv):
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[_ARGV] = argv
+        return ctx
+
+    def invoke(self, ctx):
+        with _usage_errors(ctx.meta.get(_ARGV, [])):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="erase",
     help="Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record.",
     no_args_is_help=True,
@@ -27,6 +74,30 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 LockOpt = Annotated[Optional[float], typer.Option(
     "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
+
+
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        render.show(f"erase {version('erase-cli')}")
+    except PackageNotFoundError:
+        render.say("error: erase is not installed as a package, so it has no version; "
+                   "install it with 'pip install -e .'")
+        raise typer.Exit(1) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print erase's version and exit.")] = False,
+) -> None:
+    """Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record."""
+
+
 SecretOpt = Annotated[Optional[Path], typer.Option(
     "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "

@@ -112,3 +112,32 @@ def test_ingest_refuses_ids_with_surrounding_whitespace(store, tmp_path):
     out = json.loads(r.stdout)
     assert out["ingested"] == 1 and [s["line"] for s in out["skipped_invalid"]] == [2]
     assert "whitespace" in out["skipped_invalid"][0]["message"]
+
+
+# --------------------------------------------------------------------------- version, usage errors
+
+
+def test_version():
+    from importlib.metadata import version
+
+    r = erase("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"erase {version('erase-cli')}\n" and r.stderr == ""
+
+
+@pytest.mark.parametrize("args, mentions", [
+    (["fit", "--bogus"], ["--bogus", "erase fit --help"]),
+    (["fit", "-k", "many"], ["-k", "erase fit --help"]),
+    (["ingest"], ["missing argument", "erase ingest --help"]),
+    (["forget", "--lock-timeout", "soon"], ["--lock-timeout", "erase forget --help"]),
+    (["nosuch"], ["nosuch", "erase --help"]),
+    (["--bogus"], ["--bogus", "erase --help"]),
+])
+def test_usage_errors_with_json_give_the_json_error_object(args, mentions, store):
+    refused([*args, "--store", str(store)] if args[0] != "--bogus" else args, store, code=2,
+            kind="usage", mentions=mentions)
+
+
+def test_usage_errors_without_json_keep_clicks_message(store):
+    r = erase("fit", "--bogus", "--store", str(store))
+    assert r.returncode == 2 and r.stdout == "" and "--bogus" in r.stderr
