@@ -80,3 +80,11 @@ class PromptTooLong(EraseError, ValueError):
 class StoreLocked(EraseError, TimeoutError):
     kind = "store_locked"
     exit_code = 75
+
+
+class StoreChanged(EraseError):
+    """The store was replaced (removed and created anew) while a command worked outside its lock;
+    like a lock timeout, running the command again is the fix."""
+
+    kind = "store_changed"
+    exit_code = 75

@@ -16,7 +16,15 @@ import numpy as np
 import orjson
 
 from . import audit, qkmeans as qk
-from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged
+from .errors import (
+    InvalidInput,
+    InvalidParameter,
+    NotFitted,
+    StaleFit,
+    StoreChanged,
+    StoreDamaged,
+    StoreMissing,
+)
 from .store import (
     AUDIT,
     CACHE_DIR,
@@ -30,6 +38,7 @@ from .store import (
     Transaction,
     ensure_secret,
     index_changes,
+    key_fingerprint,
     new_meta,
     npz_bytes,
     open_store,
@@ -180,6 +189,12 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
            batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
            allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
            hooks: Hooks = Hooks()) -> dict:
+    """Add a JSONL file's records to the store.
+
+    Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
+    the store rules out is refused first under a shared lock (so no time is spent embedding a file
+    that cannot go in), and everything is checked again under the exclusive lock just before
+    writing, because a forget or another ingest may have changed the store meanwhile."""
     from .records import read_jsonl
 
     t0 = time.perf_counter()
@@ -188,45 +203,44 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     records, skipped = read_jsonl(path, id_field=id_field, input_field=input_field,
                                   target_field=target_field, vector_field=vector_field,
                                   skip_invalid=skip_invalid)
+    seen_key = None  # fingerprint of the key of the store seen before embedding; None: no store yet
+    rule = None  # (dim, embedder) the new vectors must match; None: the first vectors set them
+    skipped_forgotten: list[str] = []
+    try:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                        key_file=key_file) as st:
+            keep, skipped_forgotten = _admit(st, root, path, records, append, allow_relearn)
+            records = [r for r, k in zip(records, keep) if k]
+            seen_key, rule = key_fingerprint(st.key()), _vector_rule(st)
+    except StoreMissing:
+        pass  # a first ingest: nothing to check against yet (the exclusive step says if it is worse)
+    vectors, name = None, None
+    if records:
+        vectors, name = _embed(records, vector_field, embedder, batch_size, hooks,
+                               check=lambda dim, name: _check_vectors(rule, root, path, dim, name))
     with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         fresh = not st.exists
+        if seen_key is not None and (fresh or key_fingerprint(st.key()) != seen_key):
+            raise StoreChanged(f"store {root} was replaced by another store while {path} was being "
+                               "embedded; run the ingest again")
+        if not fresh:
+            keep, more = _admit(st, root, path, records, append, allow_relearn)
+            if more:
+                records = [r for r, k in zip(records, keep) if k]
+                vectors = vectors[keep]
+                skipped_forgotten += more
+        rule = None if fresh else _vector_rule(st)
+        if records:
+            _check_vectors(rule, root, path, vectors.shape[1], name)
         meta = new_meta(0, "") if fresh else dict(st.meta)
-        if not fresh and st.n_records and not append:
-            raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
-                               f"{path}, or use another --store")
         with Transaction(st, "ingest") as tx:
-            secret = ensure_secret(tx)
-            forgotten = set() if fresh else st.forgotten()
-            skipped_forgotten = []
-            if forgotten and not allow_relearn:
-                keep = []
-                for rec in records:
-                    if audit.id_hash(secret, rec.id) in forgotten:
-                        skipped_forgotten.append(rec.id)
-                    else:
-                        keep.append(rec)
-                records = keep
-            if not fresh:
-                present = st.lookup([r.id for r in records])
-                if (present >= 0).any():
-                    dup = records[int(np.flatnonzero(present >= 0)[0])].id
-                    raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
-                                       "unique (remove it from the file or forget it first)")
+            ensure_secret(tx)
             if records:
-                vectors, name = _embed(records, vector_field, embedder, batch_size, hooks)
-                dim = vectors.shape[1]
-                if fresh or not st.n_slots:
-                    meta["dim"], meta["embedder"] = dim, name
+                if rule is None:
+                    meta["dim"], meta["embedder"] = vectors.shape[1], name
                     if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
-                        tx.create_arrays(dim)
-                elif dim != meta["dim"]:
-                    raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
-                                       f"{meta['dim']}-d vectors; use the same embedder or another --store")
-                elif name != meta["embedder"]:
-                    raise InvalidInput(f"{path}: embedded with {name} but store {root} uses "
-                                       f"{meta['embedder']}; mixing embedders breaks the clustering "
-                                       "(use the same --embedder / --vector-field, or another --store)")
+                        tx.create_arrays(vectors.shape[1])
                 _stage_new_rows(tx, st, meta, records, vectors)
             elif fresh:
                 raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
@@ -248,15 +262,63 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     }
 
 
-def _embed(records, vector_field, embedder, batch_size, hooks: Hooks) -> tuple[np.ndarray, str]:
+def _admit(st: Store, root: Path, path: str, records, append: bool,
+           allow_relearn: bool) -> tuple[np.ndarray, list[str]]:
+    """Which of `records` may go into the existing store `st` (a mask), and the ids left out
+    because they were forgotten before; raises for what refuses the whole file."""
+    if st.n_records and not append:
+        raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
+                           f"{path}, or use another --store")
+    keep = np.ones(len(records), dtype=bool)
+    skipped_forgotten = []
+    forgotten = st.forgotten()
+    if forgotten and not allow_relearn:
+        secret = st.key()
+        for i, rec in enumerate(records):
+            if audit.id_hash(secret, rec.id) in forgotten:
+                keep[i] = False
+                skipped_forgotten.append(rec.id)
+    kept = [r for r, k in zip(records, keep) if k]
+    present = st.lookup([r.id for r in kept])
+    if (present >= 0).any():
+        dup = kept[int(np.flatnonzero(present >= 0)[0])].id
+        raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
+                           "unique (remove it from the file or forget it first)")
+    return keep, skipped_forgotten
+
+
+def _vector_rule(st: Store) -> tuple[int, str] | None:
+    """The (dimension, embedder) new vectors must have; None while the store has no rows yet."""
+    return (st.meta["dim"], st.meta["embedder"]) if st.exists and st.n_slots else None
+
+
+def _check_vectors(rule: tuple[int, str] | None, root: Path, path: str, dim: int, name: str) -> None:
+    if rule is None:
+        return
+    if dim != rule[0]:
+        raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
+                           f"{rule[0]}-d vectors; use the same embedder or another --store")
+    if name != rule[1]:
+        raise InvalidInput(f"{path}: embedded with {name} but store {root} uses {rule[1]}; mixing "
+                           "embedders breaks the clustering (use the same --embedder / "
+                           "--vector-field, or another --store)")
+
+
+def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
+           check: Callable[[int, str], None]) -> tuple[np.ndarray, str]:
+    """The records' vectors and the embedder's name; `check(dim, name)` runs before any text is
+    embedded, so an incompatible embedder is refused after loading it, not after the whole file."""
     if vector_field:
         dims = {len(r.vector) for r in records}
         if len(dims) > 1:
             raise InvalidInput(f"vectors in --vector-field {vector_field} have differing lengths {sorted(dims)}")
-        return np.stack([r.vector for r in records]).astype(np.float32), f"vectors:{vector_field}"
+        name = f"vectors:{vector_field}"
+        check(dims.pop(), name)
+        return np.stack([r.vector for r in records]).astype(np.float32), name
     from .embed import load_embedder
 
     model = load_embedder(embedder)
+    check(model.dim, model.name)
     texts = [r.input for r in records]
     parts, done = [], 0
     for batch in model.embed(texts, batch_size):

@@ -6,10 +6,25 @@ usage errors as JSON, and an ingest that embeds without blocking a forget."""
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 
-from helpers import audit_lines, build_store, erase, make_records, refused, snapshot
+from erase_cli import service
+from erase_cli.errors import InvalidInput, StoreChanged
+from helpers import (
+    audit_lines,
+    build_store,
+    clean_env,
+    erase,
+    erase_popen,
+    make_records,
+    refused,
+    snapshot,
+    write_jsonl,
+)
 
 
 @pytest.fixture
@@ -141,3 +156,117 @@ def test_usage_errors_with_json_give_the_json_error_object(args, mentions, store
 def test_usage_errors_without_json_keep_clicks_message(store):
     r = erase("fit", "--bogus", "--store", str(store))
     assert r.returncode == 2 and r.stdout == "" and "--bogus" in r.stderr
+
+
+# --------------------------------------------------------------------------- ingest and the lock
+
+
+def text_jsonl(path: Path, ids: list[str]) -> Path:
+    """Records without vectors, for the fake embedder."""
+    path.write_text("".join(json.dumps({"id": i, "input": f"text of {i}", "target": "t"}) + "\n"
+                            for i in ids))
+    return path
+
+
+def test_a_slow_ingest_never_blocks_a_forget(tmp_path):
+    store = tmp_path / "store"
+    old = [f"old-{i}" for i in range(12)]
+    r = erase("ingest", str(text_jsonl(tmp_path / "a.jsonl", old)), "--embedder", "fake:16",
+              "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    new = [f"new-{i}" for i in range(6)]
+    # Six batches of one record, 2 s each: the ingest spends about 12 s embedding.
+    slow = erase_popen("ingest", str(text_jsonl(tmp_path / "b.jsonl", new)), "--embedder", "fake:16",
+                       "--batch-size", "1", "--append", "--store", str(store), "--json",
+                       env=clean_env(ERASE_FAKE_EMBED_DELAY="2"))
+    # Cron forgets one after another while the ingest runs; each must get the lock within its
+    # timeout. An ingest that embedded under the exclusive lock would hold them off for 12 s.
+    forgot_while_running = 0
+    for rid in old:
+        r = erase("forget", rid, "--lock-timeout", "5", "--store", str(store), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["ids"] == [{"id": rid, "status": "forgotten"}]
+        if slow.poll() is not None:
+            break
+        forgot_while_running += 1
+    out, err = slow.communicate(timeout=120)
+    assert slow.returncode == 0, err
+    assert json.loads(out)["ingested"] == len(new)
+    assert forgot_while_running >= 3, "the ingest ended too soon to show anything; raise the delay"
+    status = json.loads(erase("status", "--store", str(store), "--json").stdout)
+    assert status["records"] == len(old) + len(new) - status["forgotten"]
+
+
+class _DuringEmbedding:
+    """Runs `action` while service.ingest embeds (after its shared-lock checks, before its
+    exclusive step), the moment at which another command may change the store."""
+
+    def __init__(self, monkeypatch, action):
+        real = service._embed
+        self.calls = 0
+
+        def embed(*args, **kwargs):
+            self.calls += 1
+            if self.calls == 1:
+                action()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(service, "_embed", embed)
+
+
+def _vec_records(ids):
+    recs = make_records(len(ids), dim=8)
+    return [type(r)(id=i, input=r.input + i, target=r.target, vector=r.vector) for i, r in zip(ids, recs)]
+
+
+def test_ingest_checks_again_under_the_exclusive_lock(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    service.ingest(store, str(write_jsonl(tmp_path / "a.jsonl", _vec_records(["a", "b", "c"]))),
+                   vector_field="vec")
+    mine = write_jsonl(tmp_path / "mine.jsonl", _vec_records(["x", "y", "z"]))
+    theirs = write_jsonl(tmp_path / "theirs.jsonl", _vec_records(["y"]))
+
+    # Another ingest adds "y" while this one embeds: a duplicate, found before writing.
+    _DuringEmbedding(monkeypatch, lambda: service.ingest(store, str(theirs), vector_field="vec",
+                                                         append=True))
+    before_entries = len(audit_lines(store))
+    with pytest.raises(InvalidInput, match="'y' is already in store"):
+        service.ingest(store, str(mine), vector_field="vec", append=True)
+    assert len(audit_lines(store)) == before_entries + 1  # only the other ingest's entry
+    assert service.status(store)["records"] == 4
+
+    # "y" is forgotten while this one embeds: it is skipped as forgotten, never re-learned.
+    service.forget(store, ["y"])
+    service.ingest(store, str(theirs), vector_field="vec", append=True, allow_relearn=True)
+    _DuringEmbedding(monkeypatch, lambda: service.forget(store, ["y"]))
+    out = service.ingest(store, str(mine), vector_field="vec", append=True)
+    assert out["ingested"] == 2 and out["skipped_forgotten"] == ["y"]
+    assert [i["status"] for i in service.forget(store, ["x", "y", "z"], dry_run=True)["ids"]] == [
+        "would_forget", "already_forgotten", "would_forget"]
+
+
+def test_ingest_refuses_a_store_replaced_while_embedding(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    first = write_jsonl(tmp_path / "a.jsonl", _vec_records(["a", "b"]))
+    service.ingest(store, str(first), vector_field="vec")
+
+    def replace():
+        shutil.rmtree(store)
+        service.ingest(store, str(first), vector_field="vec")
+
+    _DuringEmbedding(monkeypatch, replace)
+    more = write_jsonl(tmp_path / "more.jsonl", _vec_records(["c"]))
+    with pytest.raises(StoreChanged, match="run the ingest again"):
+        service.ingest(store, str(more), vector_field="vec", append=True)
+    assert service.status(store)["records"] == 2  # the new store, untouched
+
+
+def test_ingest_refuses_an_incompatible_embedder_before_embedding(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    service.ingest(store, str(text_jsonl(tmp_path / "a.jsonl", ["a"])), embedder="fake:16")
+    monkeypatch.setenv("ERASE_FAKE_EMBED_DELAY", "30")  # embedding would take 30 s per batch
+    t0 = time.monotonic()
+    with pytest.raises(InvalidInput, match="dimension 8"):
+        service.ingest(store, str(text_jsonl(tmp_path / "b.jsonl", ["b"])), embedder="fake:8",
+                       append=True)
+    assert time.monotonic() - t0 < 20
