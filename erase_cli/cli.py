@@ -98,6 +98,10 @@ def _main(
     """Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record."""
 
 
+RedactOpt = Annotated[bool, typer.Option(
+    "--redact-ids", envvar="ERASE_REDACT_IDS", show_envvar=True,
+    help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
+         "log) in all output, so that logs keep no personal identifiers.")]
 SecretOpt = Annotated[Optional[Path], typer.Option(
     "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
@@ -108,29 +112,83 @@ SecretOpt = Annotated[Optional[Path], typer.Option(
 EXIT_NOT_FOUND = 3
 
 
-def _fail(exc: BaseException, as_json: bool) -> typer.Exit:
+REDACTED_PREFIX = "h:"
+REDACTED_HEX = 16  # 64 bits of the keyed hash: enough to tell a log's ids apart, and to match them
+UNKEYED = "[redacted]"  # an id shown before the store has a key to hash it with
+
+
+class _Ids:
+    """How record ids are shown: as they are, or with --redact-ids as "h:" and the first 16 hex
+    digits of their keyed hash under the store key (the hash forgotten.json and the audit log
+    keep, so a redacted log can still be matched against them), so that cron logs hold no
+    personal identifier. The core returns raw ids; this is the one place they are replaced."""
+
+    def __init__(self, redact: bool = False, store: Optional[Path] = None,
+                 key_file: Optional[Path] = None, lock_timeout: Optional[float] = None):
+        self.redact = redact
+        self._where = (store, key_file, lock_timeout)
+        self._hasher: Optional[Callable[[str], str]] = None
+        self._looked = False
+
+    def __call__(self, record_id: str) -> str:
+        if not self.redact:
+            return record_id
+        if not self._looked:
+            self._looked = True
+            self._hasher = self._find_hasher()
+        return UNKEYED if self._hasher is None else REDACTED_PREFIX + self._hasher(record_id)[:REDACTED_HEX]
+
+    def _find_hasher(self) -> Optional[Callable[[str], str]]:
+        from . import service
+
+        store, key_file, lock_timeout = self._where
+        try:
+            return service.id_hasher(config.store_path(store), key_file=key_file,
+                                     lock_timeout=config.lock_timeout(lock_timeout))
+        except EraseError:  # no usable key (a damaged store, say): hide the ids all the same
+            return None
+
+    def text(self, message: str, ids) -> str:
+        """`message` with each of `ids` (quoted in it as repr) shown the way ids are shown."""
+        if self.redact:
+            for record_id in ids:
+                message = message.replace(repr(record_id), self(record_id))
+        return message
+
+
+_PLAIN = _Ids()
+
+
+def _fail(exc: BaseException, as_json: bool, ids: _Ids = _PLAIN) -> typer.Exit:
     """An expected error or an interruption as one line (and a JSON error object) + exit code."""
     if isinstance(exc, interrupts.Interrupted):
         render.error("interrupted", f"interrupted by {exc.name}; nothing changed", as_json)
         return typer.Exit(exc.exit_code)
     assert isinstance(exc, EraseError)
-    render.error(exc.kind, str(exc), as_json)
+    render.error(exc.kind, ids.text(str(exc), exc.ids), as_json)
     return typer.Exit(exc.exit_code)
 
 
-def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
+def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None],
+         ids: _Ids = _PLAIN, view: Optional[Callable[[dict, _Ids], dict]] = None) -> object:
     """Run one core call under the signal guard (a signal before the commit point rolls back;
-    after it, the command finishes as if uninterrupted), then render the result."""
+    after it, the command finishes as if uninterrupted), then render the result: `view` gives
+    the result as shown, ids redacted when asked. Returns the raw result."""
     with interrupts.guard(render.say):
         try:
             result = work()
         except (EraseError, interrupts.Interrupted) as exc:
-            raise _fail(exc, as_json) from None
+            raise _fail(exc, as_json, ids) from None
+        shown = view(result, ids) if view is not None and ids.redact else result
         if as_json:
-            render.emit_json(result)
+            render.emit_json(shown)
         else:
-            show(result)
+            show(shown)
     return result
+
+
+def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
+    return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
 
 
 def _hooks():
@@ -169,6 +227,7 @@ def ingest(
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Embed a JSONL file's records and add them to the store."""
@@ -192,7 +251,12 @@ def ingest(
         if r["stale_fit"]:
             render.say("the fit is now stale: run 'erase fit'")
 
-    _run(json, work, show)
+    def view(r, ids):
+        return {**r, "skipped_forgotten": [ids(i) for i in r["skipped_forgotten"]],
+                "skipped_invalid": [{**s, "message": ids.text(s["message"], s["ids"]),
+                                     "ids": [ids(i) for i in s["ids"]]} for s in r["skipped_invalid"]]}
+
+    _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), view)
 
 
 # --------------------------------------------------------------------------- fit
@@ -210,6 +274,7 @@ def fit(
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
@@ -230,7 +295,7 @@ def fit(
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}")
 
-    _run(json, work, show)
+    _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), _examples_view)
 
 
 # --------------------------------------------------------------------------- forget
@@ -247,6 +312,7 @@ def forget(
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Forget records, as one atomic batch: purge them and update the fit exactly."""
@@ -283,7 +349,10 @@ def forget(
             f"{verb} {counts.get('would_forget' if b['dry_run'] else 'forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
             f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)")
 
-    result = _run(json, work, show)
+    def view(r, ids):
+        return {**r, "ids": [{**item, "id": ids(item["id"])} for item in r["ids"]]}
+
+    result = _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), view)
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
         # Not 1: the batch was applied for the known ids; 1 keeps meaning that something failed.
         render.say("some ids were not found; the others were handled (pass --missing-ok to exit 0)")
@@ -424,7 +493,7 @@ def cost(
 
 @app.command()
 def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
-           json: JsonOpt = False) -> None:
+           redact_ids: RedactOpt = False, json: JsonOpt = False) -> None:
     """Records, fit, crossings and prompt changes so far, cache, pending recovery."""
     from . import service
 
@@ -459,7 +528,9 @@ def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
         render.show("\n".join(lines))
 
     _run(json, lambda: service.status(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
-                                      key_file=secret_file, hooks=_hooks()), show)
+                                      key_file=secret_file, hooks=_hooks()), show,
+         _Ids(redact_ids, store, secret_file, lock_timeout),
+         lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)})
 
 
 @app.command()

@@ -6,11 +6,21 @@ A message names the thing that is wrong and the fix. `kind` is the machine-reada
 """
 
 
+from typing import Self
+
+
 class EraseError(Exception):
     """Base of every expected error: one readable line, exit code 1."""
 
     kind = "error"
     exit_code = 1
+    ids: tuple[str, ...] = ()  # record ids the message quotes (as repr), for --redact-ids
+
+    def about(self, *ids: str) -> Self:
+        """This error, noting the record ids its message quotes, so that the output can show
+        keyed hashes instead (--redact-ids)."""
+        self.ids = ids
+        return self
 
 
 class InvalidInput(EraseError, ValueError):

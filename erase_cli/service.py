@@ -42,6 +42,7 @@ from .store import (
     new_meta,
     npz_bytes,
     open_store,
+    read_key_file,
     stage_meta,
 )
 
@@ -255,7 +256,7 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     return {
         "store": str(root),
         "ingested": len(records),
-        "skipped_invalid": [{"line": s.line, "message": s.message} for s in skipped],
+        "skipped_invalid": [{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
         "skipped_forgotten": skipped_forgotten,
         "stale_fit": bool(meta.get("fit") and meta["fit"].get("stale")),
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
@@ -283,7 +284,7 @@ def _admit(st: Store, root: Path, path: str, records, append: bool,
     if (present >= 0).any():
         dup = kept[int(np.flatnonzero(present >= 0)[0])].id
         raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
-                           "unique (remove it from the file or forget it first)")
+                           "unique (remove it from the file or forget it first)").about(dup)
     return keep, skipped_forgotten
 
 
@@ -348,6 +349,21 @@ def _new_index_entries(meta: dict, records) -> np.ndarray:
     new["idh"] = qk.id_hash64([r.id for r in records])
     new["row"] = np.arange(meta["n_slots"] - len(records), meta["n_slots"])
     return new
+
+
+def id_hasher(root: Path, *, lock_timeout: float = 60.0,
+              key_file: Path | None = None) -> Callable[[str], str] | None:
+    """The keyed hash of an id under the store's key (audit.id_hash: what forgotten.json and the
+    audit log hold), for output that must not show ids (--redact-ids). Before the store exists
+    the key is that of --secret-file; None when there is no key at all yet."""
+    try:
+        with open_store(root, write=False, lock_timeout=lock_timeout, key_file=key_file) as st:
+            key = st.key()
+    except StoreMissing:
+        if key_file is None:
+            return None
+        key = read_key_file(key_file)
+    return lambda record_id: audit.id_hash(key, record_id)
 
 
 # --------------------------------------------------------------------------- fit

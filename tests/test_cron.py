@@ -270,3 +270,85 @@ def test_ingest_refuses_an_incompatible_embedder_before_embedding(tmp_path, monk
         service.ingest(store, str(text_jsonl(tmp_path / "b.jsonl", ["b"])), embedder="fake:8",
                        append=True)
     assert time.monotonic() - t0 < 20
+
+
+# --------------------------------------------------------------------------- --redact-ids
+
+
+def shown(store: Path, rid: str) -> str:
+    """How --redact-ids shows `rid`: the audit log's keyed hash, shortened."""
+    from erase_cli import audit
+
+    return "h:" + audit.id_hash((store / "secret").read_bytes(), rid)[:16]
+
+
+def assert_no_raw(outputs: list[str], raw: list[str]) -> None:
+    for out in outputs:
+        for rid in raw:
+            assert rid not in out, (rid, out)
+
+
+def test_forget_redacts_every_id_it_prints(store, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("rec-000005-ID\njane.doe@example.org\n rec-000006-ID\n")
+    r = erase("forget", "--from-file", str(ids), "--redact-ids", "--store", str(store), "--json")
+    assert r.returncode == 3, r.stderr
+    items = json.loads(r.stdout)["ids"]
+    assert [i["id"] for i in items] == [shown(store, "rec-000005-ID"),
+                                        shown(store, "jane.doe@example.org"),
+                                        shown(store, " rec-000006-ID")]
+    assert [i["status"] for i in items] == ["forgotten", "not_found", "not_found"]
+    assert "whitespace" in items[2]["hint"]
+    # The hashes are the audit log's: a redacted cron log can be matched against it.
+    assert audit_lines(store)[-1]["id_hashes"][0].startswith(items[0]["id"][2:])
+    human = erase("forget", "--from-file", str(ids), "--store", str(store),
+                  env=clean_env(ERASE_REDACT_IDS="1"))
+    assert human.returncode == 3 and shown(store, "jane.doe@example.org") in human.stderr
+    assert "hint" in human.stderr
+    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr],
+                  ["rec-000005", "jane.doe", "rec-000006"])
+    plain = erase("forget", "--from-file", str(ids), "--store", str(store), "--json")
+    assert "jane.doe@example.org" in plain.stdout  # without the flag, ids are shown as they are
+
+
+def test_ingest_redacts_ids_in_reports_and_errors(store, tmp_path):
+    def line(rid):
+        return json.dumps({"id": rid, "input": f"in {rid}", "target": "t", "vec": [0.5] * 8}) + "\n"
+
+    erase("forget", "rec-000007-ID", "--store", str(store))
+    data = tmp_path / "more.jsonl"
+    data.write_text(line("new-alice") + line("new-alice") + line(" new-bob") + line("rec-000007-ID"))
+    r = erase("ingest", str(data), "--vector-field", "vec", "--append", "--skip-invalid",
+              "--redact-ids", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["skipped_forgotten"] == [shown(store, "rec-000007-ID")]
+    assert [s["ids"] for s in out["skipped_invalid"]] == [
+        [shown(store, "new-alice")], [shown(store, " new-bob"), shown(store, "new-bob")]]
+    assert shown(store, " new-bob") in out["skipped_invalid"][1]["message"]
+    human = erase("ingest", str(data), "--vector-field", "vec", "--append", "--skip-invalid",
+                  "--store", str(store), env=clean_env(ERASE_REDACT_IDS="1"))
+    assert human.returncode == 1 and shown(store, "new-alice") in human.stderr  # now a duplicate
+    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr],
+                  ["new-alice", "new-bob", "rec-000007"])
+    # Refused before any store exists: there is no key to hash with, and the id is still hidden.
+    r = erase("ingest", str(data), "--vector-field", "vec", "--redact-ids",
+              "--store", str(tmp_path / "new"), "--json")
+    assert r.returncode == 1 and "[redacted]" in r.stderr
+    assert_no_raw([r.stdout, r.stderr], ["new-alice"])
+
+
+def test_fit_and_status_redact_the_example_ids(store):
+    raw = [e["id"] for e in json.loads(erase("status", "--store", str(store), "--json").stdout)["fit"]["examples"]]
+    assert raw
+    outs = []
+    for args in (["fit", "-k", "4", "--dim", "8", "--eps", "0.1"], ["status"]):
+        for extra in (["--json"], []):
+            r = erase(*args, *extra, "--store", str(store), env=clean_env(ERASE_REDACT_IDS="1"))
+            assert r.returncode == 0, r.stderr
+            outs += [r.stdout, r.stderr]
+            if extra:
+                report = json.loads(r.stdout)
+                examples = (report["fit"] if "fit" in report else report)["examples"]
+                assert sorted(e["id"] for e in examples) == sorted(shown(store, i) for i in raw)
+    assert_no_raw(outs, raw)
