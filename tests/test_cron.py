@@ -352,3 +352,26 @@ def test_fit_and_status_redact_the_example_ids(store):
                 examples = (report["fit"] if "fit" in report else report)["examples"]
                 assert sorted(e["id"] for e in examples) == sorted(shown(store, i) for i in raw)
     assert_no_raw(outs, raw)
+
+
+# --------------------------------------------------------------------------- the README's tables
+
+
+def test_the_readme_lists_every_error_kind_status_and_exit_code():
+    from erase_cli import errors
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EraseError)
+             and c is not errors.EraseError]
+    for cls in kinds:
+        assert f"| `{cls.kind}` | {cls.exit_code} |" in readme, cls.kind
+    assert "| `usage` | 2 |" in readme and "| `interrupted` | 128 + signal |" in readme
+    for status in ("forgotten", "would_forget", "already_forgotten", "not_found"):
+        assert f"| `{status}` |" in readme, status
+    for code in ("0", "1", "2", "3", "75", "128 + signal"):
+        assert f"\n| {code} |" in readme, code
+    for cls in kinds:
+        if "_" in cls.kind:
+            assert (f"| `{cls.kind.replace('_', '-')}` | `{cls.kind}` |" in readme
+                    or cls is errors.StoreChanged), cls.kind  # new in issue 9: never hyphenated
