@@ -5,7 +5,6 @@ A message names the thing that is wrong and the fix. `kind` is the machine-reada
 `--json` error objects: snake_case, like every other word erase prints for programs.
 """
 
-
 from typing import Self
 
 
