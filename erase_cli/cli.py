@@ -2,16 +2,62 @@
 
 from __future__ import annotations
 
-import contextlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import config, interrupts, render
 from .errors import EraseError
 
+# Usage errors (unknown option, bad value, missing argument): click's own exit code.
+EXIT_USAGE = 2
+_ARGV = "erase.argv"  # where the group keeps the command line, for the commands' usage errors
+# click's UsageError, whose subclasses are every usage error. Found through BadParameter, which
+# typer exports, because newer typer releases bundle their own copy of click.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """--json among the options (an id after `--` that happens to read "--json" is no option)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+@contextmanager
+def _usage_errors(argv: list[str]) -> Iterator[None]:
+    """With --json, a usage error becomes the JSON error object every other error gives (kind
+    "usage", exit 2), so a script parsing stdout never meets click's help box instead."""
+    try:
+        yield
+    except _UsageError as exc:
+        if not _wants_json(argv):
+            raise  # click's usual message and exit 2
+        command = exc.ctx.command_path if exc.ctx is not None else "erase"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        render.error("usage", f"{message}; see '{command} --help'", True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+class _Group(TyperGroup):
+    """The `erase` group: catches the usage errors of the group and of every command in one place,
+    for the console script and for callers of `app` alike."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)  # click consumes `args` while parsing
+        with _usage_errors(argv):
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[_ARGV] = argv
+        return ctx
+
+    def invoke(self, ctx):
+        with _usage_errors(ctx.meta.get(_ARGV, [])):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="erase",
     help="Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record.",
     no_args_is_help=True,
@@ -28,31 +74,110 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 LockOpt = Annotated[Optional[float], typer.Option(
     "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
+
+
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        render.show(f"erase {version('erase-cli')}")
+    except PackageNotFoundError:
+        render.say("error: erase is not installed as a package, so it has no version; "
+                   "install it with 'pip install -e .'")
+        raise typer.Exit(1) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print erase's version and exit.")] = False,
+) -> None:
+    """Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record."""
+
+
+RedactOpt = Annotated[bool, typer.Option(
+    "--redact-ids", envvar="ERASE_REDACT_IDS", show_envvar=True,
+    help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
+         "log) in all output, so that logs keep no personal identifiers.")]
 SecretOpt = Annotated[Optional[Path], typer.Option(
     "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
          "Given at the first ingest, the store records only its fingerprint.")]
 
 
-def _fail(exc: BaseException, as_json: bool) -> typer.Exit:
+# `forget` with ids the store never had (a cron job can tell them from failures, exit 1).
+EXIT_NOT_FOUND = 3
+
+
+REDACTED_PREFIX = "h:"
+REDACTED_HEX = 16  # 64 bits of the keyed hash: enough to tell a log's ids apart, and to match them
+UNKEYED = "[redacted]"  # an id shown before the store has a key to hash it with
+
+
+class _Ids:
+    """How record ids are shown: as they are, or with --redact-ids as "h:" and the first 16 hex
+    digits of their keyed hash under the store key (the hash forgotten.json and the audit log
+    keep, so a redacted log can still be matched against them), so that cron logs hold no
+    personal identifier. The core returns raw ids; this is the one place they are replaced."""
+
+    def __init__(self, redact: bool = False, store: Optional[Path] = None,
+                 key_file: Optional[Path] = None, lock_timeout: Optional[float] = None):
+        self.redact = redact
+        self._where = (store, key_file, lock_timeout)
+        self._hasher: Optional[Callable[[str], str]] = None
+        self._looked = False
+
+    def __call__(self, record_id: str) -> str:
+        if not self.redact:
+            return record_id
+        if not self._looked:
+            self._looked = True
+            self._hasher = self._find_hasher()
+        return UNKEYED if self._hasher is None else REDACTED_PREFIX + self._hasher(record_id)[:REDACTED_HEX]
+
+    def _find_hasher(self) -> Optional[Callable[[str], str]]:
+        from . import service
+
+        store, key_file, lock_timeout = self._where
+        try:
+            return service.id_hasher(config.store_path(store), key_file=key_file,
+                                     lock_timeout=config.lock_timeout(lock_timeout))
+        except EraseError:  # no usable key (a damaged store, say): hide the ids all the same
+            return None
+
+    def text(self, message: str, ids) -> str:
+        """`message` with each of `ids` (quoted in it as repr) shown the way ids are shown."""
+        if self.redact:
+            for record_id in ids:
+                message = message.replace(repr(record_id), self(record_id))
+        return message
+
+
+_PLAIN = _Ids()
+
+
+def _fail(exc: BaseException, as_json: bool, ids: _Ids = _PLAIN) -> typer.Exit:
     """An expected error or an interruption as one line (and a JSON error object) + exit code."""
     if isinstance(exc, interrupts.Interrupted):
         render.error("interrupted", f"interrupted by {exc.name}; nothing changed", as_json)
         return typer.Exit(exc.exit_code)
     assert isinstance(exc, EraseError)
-    render.error(exc.kind, str(exc), as_json)
+    render.error(exc.kind, ids.text(str(exc), exc.ids), as_json)
     return typer.Exit(exc.exit_code)
 
 
-@contextlib.contextmanager
-def _handled(as_json: bool) -> Iterator[None]:
+@contextmanager
+def _handled(as_json: bool, ids: _Ids = _PLAIN) -> Iterator[None]:
     """One command under the signal guard (a signal before the commit point rolls back; after
     it, the command finishes as if uninterrupted); expected errors become one line + exit code."""
     with interrupts.guard(render.say):
         try:
             yield
         except EraseError as exc:
-            raise _fail(exc, as_json) from None
+            raise _fail(exc, as_json, ids) from None
         except BaseException as exc:
             stopped = interrupts.find(exc)
             if stopped is None:
@@ -60,15 +185,22 @@ def _handled(as_json: bool) -> Iterator[None]:
             raise _fail(stopped, as_json) from None
 
 
-def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None]) -> object:
-    """Run one core call, then render its result."""
-    with _handled(as_json):
+def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None],
+         ids: _Ids = _PLAIN, view: Optional[Callable[[dict, _Ids], dict]] = None) -> object:
+    """Run one core call, then render the result: `view` gives the result as shown, ids
+    redacted when asked. Returns the raw result."""
+    with _handled(as_json, ids):
         result = work()
+        shown = view(result, ids) if view is not None and ids.redact else result
         if as_json:
-            render.emit_json(result)
+            render.emit_json(shown)
         else:
-            show(result)
+            show(shown)
     return result
+
+
+def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
+    return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
 
 
 def _hooks():
@@ -107,6 +239,7 @@ def ingest(
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Embed a JSONL file's records and add them to the store."""
@@ -130,7 +263,12 @@ def ingest(
         if r["stale_fit"]:
             render.say("the fit is now stale: run 'erase fit'")
 
-    _run(json, work, show)
+    def view(r, ids):
+        return {**r, "skipped_forgotten": [ids(i) for i in r["skipped_forgotten"]],
+                "skipped_invalid": [{**s, "message": ids.text(s["message"], s["ids"]),
+                                     "ids": [ids(i) for i in s["ids"]]} for s in r["skipped_invalid"]]}
+
+    _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), view)
 
 
 # --------------------------------------------------------------------------- fit
@@ -148,6 +286,7 @@ def fit(
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
@@ -168,7 +307,7 @@ def fit(
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}")
 
-    _run(json, work, show)
+    _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), _examples_view)
 
 
 # --------------------------------------------------------------------------- forget
@@ -180,10 +319,12 @@ def forget(
     from_file: Annotated[Optional[str], typer.Option(
         "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
-    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Exit 0 even if some ids are unknown.")] = False,
+    missing_ok: Annotated[bool, typer.Option(
+        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {EXIT_NOT_FOUND}, after applying the rest).")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Forget records, as one atomic batch: purge them and update the fit exactly."""
@@ -191,30 +332,43 @@ def forget(
     from .records import read_ids
 
     def work():
+        if not ids and from_file is None:
+            from .errors import InvalidInput
+
+            raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
         batch = list(ids or [])
         if from_file is not None:
-            batch += read_ids(from_file)
+            batch += read_ids(from_file)  # an empty file is an empty batch: nothing to do
         return _with_progress(lambda hooks: service.forget(
             config.store_path(store), batch, dry_run=dry_run,
             lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
 
     def show(r):
         b = r["batch"]
+        if not r["ids"]:
+            render.show("no ids to forget: nothing changed")
+            return
         counts: dict[str, int] = {}
         for item in r["ids"]:
             counts[item["status"]] = counts.get(item["status"], 0) + 1
             if item["status"] not in ("forgotten", "would_forget"):
                 render.say(f"{item['id']}: {item['status'].replace('_', ' ')}")
+            if "hint" in item:
+                render.say(f"hint for {item['id']!r}: {item['hint']}")
         verb = "would forget" if b["dry_run"] else "forgot"
         crossings = ", ".join(f"t{c['iteration']}/c{c['cluster']}" for c in b["crossings"]) or "none"
         render.show(
             f"{verb} {counts.get('would_forget' if b['dry_run'] else 'forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
             f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)")
 
-    result = _run(json, work, show)
+    def view(r, ids):
+        return {**r, "ids": [{**item, "id": ids(item["id"])} for item in r["ids"]]}
+
+    result = _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), view)
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
-        render.say("some ids were not found (pass --missing-ok to exit 0 anyway)")
-        raise typer.Exit(1)
+        # Not 1: the batch was applied for the known ids; 1 keeps meaning that something failed.
+        render.say("some ids were not found; the others were handled (pass --missing-ok to exit 0)")
+        raise typer.Exit(EXIT_NOT_FOUND)
 
 
 # --------------------------------------------------------------------------- ask
@@ -348,7 +502,7 @@ def cost(
 
 @app.command()
 def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
-           json: JsonOpt = False) -> None:
+           redact_ids: RedactOpt = False, json: JsonOpt = False) -> None:
     """Records, fit, crossings and prompt changes so far, cache, pending recovery."""
     from . import service
 
@@ -383,7 +537,9 @@ def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
         render.show("\n".join(lines))
 
     _run(json, lambda: service.status(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
-                                      key_file=secret_file, hooks=_hooks()), show)
+                                      key_file=secret_file, hooks=_hooks()), show,
+         _Ids(redact_ids, store, secret_file, lock_timeout),
+         lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)})
 
 
 @app.command()

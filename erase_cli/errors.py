@@ -1,8 +1,11 @@
 """Typed errors. The core raises them; only cli.py turns them into exit codes and messages.
 
 Each error also inherits the builtin it resembles, so library callers can catch either.
-A message names the thing that is wrong and the fix.
+A message names the thing that is wrong and the fix. `kind` is the machine-readable name in
+`--json` error objects: snake_case, like every other word erase prints for programs.
 """
+
+from typing import Self
 
 
 class EraseError(Exception):
@@ -10,72 +13,87 @@ class EraseError(Exception):
 
     kind = "error"
     exit_code = 1
+    ids: tuple[str, ...] = ()  # record ids the message quotes (as repr), for --redact-ids
+
+    def about(self, *ids: str) -> Self:
+        """This error, noting the record ids its message quotes, so that the output can show
+        keyed hashes instead (--redact-ids)."""
+        self.ids = ids
+        return self
 
 
 class InvalidInput(EraseError, ValueError):
-    kind = "invalid-input"
+    kind = "invalid_input"
 
 
 class InvalidParameter(EraseError, ValueError):
-    kind = "invalid-parameter"
+    kind = "invalid_parameter"
 
 
 class NotFound(EraseError, LookupError):
-    kind = "not-found"
+    kind = "not_found"
 
 
 class StoreMissing(EraseError, FileNotFoundError):
-    kind = "store-missing"
+    kind = "store_missing"
 
 
 class StoreDamaged(EraseError, OSError):
-    kind = "store-damaged"
+    kind = "store_damaged"
 
 
 class InsecureKey(EraseError, PermissionError):
-    kind = "insecure-key"
+    kind = "insecure_key"
 
 
 class KeyMismatch(EraseError, ValueError):
-    kind = "key-mismatch"
+    kind = "key_mismatch"
 
 
 class StoreTooNew(EraseError):
-    kind = "store-format-newer"
+    kind = "store_format_newer"
 
 
 class StoreNotWritable(EraseError, PermissionError):
-    kind = "store-not-writable"
+    kind = "store_not_writable"
 
 
 class DiskFull(EraseError, OSError):
-    kind = "disk-full"
+    kind = "disk_full"
 
 
 class NotFitted(EraseError):
-    kind = "not-fitted"
+    kind = "not_fitted"
 
 
 class StaleFit(EraseError):
-    kind = "stale-fit"
+    kind = "stale_fit"
 
 
 class VerifyMismatch(EraseError):
-    kind = "verify-mismatch"
+    kind = "verify_mismatch"
 
 
 class ModelMissing(EraseError, FileNotFoundError):
-    kind = "model-missing"
+    kind = "model_missing"
 
 
 class ModelInvalid(EraseError, ValueError):
-    kind = "model-invalid"
+    kind = "model_invalid"
 
 
 class PromptTooLong(EraseError, ValueError):
-    kind = "prompt-too-long"
+    kind = "prompt_too_long"
 
 
 class StoreLocked(EraseError, TimeoutError):
-    kind = "store-locked"
+    kind = "store_locked"
+    exit_code = 75
+
+
+class StoreChanged(EraseError):
+    """The store was replaced (removed and created anew) while a command worked outside its lock;
+    like a lock timeout, running the command again is the fix."""
+
+    kind = "store_changed"
     exit_code = 75

@@ -60,14 +60,21 @@ class Record:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A line left out by `skip_invalid`; `message` is the full "FILE:LINE: problem; fix" text."""
+    """A line left out by `skip_invalid`; `message` is the full "FILE:LINE: problem; fix" text,
+    `ids` the record ids it quotes (as repr), so that output can redact them."""
 
     line: int
     message: str
+    ids: tuple[str, ...] = ()
 
 
 class _LineProblem(Exception):
-    """A problem with one line; the caller adds the file and line number."""
+    """A problem with one line; the caller adds the file and line number. `ids`: the record ids
+    the message quotes."""
+
+    def __init__(self, message: str, ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 def normalise_id(value: Any) -> str:
@@ -197,16 +204,17 @@ def read_jsonl(
             except _LineProblem as problem:
                 message = f"{name}:{lineno}: {problem}"
                 if not skip_invalid:
-                    raise InvalidInput(message) from None
-                skipped.append(Skipped(lineno, message))
+                    raise InvalidInput(message).about(*problem.ids) from None
+                skipped.append(Skipped(lineno, message, problem.ids))
                 continue
-            problem_text = None
+            problem_text, problem_ids = None, ()
             earlier = first_line_of.get(record.id)
             if earlier is not None:
                 problem_text = (
                     f"duplicate id {record.id!r} (first on line {earlier}); ids must be unique "
                     '(an integer id and its decimal string, like 1 and "1", are the same id)'
                 )
+                problem_ids = (record.id,)
             elif record.vector is not None and dim is not None and record.vector.shape[0] != dim:
                 problem_text = (
                     f"{vector_field} has {record.vector.shape[0]} numbers but the first vector "
@@ -215,8 +223,8 @@ def read_jsonl(
             if problem_text is not None:
                 message = f"{name}:{lineno}: {problem_text}"
                 if not skip_invalid:
-                    raise InvalidInput(message)
-                skipped.append(Skipped(lineno, message))
+                    raise InvalidInput(message).about(*problem_ids)
+                skipped.append(Skipped(lineno, message, problem_ids))
                 continue
             if record.vector is not None and dim is None:
                 dim = record.vector.shape[0]
@@ -232,7 +240,7 @@ def read_jsonl(
             f"{name}: no valid records, {len(skipped)} lines skipped (first: "
             f"{skipped[0].message}); check the field names (--id-field, --input-field, "
             "--target-field)"
-        )
+        ).about(*skipped[0].ids)
     return records, skipped
 
 
@@ -240,9 +248,10 @@ def read_ids(path: str | Path) -> list[str]:
     """Read one id per line from a file, or from stdin when `path` is "-".
 
     Only the line break (and a preceding carriage return) is removed, so an id may keep
-    surrounding spaces; blank lines are skipped. Ids are returned in file order, repeats kept.
-    Raises InvalidInput naming the line for non-UTF-8 bytes, NUL or an over-long id, and when
-    there is no id at all; NotFound for a missing file.
+    surrounding spaces; blank lines are skipped. Ids are returned in file order, repeats kept; a
+    file with no id at all gives [] (a cron job's empty deletion list is no error).
+    Raises InvalidInput naming the line for non-UTF-8 bytes, NUL or an over-long id; NotFound for
+    a missing file.
     """
     name = "<stdin>" if str(path) == _STDIN else str(path)
     ids: list[str] = []
@@ -272,8 +281,6 @@ def read_ids(path: str | Path) -> list[str]:
                 ids.append(normalise_id(text))
             except InvalidInput as problem:
                 raise InvalidInput(f"{name}:{lineno}: {problem}") from None
-    if not ids:
-        raise InvalidInput(f"no ids in {name}; write one id per line")
     return ids
 
 
@@ -409,6 +416,14 @@ def _record_from(obj: dict, fields: _Fields) -> Record:
         rid = normalise_id(_required(obj, fields.id, "--id-field"))
     except InvalidInput as err:
         raise _LineProblem(f"field {fields.id!r}: {err}") from None
+    if rid != rid.strip():
+        # Ids are matched exactly and never stripped, so " 7" would be a record that a deletion
+        # request for "7" can never reach.
+        raise _LineProblem(
+            f"field {fields.id!r}: id {rid!r} has leading or trailing whitespace; remove it "
+            f"(ids are matched exactly: {rid.strip()!r} would not find this record)",
+            (rid, rid.strip()),
+        )
     text = _required(obj, fields.input, "--input-field")
     if not isinstance(text, str):
         raise _LineProblem(

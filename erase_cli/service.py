@@ -16,7 +16,15 @@ import numpy as np
 import orjson
 
 from . import audit, qkmeans as qk
-from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged
+from .errors import (
+    InvalidInput,
+    InvalidParameter,
+    NotFitted,
+    StaleFit,
+    StoreChanged,
+    StoreDamaged,
+    StoreMissing,
+)
 from .store import (
     AUDIT,
     CACHE_DIR,
@@ -30,9 +38,11 @@ from .store import (
     Transaction,
     ensure_secret,
     index_changes,
+    key_fingerprint,
     new_meta,
     npz_bytes,
     open_store,
+    read_key_file,
     stage_meta,
 )
 
@@ -180,6 +190,12 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
            batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
            allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
            hooks: Hooks = Hooks()) -> dict:
+    """Add a JSONL file's records to the store.
+
+    Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
+    the store rules out is refused first under a shared lock (so no time is spent embedding a file
+    that cannot go in), and everything is checked again under the exclusive lock just before
+    writing, because a forget or another ingest may have changed the store meanwhile."""
     from .records import read_jsonl
 
     t0 = time.perf_counter()
@@ -188,45 +204,44 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     records, skipped = read_jsonl(path, id_field=id_field, input_field=input_field,
                                   target_field=target_field, vector_field=vector_field,
                                   skip_invalid=skip_invalid)
+    seen_key = None  # fingerprint of the key of the store seen before embedding; None: no store yet
+    rule = None  # (dim, embedder) the new vectors must match; None: the first vectors set them
+    skipped_forgotten: list[str] = []
+    try:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                        key_file=key_file) as st:
+            keep, skipped_forgotten = _admit(st, root, path, records, append, allow_relearn)
+            records = [r for r, k in zip(records, keep) if k]
+            seen_key, rule = key_fingerprint(st.key()), _vector_rule(st)
+    except StoreMissing:
+        pass  # a first ingest: nothing to check against yet (the exclusive step says if it is worse)
+    vectors, name = None, None
+    if records:
+        vectors, name = _embed(records, vector_field, embedder, batch_size, hooks,
+                               check=lambda dim, name: _check_vectors(rule, root, path, dim, name))
     with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         fresh = not st.exists
+        if seen_key is not None and (fresh or key_fingerprint(st.key()) != seen_key):
+            raise StoreChanged(f"store {root} was replaced by another store while {path} was being "
+                               "embedded; run the ingest again")
+        if not fresh:
+            keep, more = _admit(st, root, path, records, append, allow_relearn)
+            if more:
+                records = [r for r, k in zip(records, keep) if k]
+                vectors = vectors[keep]
+                skipped_forgotten += more
+        rule = None if fresh else _vector_rule(st)
+        if records:
+            _check_vectors(rule, root, path, vectors.shape[1], name)
         meta = new_meta(0, "") if fresh else dict(st.meta)
-        if not fresh and st.n_records and not append:
-            raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
-                               f"{path}, or use another --store")
         with Transaction(st, "ingest") as tx:
-            secret = ensure_secret(tx)
-            forgotten = set() if fresh else st.forgotten()
-            skipped_forgotten = []
-            if forgotten and not allow_relearn:
-                keep = []
-                for rec in records:
-                    if audit.id_hash(secret, rec.id) in forgotten:
-                        skipped_forgotten.append(rec.id)
-                    else:
-                        keep.append(rec)
-                records = keep
-            if not fresh:
-                present = st.lookup([r.id for r in records])
-                if (present >= 0).any():
-                    dup = records[int(np.flatnonzero(present >= 0)[0])].id
-                    raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
-                                       "unique (remove it from the file or forget it first)")
+            ensure_secret(tx)
             if records:
-                vectors, name = _embed(records, vector_field, embedder, batch_size, hooks)
-                dim = vectors.shape[1]
-                if fresh or not st.n_slots:
-                    meta["dim"], meta["embedder"] = dim, name
+                if rule is None:
+                    meta["dim"], meta["embedder"] = vectors.shape[1], name
                     if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
-                        tx.create_arrays(dim)
-                elif dim != meta["dim"]:
-                    raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
-                                       f"{meta['dim']}-d vectors; use the same embedder or another --store")
-                elif name != meta["embedder"]:
-                    raise InvalidInput(f"{path}: embedded with {name} but store {root} uses "
-                                       f"{meta['embedder']}; mixing embedders breaks the clustering "
-                                       "(use the same --embedder / --vector-field, or another --store)")
+                        tx.create_arrays(vectors.shape[1])
                 _stage_new_rows(tx, st, meta, records, vectors)
             elif fresh:
                 raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
@@ -241,22 +256,70 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     return {
         "store": str(root),
         "ingested": len(records),
-        "skipped_invalid": [{"line": s.line, "message": s.message} for s in skipped],
+        "skipped_invalid": [{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
         "skipped_forgotten": skipped_forgotten,
         "stale_fit": bool(meta.get("fit") and meta["fit"].get("stale")),
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
     }
 
 
-def _embed(records, vector_field, embedder, batch_size, hooks: Hooks) -> tuple[np.ndarray, str]:
+def _admit(st: Store, root: Path, path: str, records, append: bool,
+           allow_relearn: bool) -> tuple[np.ndarray, list[str]]:
+    """Which of `records` may go into the existing store `st` (a mask), and the ids left out
+    because they were forgotten before; raises for what refuses the whole file."""
+    if st.n_records and not append:
+        raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
+                           f"{path}, or use another --store")
+    keep = np.ones(len(records), dtype=bool)
+    skipped_forgotten = []
+    forgotten = st.forgotten()
+    if forgotten and not allow_relearn:
+        secret = st.key()
+        for i, rec in enumerate(records):
+            if audit.id_hash(secret, rec.id) in forgotten:
+                keep[i] = False
+                skipped_forgotten.append(rec.id)
+    kept = [r for r, k in zip(records, keep) if k]
+    present = st.lookup([r.id for r in kept])
+    if (present >= 0).any():
+        dup = kept[int(np.flatnonzero(present >= 0)[0])].id
+        raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
+                           "unique (remove it from the file or forget it first)").about(dup)
+    return keep, skipped_forgotten
+
+
+def _vector_rule(st: Store) -> tuple[int, str] | None:
+    """The (dimension, embedder) new vectors must have; None while the store has no rows yet."""
+    return (st.meta["dim"], st.meta["embedder"]) if st.exists and st.n_slots else None
+
+
+def _check_vectors(rule: tuple[int, str] | None, root: Path, path: str, dim: int, name: str) -> None:
+    if rule is None:
+        return
+    if dim != rule[0]:
+        raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
+                           f"{rule[0]}-d vectors; use the same embedder or another --store")
+    if name != rule[1]:
+        raise InvalidInput(f"{path}: embedded with {name} but store {root} uses {rule[1]}; mixing "
+                           "embedders breaks the clustering (use the same --embedder / "
+                           "--vector-field, or another --store)")
+
+
+def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
+           check: Callable[[int, str], None]) -> tuple[np.ndarray, str]:
+    """The records' vectors and the embedder's name; `check(dim, name)` runs before any text is
+    embedded, so an incompatible embedder is refused after loading it, not after the whole file."""
     if vector_field:
         dims = {len(r.vector) for r in records}
         if len(dims) > 1:
             raise InvalidInput(f"vectors in --vector-field {vector_field} have differing lengths {sorted(dims)}")
-        return np.stack([r.vector for r in records]).astype(np.float32), f"vectors:{vector_field}"
+        name = f"vectors:{vector_field}"
+        check(dims.pop(), name)
+        return np.stack([r.vector for r in records]).astype(np.float32), name
     from .embed import load_embedder
 
     model = load_embedder(embedder)
+    check(model.dim, model.name)
     texts = [r.input for r in records]
     parts, done = [], 0
     for batch in model.embed(texts, batch_size):
@@ -286,6 +349,21 @@ def _new_index_entries(meta: dict, records) -> np.ndarray:
     new["idh"] = qk.id_hash64([r.id for r in records])
     new["row"] = np.arange(meta["n_slots"] - len(records), meta["n_slots"])
     return new
+
+
+def id_hasher(root: Path, *, lock_timeout: float = 60.0,
+              key_file: Path | None = None) -> Callable[[str], str] | None:
+    """The keyed hash of an id under the store's key (audit.id_hash: what forgotten.json and the
+    audit log hold), for output that must not show ids (--redact-ids). Before the store exists
+    the key is that of --secret-file; None when there is no key at all yet."""
+    try:
+        with open_store(root, write=False, lock_timeout=lock_timeout, key_file=key_file) as st:
+            key = st.key()
+    except StoreMissing:
+        if key_file is None:
+            return None
+        key = read_key_file(key_file)
+    return lambda record_id: audit.id_hash(key, record_id)
 
 
 # --------------------------------------------------------------------------- fit
@@ -343,11 +421,22 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
 
 def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
            key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
-    """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each."""
+    """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
+
+    Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
+    changes nothing and logs nothing; the store is still opened, so a wrong --store is reported."""
     t0 = time.perf_counter()
-    if not ids:
-        raise InvalidInput("no ids to forget; pass ids as arguments or with --from-file FILE")
     ids = list(dict.fromkeys(ids))  # one batch is a set; keep the caller's order for the report
+    if not ids:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                        key_file=key_file) as st:
+            # Loads store.json and the key: a damaged or mis-keyed store is reported even when
+            # there is nothing to do, so a cron job learns of it on its next (empty) run.
+            st.key()
+        return {"batch": {"crossings": [], "action": "none", "prompt_changed": False, "purged": [],
+                          "dry_run": dry_run, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+                          "n_forgotten": 0},
+                "ids": []}
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         rows = st.lookup(ids)
@@ -359,6 +448,7 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             found = "would_forget" if dry_run else "forgotten"
             status = found if row >= 0 else ("already_forgotten" if h in forgotten else "not_found")
             statuses.append({"id": rid, "status": status})
+        _whitespace_hints(st, statuses)
         known = rows >= 0
         kids = [i for i, k in zip(ids, known) if k]
         krows = rows[known]
@@ -456,6 +546,24 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 "elapsed_ms": elapsed,
             })
     return report
+
+
+WHITESPACE_HINT = ("the store has this id without its leading or trailing whitespace; ids are "
+                   "matched exactly (erase never strips them), so fix the id list")
+
+
+def _whitespace_hints(st: Store, statuses: list[dict]) -> None:
+    """A hint on each unknown id whose stripped form is in the store: an id file written with
+    stray spaces would otherwise silently forget nothing. Only a hint: the id is never changed."""
+    batch = {item["id"] for item in statuses}
+    suspects = [item for item in statuses if item["status"] == "not_found"
+                and item["id"].strip() != item["id"] and item["id"].strip()
+                and item["id"].strip() not in batch]  # that one has its own status
+    if not suspects:
+        return
+    for item, row in zip(suspects, st.lookup([item["id"].strip() for item in suspects])):
+        if row >= 0:
+            item["hint"] = WHITESPACE_HINT
 
 
 # --------------------------------------------------------------------------- read-only

@@ -233,7 +233,7 @@ def check_read_only(store: Path, ids: list[str], *, via_cli: bool) -> tuple[bool
         stale = bool((status["fit"] or {}).get("stale"))
         v = erase("verify", "--store", str(store), "--json")
         if stale:
-            assert v.returncode == 1 and json.loads(v.stdout)["error"]["kind"] == "stale-fit", v.stdout
+            assert v.returncode == 1 and json.loads(v.stdout)["error"]["kind"] == "stale_fit", v.stdout
         else:
             assert v.returncode == 0, v.stderr
             assert json.loads(v.stdout)["identical"] is True

@@ -5,6 +5,7 @@ text for every command, and a start-up path that never imports the heavy model l
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -102,8 +103,21 @@ def test_out_of_range_fit_parameters_are_domain_errors(args, needle, store):
     r = run("fit", *args, "--store", str(store), "--json")
     assert r.exit_code == 1, r.output
     err = json.loads(r.stdout)["error"]
-    assert err["kind"] == "invalid-parameter" and needle in err["message"]
+    assert err["kind"] == "invalid_parameter" and needle in err["message"]
     assert snapshot(store) == before
+
+
+def _error_classes():
+    from erase_cli import errors
+
+    return [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EraseError)]
+
+
+def test_every_error_kind_is_snake_case():
+    kinds = [c.kind for c in _error_classes()]
+    assert len(kinds) > 10 and len(set(kinds)) == len(kinds)
+    for kind in kinds:
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", kind), kind
 
 
 def test_usage_errors_exit_2(store):
@@ -115,19 +129,19 @@ def test_missing_store_json_error(tmp_path):
     r = run("status", "--store", str(tmp_path / "nowhere"), "--json")
     assert r.exit_code == 1
     err = json.loads(r.stdout)["error"]
-    assert err["kind"] == "store-missing" and "erase ingest" in err["message"]
+    assert err["kind"] == "store_missing" and "erase ingest" in err["message"]
 
 
 def test_store_flag_beats_env_which_beats_default(store, tmp_path, monkeypatch):
     monkeypatch.setenv("ERASE_STORE", str(store))
     assert json.loads(run("status", "--json").stdout)["records"] == 30
     r = run("status", "--json", "--store", str(tmp_path / "other"))
-    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["kind"] == "store-missing"
+    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["kind"] == "store_missing"
 
 
 def test_forget_unknown_ids_do_not_block_known_ones(store):
     r = run("forget", "rec-000001-ID", "ghost", "--store", str(store), "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 3
     report = json.loads(r.stdout)
     assert [i["status"] for i in report["ids"]] == ["forgotten", "not_found"]
     r = run("forget", "rec-000001-ID", "ghost", "--missing-ok", "--store", str(store), "--json")
@@ -156,7 +170,7 @@ def test_ask_and_verify_need_a_fresh_fit(store, tmp_path):
     write_jsonl(tmp_path / "more.jsonl", make_records(3, dim=8, prefix="new"))
     assert run("ingest", str(tmp_path / "more.jsonl"), "--vector-field", "vec", "--append", "--store", str(store)).exit_code == 0
     r = run("verify", "--store", str(store), "--json")
-    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["kind"] == "stale-fit"
+    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["kind"] == "stale_fit"
     r = run("ask", "hello", "--store", str(store), "--json")
     assert r.exit_code == 1 and "erase fit" in json.loads(r.stdout)["error"]["message"]
 

@@ -80,7 +80,7 @@ def test_writer_waits_then_exits_75(fitted):
         assert r.returncode == 75, r.stderr
         assert waited >= 1.0
         assert "waiting for the lock" in r.stderr
-        assert json.loads(r.stdout)["error"]["kind"] == "store-locked"
+        assert json.loads(r.stdout)["error"]["kind"] == "store_locked"
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and "locked" in lines[0] and "lock-timeout" in lines[0]
         assert "Traceback" not in r.stderr

@@ -137,7 +137,7 @@ def test_planted_journal_cannot_reach_outside_the_store(store, tmp_path):
     (store / "journal" / "journal.json").write_text(json.dumps(
         {"action": "fit", "replaces": ["../x/evil.sh"], "deletes": ["../victim.txt"], "audit": None}))
     for args in (["fit", "--dim", "8"], ["status"], ["forget", "anything"]):
-        refused([*args, "--store", str(store)], store, kind="store-damaged",
+        refused([*args, "--store", str(store)], store, kind="store_damaged",
                 mentions=["journal", "not a file of the store format"])
     assert victim.read_text() == "keep\n"
     assert not (tmp_path / "x").exists()
@@ -149,7 +149,7 @@ def test_journal_names_are_checked_one_by_one(store, entry):
     journal = {"action": "fit", "replaces": [], "deletes": [], "audit": None, **entry}
     (store / "journal").mkdir()
     (store / "journal" / "journal.json").write_text(json.dumps(journal))
-    refused(["fit", "--dim", "8", "--store", str(store)], store, kind="store-damaged", mentions=["journal"])
+    refused(["fit", "--dim", "8", "--store", str(store)], store, kind="store_damaged", mentions=["journal"])
 
 
 # --------------------------------------------------------------------------- 3. symbolic links
@@ -168,7 +168,7 @@ def test_symlinks_inside_the_store_are_refused(store, template, tmp_path, name):
     shutil.move(str(target), str(outside))
     target.symlink_to(outside, target_is_directory=outside.is_dir())
     before_outside = snapshot(outside) if outside.is_dir() else outside.read_bytes()
-    refused(["forget", rid(template, 30), "--store", str(store)], store, kind="store-damaged",
+    refused(["forget", rid(template, 30), "--store", str(store)], store, kind="store_damaged",
             mentions=[name, "symbolic link"])
     assert (snapshot(outside) if outside.is_dir() else outside.read_bytes()) == before_outside
 
@@ -185,7 +185,7 @@ def test_store_path_itself_may_be_a_symlink(store, template, tmp_path):
 
 def test_removed_audit_log_is_detected_and_refused(store, template):
     (store / "audit.jsonl").unlink()
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store-damaged",
+    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
             mentions=["audit", "missing", "backup"])
     r = erase("log", "--verify", "--store", str(store))
     assert r.returncode == 1 and "BROKEN" in r.stdout
@@ -196,7 +196,7 @@ def test_cut_last_audit_line_is_refused(store, template):
     data = log.read_bytes()
     last = data[: -1].rfind(b"\n") + 1
     log.write_bytes(data[: last + (len(data) - last) // 2])
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store-damaged",
+    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
             mentions=["audit"])
     assert erase("log", "--verify", "--store", str(store)).returncode == 1
 
@@ -217,7 +217,7 @@ def test_rehashed_history_with_reset_head_is_detected(store):
     meta = orjson.loads((store / "store.json").read_bytes())
     meta["audit_head"] = prev
     (store / "store.json").write_bytes(orjson.dumps(meta))
-    refused(["log", "--verify", "--store", str(store)], store, kind="store-damaged",
+    refused(["log", "--verify", "--store", str(store)], store, kind="store_damaged",
             mentions=["store.json", "keyed"])
 
 
@@ -261,7 +261,7 @@ def test_missing_file_is_damage(store, template, tmp_path, missing, args):
         missing = _shard_of(records[50].id)
     path = store / missing
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    refused([*(names.get(a, a) for a in args), "--store", str(store)], store, kind="store-damaged",
+    refused([*(names.get(a, a) for a in args), "--store", str(store)], store, kind="store_damaged",
             mentions=[missing.split("/")[0], "missing", "backup"])
 
 
@@ -269,7 +269,7 @@ def test_broken_zarr_json_is_damage(store, tmp_path):
     (store / "records.zarr" / "ids" / "zarr.json").write_text("{ not json")
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
     refused(["ingest", str(data), "--vector-field", "vec", "--append", "--store", str(store)], store,
-            kind="store-damaged", mentions=["zarr.json", "checksum"])
+            kind="store_damaged", mentions=["zarr.json", "checksum"])
 
 
 # --------------------------------------------------------------------------- 6. store.json
@@ -283,7 +283,7 @@ def test_store_json_edit_with_recomputed_plain_checksum_is_damage(store, tmp_pat
     (store / "store.json").write_bytes(orjson.dumps(meta))
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
     for args in (["status"], ["ingest", str(data), "--vector-field", "vec", "--append"]):
-        refused([*args, "--store", str(store)], store, kind="store-damaged",
+        refused([*args, "--store", str(store)], store, kind="store_damaged",
                 mentions=["store.json", "damaged"])
 
 
@@ -291,7 +291,7 @@ def test_store_json_removed_is_damage_not_a_new_store(store, tmp_path):
     (store / "store.json").unlink()
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
     refused(["ingest", str(data), "--vector-field", "vec", "--store", str(store)], store,
-            kind="store-damaged", mentions=["store.json", "missing"])
+            kind="store_damaged", mentions=["store.json", "missing"])
 
 
 # --------------------------------------------------------------------------- 7. one-line errors
@@ -301,7 +301,7 @@ def test_lock_that_is_a_directory(store):
     (store / "lock").unlink(missing_ok=True)
     (store / "lock").mkdir()
     for args in (["status"], ["forget", "x"], ["fit"]):
-        refused([*args, "--store", str(store)], store, kind="store-damaged", mentions=["lock", "rm -r"])
+        refused([*args, "--store", str(store)], store, kind="store_damaged", mentions=["lock", "rm -r"])
 
 
 @pytest.mark.parametrize("args,mentions", [
@@ -310,13 +310,13 @@ def test_lock_that_is_a_directory(store):
     (["fit", "--max-iter", "100000000"], ["max_iter must be between"]),
 ])
 def test_fit_parameter_limits(store, args, mentions):
-    refused([*args, "--store", str(store)], store, kind="invalid-parameter", mentions=mentions)
+    refused([*args, "--store", str(store)], store, kind="invalid_parameter", mentions=mentions)
 
 
 def test_garbage_last_audit_line_names_the_problem(store, template):
     with open(store / "audit.jsonl", "ab") as f:
         f.write(b"garbage\n")
-    msg = refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store-damaged",
+    msg = refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
                   mentions=["audit"])
     assert "None" not in msg
 
@@ -328,7 +328,7 @@ def test_readers_write_nothing_in_any_directory(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     for cmd in ("status", "verify", "log"):
-        refused([cmd, "--store", str(plain)], None, kind="store-missing", mentions=["erase ingest"])
+        refused([cmd, "--store", str(plain)], None, kind="store_missing", mentions=["erase ingest"])
     assert list(plain.iterdir()) == []
 
 
@@ -340,7 +340,7 @@ def test_readers_take_lock_timeout(store):
     try:
         for cmd in ("status", "verify", "log"):
             refused([cmd, "--store", str(store), "--lock-timeout", "0"], store, code=75,
-                    kind="store-locked", mentions=["locked"])
+                    kind="store_locked", mentions=["locked"])
             r = erase(cmd, "--store", str(store), env=clean_env(ERASE_LOCK_TIMEOUT="0.1"))
             assert r.returncode == 75, r.stderr
     finally:
@@ -349,7 +349,7 @@ def test_readers_take_lock_timeout(store):
 
 def test_group_readable_secret_is_refused(store, template):
     os.chmod(store / "secret", 0o640)
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="insecure-key",
+    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="insecure_key",
             mentions=["chmod 600"])
 
 
@@ -372,11 +372,11 @@ def test_external_key(tmp_path):
     ok("forget", records[3].id, "--store", str(store), env=env)
     assert not (store / "secret").exists()
     # A copy of the store alone is not enough to read it, nor to test guessed ids.
-    refused(["status", "--store", str(store)], store, kind="key-mismatch", mentions=["--secret-file"])
+    refused(["status", "--store", str(store)], store, kind="key_mismatch", mentions=["--secret-file"])
     other = tmp_path / "other-key"
     other.write_bytes(os.urandom(32))
     os.chmod(other, 0o600)
-    refused(["status", "--store", str(store), "--secret-file", str(other)], store, kind="key-mismatch",
+    refused(["status", "--store", str(store), "--secret-file", str(other)], store, kind="key_mismatch",
             mentions=["not the key"])
     out = json.loads(ok("verify", "--store", str(store), "--json", env=env))
     assert out["identical"] is True

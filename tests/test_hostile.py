@@ -67,7 +67,7 @@ def test_damaged_chunk_is_reported_not_answered(store, template, damage, array, 
     chunk = store / "records.zarr" / array / "c" / ("0/0" if array == "emb" else "0")
     damage(chunk)
     args = ["verify"] if command == "verify" else ["forget", template[1][5].id]
-    refused([*args, "--store", str(store)], store, kind="store-damaged",
+    refused([*args, "--store", str(store)], store, kind="store_damaged",
             mentions=[array, "damaged", "backup"])
 
 
@@ -81,10 +81,10 @@ def test_damaged_manifest(store, damage):
         path.write_text(text.replace("TGT", "XYZ", 1))
     else:
         _truncate(path)
-    refused(["status", "--store", str(store)], store, kind="store-damaged",
+    refused(["status", "--store", str(store)], store, kind="store_damaged",
             mentions=["manifest.json", "checksum"])
     if damage == "edited":
-        refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store-damaged",
+        refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged",
                 mentions=["manifest.json"])
 
 
@@ -99,7 +99,7 @@ def test_damaged_checksummed_file(store, name):
         name = index_rel(int(shard_of(id_hash64(["rec-000001-ID"]))[0]))
     path = store / name
     _flip(path, at=0.9)
-    refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store-damaged",
+    refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged",
             mentions=[name])
 
 
@@ -108,7 +108,7 @@ def test_newer_store_format_is_refused(store):
     meta["format_version"] = 99
     (store / "store.json").write_bytes(orjson.dumps(meta))
     for args in (["status"], ["forget", "rec-000001-ID"], ["fit", "--dim", "8"]):
-        refused([*args, "--store", str(store)], store, kind="store-format-newer",
+        refused([*args, "--store", str(store)], store, kind="store_format_newer",
                 mentions=["99", "upgrade erase"])
 
 
@@ -117,14 +117,14 @@ def test_store_path_that_is_a_file(tmp_path, template):
     path.write_bytes(b"hello")
     data = write_jsonl(tmp_path / "d.jsonl", template[1][:3])
     for args in (["status"], ["ingest", str(data), "--vector-field", "vec"]):
-        refused([*args, "--store", str(path)], None, kind="store-missing", mentions=["is a file", "--store"])
+        refused([*args, "--store", str(path)], None, kind="store_missing", mentions=["is a file", "--store"])
     assert path.read_bytes() == b"hello"
 
 
 def test_missing_store_is_not_created_by_readers(tmp_path):
     missing = tmp_path / "nowhere"
     for args in (["status"], ["forget", "x"]):
-        refused([*args, "--store", str(missing)], None, kind="store-missing", mentions=["erase ingest"])
+        refused([*args, "--store", str(missing)], None, kind="store_missing", mentions=["erase ingest"])
     assert not missing.exists()
 
 
@@ -155,7 +155,7 @@ def test_read_only_store_refuses_writers(store, monkeypatch):
     assert result.exit_code == 1
     line = _one_error_line(result)
     assert "not writable" in line and "permissions" in line
-    assert json.loads(result.stdout)["error"]["kind"] == "store-not-writable"
+    assert json.loads(result.stdout)["error"]["kind"] == "store_not_writable"
     # Readers still work on a read-only store.
     assert _invoke(["status", "--store", str(store)]).exit_code == 0
     assert snapshot(store) == before
@@ -202,7 +202,7 @@ def test_disk_full_during_forget_leaves_store_unchanged(store, monkeypatch, wher
     assert result.exit_code == 1, result.output
     line = _one_error_line(result)
     assert "no space" in line.lower()
-    assert json.loads(result.stdout)["error"]["kind"] == "disk-full"
+    assert json.loads(result.stdout)["error"]["kind"] == "disk_full"
     assert snapshot(store) == before
     assert not (store / "journal").exists()
 
@@ -214,27 +214,22 @@ async def _enospc_async():
 # --------------------------------------------------------------------------- id files
 
 
-@pytest.mark.parametrize("case", ["nul", "huge", "non-utf8", "empty", "blank-lines"])
+@pytest.mark.parametrize("case", ["nul", "huge", "non-utf8"])
 def test_hostile_id_files(store, tmp_path, case):
     f = tmp_path / "ids.txt"
-    mentions = {"nul": ["NUL"], "huge": [str(MAX_ID_BYTES)], "non-utf8": ["UTF-8"],
-                "empty": ["no ids"], "blank-lines": ["no ids"]}[case]
+    mentions = {"nul": ["NUL"], "huge": [str(MAX_ID_BYTES)], "non-utf8": ["UTF-8"]}[case]
     if case == "nul":
         f.write_bytes(b"rec-000001-ID\nbad\x00id\n")
     elif case == "huge":
         with open(f, "wb") as out:  # 10 MB on one line
             out.write(b"rec-000001-ID\n" + b"x" * (10 * 2**20) + b"\n")
-    elif case == "non-utf8":
-        f.write_bytes(b"rec-000001-ID\n\xff\xfe\xc3(\n")
-    elif case == "empty":
-        f.write_bytes(b"")
     else:
-        f.write_bytes(b"\n \n\r\n")
+        f.write_bytes(b"rec-000001-ID\n\xff\xfe\xc3(\n")
     msg = refused(["forget", "--from-file", str(f), "--store", str(store)], store,
-                  kind="invalid-input", mentions=mentions)
-    if case in ("nul", "huge", "non-utf8"):
-        assert ":2:" in msg  # names the line
+                  kind="invalid_input", mentions=mentions)
+    assert ":2:" in msg  # names the line
     assert len(msg) < 400  # the 10 MB id is not echoed back
+    # (an id file with no id at all is an empty batch, no error: tests/test_cron.py)
 
 
 # --------------------------------------------------------------------------- JSONL input
@@ -280,7 +275,7 @@ def _ingest_line(store: Path, tmp_path: Path, line: bytes, mentions: list[str]) 
     good = b'{"id": "ok-1", "input": "fine", "target": "t", "vec": [0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]}\n'
     f.write_bytes(good + line + b"\n")
     msg = refused(["ingest", str(f), "--vector-field", "vec", "--append", "--store", str(store)], store,
-                  kind="invalid-input", mentions=mentions)
+                  kind="invalid_input", mentions=mentions)
     assert ":2:" in msg
     return msg
 

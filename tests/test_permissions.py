@@ -63,7 +63,7 @@ def session(tmp_path_factory):
         assert r.returncode == 0, (name, r.stderr.decode())
         outputs[name] = r.stdout + r.stderr
     errors = run("forget", "no-such-id", "--store", s, "--json")
-    assert errors.returncode == 1
+    assert errors.returncode == 3  # unknown id
     outputs["not-found"] = errors.stdout + errors.stderr
     return store, outputs, modes
 
