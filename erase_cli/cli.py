@@ -73,6 +73,14 @@ def _with_progress(call: Callable[[object], object]) -> object:
         return call(Hooks(say=render.say, progress=progress))
 
 
+def _warned(result: dict) -> dict:
+    """Say a result's `warnings` on stderr (in --json mode too: stderr is for people), and pass
+    the result on; --json keeps them in its `warnings` list."""
+    for warning in result.get("warnings") or []:
+        render.say(f"warning: {warning}")
+    return result
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -472,3 +480,47 @@ def log(
             raise typer.Exit(1)
 
 
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="File to create, owner-only (0600); an existing file is refused unless --force. "
+                               "'-' writes to stdout.")],
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each record's stored embedding as 'vector' (exact), to reproduce a fit elsewhere.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")] = False,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Write the surviving records as JSONL: a copy that erase can never purge (audited)."""
+    import sys
+
+    from . import service
+
+    to_stdout = output == "-"
+
+    def work():
+        if to_stdout and json:
+            from .errors import InvalidParameter
+
+            raise InvalidParameter("--json and --output - would both write to stdout; write the "
+                                   "export to a file with --output FILE")
+        return _warned(_with_progress(lambda hooks: service.export(
+            config.store_path(store), None if to_stdout else Path(output),
+            stream=sys.stdout.buffer if to_stdout else None, vectors=vectors, force=force,
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks)))
+
+    def show(r):
+        # With --output - stdout holds the records: the report goes to stderr.
+        say = render.say if to_stdout else render.show
+        say(f"exported {r['records']} records ({'with' if r['vectors'] else 'without'} vectors) to "
+            f"{'stdout' if to_stdout else r['output']}; audit entry {r['audit_hash'][:12]}")
+        render.say("this copy is outside the store: 'erase forget' can never purge it; delete it "
+                   "when it has served")
+
+    _run(json, work, show)

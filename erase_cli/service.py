@@ -1,4 +1,4 @@
-"""Ingest, fit, forget, verify, status and log over a store: the core that cli.py calls.
+"""Ingest, fit, forget, export, verify, status and log over a store: the core that cli.py calls.
 
 Each function opens the store with the right lock, does its work through one Transaction and
 returns a JSON-ready dict. Progress and notices go through callbacks so the core never prints.
@@ -6,17 +6,22 @@ returns a JSON-ready dict. Progress and notices go through callbacks so the core
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import orjson
 
 from . import audit, qkmeans as qk
-from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged
+from .durable import fsync_path
+from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged, StoreLocked
 from .store import (
     AUDIT,
     CACHE_DIR,
@@ -578,6 +583,178 @@ def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = N
                     key_file=key_file, upgrade=False) as st:
         recovered = st.recovered
     return {"store": str(st.root), "recovered": recovered}
+
+
+# --------------------------------------------------------------------------- export
+
+EXPORT_ATTEMPTS = 3
+
+
+def export(root: Path, output: Path | None, *, stream: BinaryIO | None = None,
+           vectors: bool = False, force: bool = False, lock_timeout: float = 60.0,
+           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+    """Write the surviving records as JSONL (id, input, target, choices if any, and with
+    `vectors` the stored embedding as `vector`, exact as float64 text) to the new file `output`,
+    or, when `output` is None, to `stream`.
+
+    An export is a copy that no later forget can purge, so it is audited, and the audit entry is
+    committed before the copy exists: a failure in between over-reports an export, never hides
+    one. (1) Under the shared lock the survivors are streamed chunk by chunk into an owner-only
+    file created exclusively (next to `output`, so that publishing it is a rename; an unnamed
+    temporary file for `stream`). (2) Under the exclusive lock, if no command added or forgot
+    records meanwhile (else the read is repeated), an `export` entry is committed; it changes no
+    data file, only store.json's audit head. (3) The file is linked into place, never over an
+    existing file unless `force`, or copied to `stream`."""
+    t0 = time.perf_counter()
+    root = Path(root)
+    if output is not None:
+        output = _check_export_path(root, Path(output), force)
+    spool = None
+    try:
+        for _attempt in range(EXPORT_ATTEMPTS):
+            if spool is not None:
+                _discard(spool)
+            spool = _new_spool(output)
+            n, seen = _spool_survivors(root, spool[0], vectors, lock_timeout, key_file, hooks)
+            if output is not None:
+                _check_export_path(root, output, force)  # fail before auditing if it appeared
+            entry = _audit_export(root, seen, {
+                "n_records": n, "vectors": vectors, "to": "stdout" if output is None else "file",
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)},
+                lock_timeout, key_file, hooks)
+            if entry is not None:
+                break
+            hooks.say(f"store {root} changed while it was read for the export; reading it again")
+        else:
+            raise StoreLocked(f"store {root} kept changing while the export was read (other erase "
+                              "commands are adding or forgetting records); nothing was exported, "
+                              "run 'erase export' again later")
+        size = _publish(spool, output, stream, force)
+        spool = None
+    finally:
+        if spool is not None:
+            _discard(spool)
+    warnings = []
+    if n == 0:
+        warnings.append(f"store {root} has no records: the export is empty")
+    return {"store": str(root), "output": "-" if output is None else str(output), "records": n,
+            "vectors": vectors, "bytes": size, "audit_hash": entry["hash"], "warnings": warnings,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+
+def _check_export_path(root: Path, output: Path, force: bool) -> Path:
+    parent = output.parent
+    if not parent.is_dir():
+        raise InvalidParameter(f"--output {output}: directory {parent} does not exist; create it or "
+                               "choose another --output")
+    if output.is_dir():
+        raise InvalidParameter(f"--output {output} is a directory; name a file to create")
+    store_dir = root.resolve() if root.exists() else None
+    if store_dir is not None and (parent.resolve() == store_dir or store_dir in parent.resolve().parents):
+        raise InvalidParameter(f"--output {output} is inside store {root}, where no forget would ever "
+                               "purge it; write the export outside the store")
+    if os.path.lexists(output) and not force:
+        raise InvalidParameter(f"--output {output} already exists; pass --force to replace it, or "
+                               "choose another --output")
+    return output
+
+
+def _new_spool(output: Path | None) -> tuple[BinaryIO, Path | None]:
+    """An owner-only file created exclusively: beside `output` (so publishing is a rename on the
+    same filesystem), or unnamed (deleted on close) when the export goes to a stream."""
+    try:
+        if output is None:
+            return tempfile.TemporaryFile(), None
+        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "w+b"), Path(name)
+    except OSError as exc:
+        raise InvalidParameter(f"cannot create a file beside --output {output}: {exc.strerror}; "
+                               "choose a writable directory") from None
+
+
+def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
+    handle, path = spool
+    handle.close()
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _record_set(meta: dict) -> tuple[int, int]:
+    """Changes whenever the set of records does: ingest only adds slots, forget only adds to
+    the forgotten count; a fit or an upgrade leaves it alone."""
+    return int(meta.get("n_slots", 0)), int(meta.get("n_forgotten", 0))
+
+
+def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: float,
+                     key_file: Path | None, hooks: Hooks) -> tuple[int, tuple[int, int]]:
+    """Write every live record to `out`, chunk by chunk, under the shared lock; returns the
+    count and the record-set marker it was read at."""
+    names = ("ids", "data", "emb") if vectors else ("ids", "data")
+    n = 0
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
+        seen = _record_set(st.meta)
+        rows = st.live_rows()
+        for part, vals in st.iter_chunks(rows, names):
+            lines = []
+            for i in range(len(part)):
+                rec = orjson.loads(vals["data"][i])
+                item = {"id": vals["ids"][i], "input": rec["input"], "target": rec["target"]}
+                if rec.get("choices") is not None:
+                    item["choices"] = rec["choices"]
+                if vectors:
+                    # float64 text of a float32 value is exact: it reads back bit for bit.
+                    item["vector"] = vals["emb"][i].astype(np.float64).tolist()
+                lines.append(orjson.dumps(item))
+            out.write(b"\n".join(lines) + b"\n")
+            n += len(part)
+            if hooks.progress:
+                hooks.progress("exporting", n, len(rows))
+        out.flush()
+        os.fsync(out.fileno())
+    return n, seen
+
+
+def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout: float,
+                  key_file: Path | None, hooks: Hooks) -> dict | None:
+    """Commit the `export` audit entry (store.json with the new head, no data file), or None if
+    records were added or forgotten since `seen`: the spooled copy might hold a record that is
+    gone now."""
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
+        if _record_set(st.meta) != seen:
+            return None
+        with Transaction(st, "export") as tx:
+            stage_meta(tx, dict(st.meta), {})
+            return tx.commit(details)
+
+
+def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None,
+             force: bool) -> int:
+    """Make the spooled export visible; returns its size in bytes."""
+    handle, path = spool
+    size = handle.seek(0, os.SEEK_END)
+    if output is None:
+        handle.seek(0)
+        shutil.copyfileobj(handle, stream)
+        stream.flush()
+        handle.close()
+        return size
+    handle.close()
+    if force:
+        os.replace(path, output)
+    else:
+        try:
+            os.link(path, output)  # fails if the name exists: never replaces a file by surprise
+        except FileExistsError:
+            raise InvalidParameter(f"--output {output} appeared while exporting; nothing was "
+                                   "written there (the audit trail records the export anyway); "
+                                   "pass --force or choose another --output") from None
+        path.unlink()
+    fsync_path(output.parent)
+    return size
 
 
 # --------------------------------------------------------------------------- ask
