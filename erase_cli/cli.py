@@ -426,25 +426,37 @@ def recover(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: S
 
 @app.command()
 def log(
-    check: Annotated[bool, typer.Option("--verify", help="Check the keyed hash chain; exit 1 if broken.")] = False,
+    check: Annotated[bool, typer.Option("--verify", help="Check the whole keyed hash chain; print the verdict and any problems; exit 1 if broken.")] = False,
+    show_entries: Annotated[bool, typer.Option("--show", help="With --verify: print the entries too.")] = False,
     head: Annotated[bool, typer.Option("--head", help="Print only the hash of the newest entry (record it elsewhere).")] = False,
     expect_head: Annotated[Optional[str], typer.Option(
         "--expect-head", help="With --verify: a head hash recorded earlier; the chain must still contain it.")] = None,
+    last: Annotated[Optional[int], typer.Option("-n", "--last", help="Show only the newest N entries (after --action and --since).")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        "--since", help="Show only entries from this ISO date or datetime on (UTC unless an offset is given), e.g. 2026-01-31 or 2026-01-31T09:30Z.")] = None,
+    action: Annotated[Optional[list[str]], typer.Option(
+        "--action", help="Show only this action (ingest, fit, forget, upgrade, export); repeat for several.")] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Show the audit trail (NDJSON with --json); --verify checks its hash chain."""
+    """Show the audit trail, one line per entry (NDJSON with --json); --verify checks its hash chain.
+
+    -n, --since and --action choose what is shown; --verify always checks the whole chain."""
     from . import service
 
     with interrupts.guard(render.say):
         try:
-            if expect_head is not None and not check:
-                from .errors import InvalidParameter
+            from .errors import InvalidParameter
 
+            if expect_head is not None and not check:
                 raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
+            if show_entries and not check:
+                raise InvalidParameter("--show goes with --verify (without --verify the entries are "
+                                       "always shown); run 'erase log --verify --show'")
             result = service.log(config.store_path(store), check=check, expect_head=expect_head,
+                                 last=last, since=since, actions=action,
                                  lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
                                  hooks=_hooks())
         except (EraseError, interrupts.Interrupted) as exc:
@@ -455,31 +467,82 @@ def log(
         else:
             render.show(result["head"] or "(no entries)")
     elif json:
+        # Machine readers always get the entries chosen; with --verify the verdict comes last.
         for entry in result["entries"]:
             render.emit_json(entry)
-    else:
-        from rich.table import Table
-
-        table = Table("seq", "time", "action", "details", "hash", box=None)
-        for e in result["entries"]:
-            detail = {k: v for k, v in e.items() if k not in ("seq", "time", "action", "hash", "prev", "id_hashes")}
-            if "id_hashes" in e:
-                detail["ids"] = len(e["id_hashes"])
-            table.add_row(*(render.clean(str(x)) for x in (
-                e.get("seq"), e.get("time"), e.get("action"),
-                ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, [], {})),
-                str(e.get("hash", ""))[:12])))
-        render.out.print(table)
+    elif show_entries or not check:
+        for entry in result["entries"]:
+            render.show(log_line(entry))
+        if not check and len(result["entries"]) < result["total"]:
+            render.say(f"{len(result['entries'])} of {result['total']} entries shown")
     if check:
         if json:
-            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"]}})
+            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"],
+                                         "entries": result["total"], "head": result["head"]}})
+        elif result["valid"]:
+            render.show(f"audit chain valid: {result['total']} entries, head "
+                        f"{(result['head'] or '(none)')[:12]}")
         else:
-            render.show("audit chain valid" if result["valid"] else
-                        "audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
+            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
         if not result["valid"]:
             raise typer.Exit(1)
 
 
+def _short(value: object, n: int = 8) -> str:
+    return value[:n] if isinstance(value, str) and value else "none"
+
+
+def _count(value: object) -> str:
+    return str(len(value)) if isinstance(value, (list, dict)) else str(value if value is not None else "?")
+
+
+def _digests(e: dict, name: str) -> str:
+    before, after = e.get(f"{name}_digest_before"), e.get(f"{name}_digest_after")
+    if before == after:
+        return f"{name} {_short(after)} (unchanged)"
+    return f"{name} {_short(before)}->{_short(after)}"
+
+
+def log_line(e: dict) -> str:
+    """One readable line for an audit entry: seq, time, action, what it did, its short hash.
+    Entries come from a file someone may have edited: every field is read defensively."""
+    action = str(e.get("action"))
+    details: list[str] = []
+    if action == "ingest":
+        details.append(f"records +{_count(e.get('n_added'))}")
+        if e.get("n_skipped_invalid"):
+            details.append(f"skipped {e['n_skipped_invalid']} invalid")
+        if e.get("n_skipped_forgotten"):
+            details.append(f"skipped {e['n_skipped_forgotten']} forgotten")
+    elif action == "fit":
+        p = e.get("params") if isinstance(e.get("params"), dict) else {}
+        details += [f"records {_count(e.get('n_records'))}",
+                    f"k {_count(p.get('k'))} (k_eff {_count(e.get('k_eff'))})",
+                    f"eps {_count(p.get('eps'))}, dim {_count(p.get('dim'))}, "
+                    f"T {_count(p.get('max_iter'))}, seed {_count(p.get('seed'))}",
+                    _digests(e, "prompt"), _digests(e, "state")]
+    elif action == "forget":
+        crossings = e.get("crossings")
+        details += [f"ids {_count(e.get('id_hashes'))}",
+                    f"crossings {_count(crossings if crossings is not None else [])}",
+                    f"action {e.get('action_taken')}", _digests(e, "prompt")]
+    elif action == "upgrade":
+        details += [f"{e.get('from_format')} -> {e.get('to_format')}",
+                    f"chunks written {_count(e.get('chunks_written'))}"]
+    elif action == "export":
+        details += [f"records {_count(e.get('n_records'))}",
+                    "with vectors" if e.get("vectors") else "without vectors", f"to {e.get('to')}"]
+    else:
+        details += [f"{k}={v}" for k, v in sorted(e.items())
+                    if k not in ("seq", "time", "action", "prev", "hash") and isinstance(v, (str, int, float, bool))]
+    if isinstance(e.get("elapsed_ms"), (int, float)):
+        details.append(f"{e['elapsed_ms']:.0f} ms")
+    when = str(e.get("time", "?"))
+    if len(when) >= 20 and when[10:11] == "T":
+        when = when[:10] + " " + when[11:19] + "Z"  # to the second, UTC
+    seq = e.get("seq")
+    return (f"{seq if isinstance(seq, int) else '?':>4}  {when}  {action:<7}  {', '.join(details)}"
+            f"  hash {_short(e.get('hash'), 12)}")
 
 
 # --------------------------------------------------------------------------- export

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -23,6 +24,7 @@ from . import audit, qkmeans as qk
 from .durable import fsync_path
 from .errors import InvalidInput, InvalidParameter, NotFitted, StaleFit, StoreDamaged, StoreLocked
 from .store import (
+    ACTIONS,
     AUDIT,
     CACHE_DIR,
     FORGOTTEN,
@@ -554,10 +556,19 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
 
 
 def log(root: Path, *, check: bool = False, expect_head: str | None = None,
+        last: int | None = None, since: str | None = None, actions: list[str] | None = None,
         lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
     verified with its key from `audit_keyed_from` on, against the head that store.json (itself
-    under the key) records, and against `expect_head`, a hash an operator kept elsewhere."""
+    under the key) records, and against `expect_head`, a hash an operator kept elsewhere.
+
+    `actions`, `since` (an ISO date or datetime, UTC unless it says otherwise) and `last` (the
+    newest N of what is left) choose the entries returned, nothing else: the chain is always
+    verified whole, since a filtered view of a chain proves nothing."""
+    wanted = _check_actions(actions)
+    after = parse_since(since) if since is not None else None
+    if last is not None and last < 0:
+        raise InvalidParameter(f"-n {last} must be 0 or more (the number of newest entries to show)")
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         entries = st.audit_entries()
@@ -571,8 +582,44 @@ def log(root: Path, *, check: bool = False, expect_head: str | None = None,
                                    keyed_from=int(meta.get("audit_keyed_from", 0)) if keyed else 0,
                                    expect_head=expect_head)
                 if check else [])
-    return {"entries": entries, "problems": problems, "valid": not problems if check else None,
-            "head": head}
+    shown = [e for e in entries if (wanted is None or e.get("action") in wanted)
+             and (after is None or _entry_after(e, after))]
+    if last is not None:
+        shown = shown[len(shown) - last:] if last else []
+    return {"entries": shown, "total": len(entries), "problems": problems,
+            "valid": not problems if check else None, "head": head}
+
+
+def _check_actions(actions: list[str] | None) -> set[str] | None:
+    if not actions:
+        return None
+    unknown = sorted(set(actions) - ACTIONS)
+    if unknown:
+        raise InvalidParameter(f"--action {unknown[0]!r} is not an audit action; use one of "
+                               f"{', '.join(sorted(ACTIONS))}")
+    return set(actions)
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 date (midnight) or date and time; UTC unless it carries an offset."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidParameter(f"--since {text!r} is not an ISO date or datetime; use e.g. 2026-01-31 "
+                               "or 2026-01-31T09:30:00Z (UTC unless an offset is given)") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def _entry_after(entry: dict, after: datetime) -> bool:
+    """Whether the entry was written at or after `after`. An entry whose time does not parse (an
+    edited log) is always shown: a filter must not hide what looks wrong."""
+    try:
+        when = datetime.fromisoformat(str(entry.get("time")))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when >= after
 
 
 def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
