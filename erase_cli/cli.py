@@ -81,6 +81,20 @@ def _warned(result: dict) -> dict:
     return result
 
 
+def _secs(x: float | None) -> str:
+    """A duration with a unit that keeps 3 significant digits readable."""
+    if x is None:
+        return "n/a"
+    a = abs(x)
+    if a == 0:
+        return "0 s"
+    if a < 1e-3:
+        return f"{x * 1e6:.3g} µs"
+    if a < 1:
+        return f"{x * 1e3:.3g} ms"
+    return f"{x:.4g} s"
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -305,6 +319,8 @@ def cost(
     per_token_s: Annotated[Optional[float], typer.Option(help="Inference seconds per token (default: measured).")] = None,
     finetuned_query_s: Annotated[Optional[float], typer.Option(help="Query seconds of one fine-tuned model (default: the zero-shot time).")] = None,
     questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
+    repeats: Annotated[int, typer.Option(help="Timed rounds over the questions, each asking every question with and without the demonstrations.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed queries on each prompt before timing.")] = 3,
     model: Annotated[Optional[str], typer.Option(
         envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
@@ -317,28 +333,47 @@ def cost(
     from . import service
 
     def work():
-        return service.cost(config.store_path(store), queries_per_deletion=queries_per_deletion,
-                            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs,
-                            train_multiplier=train_multiplier, n_questions=questions,
-                            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
-                            finetuned_query_s=finetuned_query_s, model=config.model_flag(model),
-                            n_threads=threads, lock_timeout=config.lock_timeout(lock_timeout),
-                            key_file=secret_file, hooks=_hooks())
+        return _warned(service.cost(
+            config.store_path(store), queries_per_deletion=queries_per_deletion,
+            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+            n_questions=questions, repeats=repeats, warmup=warmup,
+            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
+            finetuned_query_s=finetuned_query_s, model=config.model_flag(model), n_threads=threads,
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=_hooks()))
 
-    def show(r):
-        from rich.table import Table
+    _run(json, work, _show_cost)
 
-        table = Table("method", "U (s per deletion)", "I (s per query)", "H (s per request)",
-                      title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:g}, "
-                            f"I0 = {r['inputs']['zero_shot_query_s']:.4f} s")
-        for name, m in r["methods"].items():
-            table.add_row(f"{name} ({m['label']})", f"{m['U_s']:.4g}", f"{m['I_s']:.4g}", f"{m['H_s']:.4g}")
-        render.out.print(table)
-        be = r["break_even_queries_per_deletion"]
-        render.out.print(f"break-even R: {'never' if be is None else f'{be:,.0f}'}", markup=False)
-        render.out.print("inputs: " + ", ".join(f"{k}={v}" for k, v in r["inputs"].items()), markup=False)
 
-    _run(json, work, show)
+def _show_cost(r: dict) -> None:
+    from rich.table import Table
+
+    table = Table("method", "U (per deletion)", "I (per query)", "I − I0 (counted)",
+                  "H (per request)",
+                  title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:,.4g}, "
+                        f"I0 = {_secs(r['inputs']['zero_shot_query_s'])}")
+    for name, m in r["methods"].items():
+        table.add_row(f"{name} ({m['label']})", _secs(m["U_s"]), _secs(m["I_s"]),
+                      _secs(m["dI_s"]), _secs(m["H_s"]))
+    render.out.print(table)
+    x = r["extra_query"]
+    sample = f"n = {x['n']} {x['unit']}{'s' if x['n'] != 1 else ''}"
+    if x["low_s"] is None:
+        line = "one sample, no interval: counted as 0 (use more --questions or --repeats)"
+    else:
+        # Never a bare negative mean: on its own it reads as a negative cost.
+        interval = f"95% interval {_secs(x['low_s'])} to {_secs(x['high_s'])}, {sample}"
+        if x["low_s"] > 0:
+            line = f"{_secs(x['mean_s'])} ({interval})"
+        elif x["high_s"] < 0:
+            line = (f"{_secs(x['mean_s'])} ({interval}): erase's queries are cheaper than "
+                    "zero-shot here (its demonstrations can make generated answers shorter)")
+        else:
+            line = f"not distinguishable from 0 ({interval}), counted as 0"
+    render.show(f"erase's extra query cost I − I0: {line}")
+    be = r["break_even_queries_per_deletion"]
+    render.show(f"break-even R: {'never' if be is None else f'{be:,.0f}'}")
+    render.show("inputs: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["inputs"].items()))
 
 
 # --------------------------------------------------------------------------- read-only

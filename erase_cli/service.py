@@ -846,16 +846,30 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
 
 def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int = 5,
          sisa_epochs: float = 3.0, train_multiplier: float = 3.0, n_questions: int = 20,
-         tokens_per_example: float | None = None, per_token_s: float | None = None,
-         finetuned_query_s: float | None = None, model: str | None = None,
-         n_threads: int | None = None, lock_timeout: float = 60.0, key_file: Path | None = None,
-         hooks: Hooks = Hooks()) -> dict:
-    """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now."""
-    from .cost import CostInputs, cost_inputs_from_audit, holistic_cost, measure_inference
+         repeats: int = 3, warmup: int = 3, tokens_per_example: float | None = None,
+         per_token_s: float | None = None, finetuned_query_s: float | None = None,
+         model: str | None = None, n_threads: int | None = None, lock_timeout: float = 60.0,
+         key_file: Path | None = None, hooks: Hooks = Hooks(), generator_factory=None) -> dict:
+    """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now.
+
+    Numbers come back rounded to 4 significant digits: the timings are not worth more.
+    `generator_factory` replaces the model (tests)."""
+    from .cost import (CostInputs, cost_inputs_from_audit, extra_query_cost, holistic_cost,
+                       measure_inference, round_sig)
     from .llm import resolve_model
 
+    # Before the store is opened or a model loaded: a bad parameter costs nothing to report.
+    CostInputs(n_records=0, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
+               sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+               tokens_per_example=0.0 if tokens_per_example is None else tokens_per_example,
+               per_token_inference_s=0.0 if per_token_s is None else per_token_s,
+               finetuned_query_s=finetuned_query_s).validate()
     if n_questions < 1:
         raise InvalidParameter(f"--questions {n_questions} must be at least 1")
+    if repeats < 1:
+        raise InvalidParameter(f"--repeats {repeats} must be at least 1")
+    if warmup < 0:
+        raise InvalidParameter(f"--warmup {warmup} must be 0 or more")
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         _fitted(st, root)
@@ -867,7 +881,10 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
         n_records = st.n_records
     if not questions:
         raise InvalidParameter(f"store {root} has no records to time queries on; ingest some first")
-    measured = measure_inference(manifest, resolve_model(model), questions, n_threads=n_threads)
+    measured = measure_inference(manifest, None if generator_factory else resolve_model(model),
+                                 questions, n_threads=n_threads, repeats=repeats, warmup=warmup,
+                                 generator_factory=generator_factory)
+    extra, why = extra_query_cost(measured["extra_query_s"])
     base = CostInputs(
         n_records=n_records, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
         sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
@@ -876,10 +893,19 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
                             else tokens_per_example),
         prefix_rebuild_s=measured["prefix_rebuild_s"], erase_query_s=measured["erase_query_s"],
         zero_shot_query_s=measured["zero_shot_query_s"], finetuned_query_s=finetuned_query_s,
+        extra_query_s=extra,
     )
     result = holistic_cost(cost_inputs_from_audit(entries, base))
+    interval = measured["extra_query_s"]
+    result["extra_query"] = {
+        "mean_s": interval["mean"], "low_s": interval["low"], "high_s": interval["high"],
+        "n": interval["n"], "unit": interval["unit"], "confidence": 0.95,
+        "spans_zero": interval["low"] is not None and interval["low"] <= 0.0 <= interval["high"],
+        "counted_s": extra, "note": why,
+    }
     result["measured"] = measured
+    result["warnings"] = []
     if not result["inputs"]["forget_samples"]:
-        hooks.say("the audit trail has no forget yet: erase's U counts only the prefix rebuild; "
-                  "run some forgets for a measured deletion cost")
-    return result
+        result["warnings"].append("the audit trail has no forget yet: erase's U counts only the "
+                                  "prefix rebuild; run some forgets for a measured deletion cost")
+    return round_sig(result)
