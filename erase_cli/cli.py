@@ -163,10 +163,10 @@ def fit(
     from . import service
 
     def work():
-        return _with_progress(lambda hooks: service.fit(
+        return _warned(_with_progress(lambda hooks: service.fit(
             config.store_path(store), k=k, eps=eps, dim="auto" if dim is None else (dim or None),
             seed=seed, max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
-            key_file=secret_file, hooks=hooks))
+            key_file=secret_file, hooks=hooks)))
 
     def show(r):
         est = r["crossing_estimate"]
@@ -267,7 +267,11 @@ def ask(
 
     with interrupts.guard(render.say):
         try:
+            answered = 0
             for answer in answers():
+                if answered == 0 and answer.get("warning"):
+                    render.say(f"warning: {answer['warning']}")
+                answered += 1
                 if json:
                     render.emit_json(answer)
                     continue
@@ -276,6 +280,10 @@ def ask(
                     render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
         except (EraseError, interrupts.Interrupted) as exc:
             raise _fail(exc, json) from None
+    if not answered:
+        # Not an error (a cron job's question file may be empty today), but never silent.
+        source = "stdin" if from_file == "-" else from_file
+        render.say(f"warning: {source} holds no questions; nothing was answered")
 
 
 # --------------------------------------------------------------------------- eval, cost

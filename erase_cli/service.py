@@ -314,11 +314,17 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
         projector = qk.Projector(d_in, dim, seed)
         rows = st.live_rows()
         old_manifest = st.manifest()
+        warnings = []
         if len(rows) == 0:
             state = qk.State.empty(params, d_in)
-            hooks.say(f"store {root} has no records: wrote the empty fit (no demonstrations)")
+            warnings.append(f"store {root} has no records: wrote the empty fit, so 'erase ask' "
+                            "answers zero-shot; ingest records, then fit again")
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
+        if 0 < len(rows) < k:
+            warnings.append(f"-k {k} is more than the {len(rows)} records in the store: the fit has "
+                            f"{state.k_eff} clusters, one per record, so every record is a "
+                            "demonstration; lower -k or ingest more records")
         manifest = build_manifest(st, state)
         estimate = _crossing_estimate(st, state, rows, projector)
         meta = dict(st.meta)
@@ -342,7 +348,8 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
             "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
             "examples": [{"cluster": c, "id": i} for c, i in state.examples],
             "prompt_digest": new["prompt_digest"], "state_digest": new["state_digest"],
-            "crossing_estimate": estimate, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+            "crossing_estimate": estimate, "warnings": warnings,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
 
 # --------------------------------------------------------------------------- forget
@@ -810,11 +817,14 @@ def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: B
 def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = None,
         n_threads: int | None = None, n_gpu_layers: int = 0, max_tokens: int = 64,
         lock_timeout: float = 60.0, key_file: Path | None = None,
-        hooks: Hooks = Hooks()) -> Iterator[dict]:
+        hooks: Hooks = Hooks(), generator_factory=None) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+    When the fit has no demonstrations (it was made on an empty store) every answer carries a
+    `warning`: it is a zero-shot answer, whatever the store was meant to teach.
 
     The store's lock is held only briefly: shared to read the manifest, exclusive to save the
-    prefix cache after re-checking that the prompt is still the one the cache was built for."""
+    prefix cache after re-checking that the prompt is still the one the cache was built for.
+    `generator_factory` replaces the model (tests)."""
     from .answer import ask as answer
     from .llm import resolve_model
 
@@ -836,9 +846,15 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
             st.cache_dir().mkdir(mode=0o700, exist_ok=True)
             write()
 
-    return answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
-                  save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
-                  n_gpu_layers=n_gpu_layers, max_tokens=max_tokens)
+    options = {} if generator_factory is None else {"generator_factory": generator_factory}
+    answers = answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
+                     save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
+                     n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, **options)
+    if manifest.get("examples"):
+        return answers
+    note = (f"the fit of store {root} has no demonstrations (it was made with no records): this "
+            "is a zero-shot answer; ingest records and run 'erase fit'")
+    return ({**item, "warning": note} for item in answers)
 
 
 # --------------------------------------------------------------------------- cost
