@@ -868,8 +868,9 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
          key_file: Path | None = None, hooks: Hooks = Hooks(), generator_factory=None) -> dict:
     """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now.
 
-    Numbers come back rounded to 4 significant digits: the timings are not worth more.
-    `generator_factory` replaces the model (tests)."""
+    Measured and derived numbers come back rounded to 4 significant digits (the timings are not
+    worth more); the parameters the caller gave are echoed exactly. `generator_factory` replaces
+    the model (tests)."""
     from .cost import (CostInputs, cost_inputs_from_audit, extra_query_cost, holistic_cost,
                        measure_inference, round_sig)
     from .llm import resolve_model
@@ -924,4 +925,10 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
     if not result["inputs"]["forget_samples"]:
         result["warnings"].append("the audit trail has no forget yet: erase's U counts only the "
                                   "prefix rebuild; run some forgets for a measured deletion cost")
-    return round_sig(result)
+    given = {"queries_per_deletion": queries_per_deletion, "sisa_epochs": sisa_epochs,
+             "train_multiplier": train_multiplier, "tokens_per_example": tokens_per_example,
+             "per_token_inference_s": per_token_s, "finetuned_query_s": finetuned_query_s}
+    rounded = round_sig(result)
+    rounded["queries_per_deletion"] = queries_per_deletion
+    rounded["inputs"].update({k: v for k, v in given.items() if v is not None})
+    return rounded

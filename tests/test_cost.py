@@ -302,8 +302,13 @@ def test_cost_on_a_store_with_fake_generators(tmp_path, monkeypatch, capsys):
     original = cost_module.measure_inference
     monkeypatch.setattr(cost_module, "measure_inference",
                         lambda *a, **kw: original(*a, clock=clock, **kw))
-    got = service.cost(store, n_questions=10, repeats=2, warmup=1,
-                       generator_factory=timed_factory(clock, noise=2e-3, seed=1))
+    got = service.cost(store, n_questions=10, repeats=2, warmup=1, queries_per_deletion=1234567.0,
+                       sisa_epochs=2.123456, generator_factory=timed_factory(clock, noise=2e-3, seed=1))
+    # What the user gave is echoed exactly; only measured and derived numbers are rounded.
+    assert got["queries_per_deletion"] == got["inputs"]["queries_per_deletion"] == 1234567.0
+    assert got["inputs"]["sisa_epochs"] == 2.123456
+    got["queries_per_deletion"] = got["inputs"]["queries_per_deletion"] = 1.0
+    got["inputs"]["sisa_epochs"] = 1.0
     x = got["extra_query"]
     assert x["spans_zero"] is True and x["counted_s"] == 0.0 and x["n"] == 10
     assert got["methods"]["erase"]["dI_s"] == 0.0
