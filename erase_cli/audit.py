@@ -1,4 +1,4 @@
-"""The audit trail (SPEC 5): append-only, hash-chained JSONL, one entry per ingest/fit/forget.
+"""The audit trail (SPEC 5): append-only, hash-chained JSONL, one entry per ingest/fit/forget/upgrade/export.
 
 Each entry carries ``seq`` (0, 1, 2, ...), ``time`` (UTC, ISO 8601 with ``Z``), ``action``, the
 caller's details, ``prev`` (the previous entry's ``hash``; 64 zeros for the first) and ``hash``.

@@ -218,6 +218,28 @@ def _with_progress(call: Callable[[object], object]) -> object:
         return call(Hooks(say=render.say, progress=progress))
 
 
+def _warned(result: dict) -> dict:
+    """Say a result's `warnings` on stderr (in --json mode too: stderr is for people), and pass
+    the result on; --json keeps them in its `warnings` list."""
+    for warning in result.get("warnings") or []:
+        render.say(f"warning: {warning}")
+    return result
+
+
+def _secs(x: float | None) -> str:
+    """A duration with a unit that keeps 3 significant digits readable."""
+    if x is None:
+        return "n/a"
+    a = abs(x)
+    if a == 0:
+        return "0 s"
+    if a < 1e-3:
+        return f"{x * 1e6:.3g} µs"
+    if a < 1:
+        return f"{x * 1e3:.3g} ms"
+    return f"{x:.4g} s"
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -293,10 +315,10 @@ def fit(
     from . import service
 
     def work():
-        return _with_progress(lambda hooks: service.fit(
+        return _warned(_with_progress(lambda hooks: service.fit(
             config.store_path(store), k=k, eps=eps, dim="auto" if dim is None else (dim or None),
             seed=seed, max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
-            key_file=secret_file, hooks=hooks))
+            key_file=secret_file, hooks=hooks)))
 
     def show(r):
         est = r["crossing_estimate"]
@@ -410,14 +432,22 @@ def ask(
                            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
                            hooks=_hooks())
 
+    answered = 0
     with _handled(json):
         for answer in answers():
+            if answered == 0 and answer.get("warning"):
+                render.say(f"warning: {answer['warning']}")
+            answered += 1
             if json:
                 render.emit_json(answer)
                 continue
             render.show(answer["answer"])
             for c in answer.get("choices") or []:
                 render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
+    if not answered:
+        # Not an error (a cron job's question file may be empty today), but never silent.
+        source = "stdin" if from_file == "-" else from_file
+        render.say(f"warning: {source} holds no questions; nothing was answered")
 
 
 # --------------------------------------------------------------------------- eval, cost
@@ -461,6 +491,8 @@ def cost(
     per_token_s: Annotated[Optional[float], typer.Option(help="Inference seconds per token (default: measured).")] = None,
     finetuned_query_s: Annotated[Optional[float], typer.Option(help="Query seconds of one fine-tuned model (default: the zero-shot time).")] = None,
     questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
+    repeats: Annotated[int, typer.Option(help="Timed rounds over the questions, each asking every question with and without the demonstrations.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed queries on each prompt before timing.")] = 3,
     model: Annotated[Optional[str], typer.Option(
         envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
@@ -473,28 +505,47 @@ def cost(
     from . import service
 
     def work():
-        return service.cost(config.store_path(store), queries_per_deletion=queries_per_deletion,
-                            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs,
-                            train_multiplier=train_multiplier, n_questions=questions,
-                            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
-                            finetuned_query_s=finetuned_query_s, model=config.model_flag(model),
-                            n_threads=threads, lock_timeout=config.lock_timeout(lock_timeout),
-                            key_file=secret_file, hooks=_hooks())
+        return _warned(service.cost(
+            config.store_path(store), queries_per_deletion=queries_per_deletion,
+            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+            n_questions=questions, repeats=repeats, warmup=warmup,
+            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
+            finetuned_query_s=finetuned_query_s, model=config.model_flag(model), n_threads=threads,
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=_hooks()))
 
-    def show(r):
-        from rich.table import Table
+    _run(json, work, _show_cost)
 
-        table = Table("method", "U (s per deletion)", "I (s per query)", "H (s per request)",
-                      title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:g}, "
-                            f"I0 = {r['inputs']['zero_shot_query_s']:.4f} s")
-        for name, m in r["methods"].items():
-            table.add_row(f"{name} ({m['label']})", f"{m['U_s']:.4g}", f"{m['I_s']:.4g}", f"{m['H_s']:.4g}")
-        render.out.print(table)
-        be = r["break_even_queries_per_deletion"]
-        render.out.print(f"break-even R: {'never' if be is None else f'{be:,.0f}'}", markup=False)
-        render.out.print("inputs: " + ", ".join(f"{k}={v}" for k, v in r["inputs"].items()), markup=False)
 
-    _run(json, work, show)
+def _show_cost(r: dict) -> None:
+    from rich.table import Table
+
+    table = Table("method", "U (per deletion)", "I (per query)", "I − I0 (counted)",
+                  "H (per request)",
+                  title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:,.4g}, "
+                        f"I0 = {_secs(r['inputs']['zero_shot_query_s'])}")
+    for name, m in r["methods"].items():
+        table.add_row(f"{name} ({m['label']})", _secs(m["U_s"]), _secs(m["I_s"]),
+                      _secs(m["dI_s"]), _secs(m["H_s"]))
+    render.out.print(table)
+    x = r["extra_query"]
+    sample = f"n = {x['n']} {x['unit']}{'s' if x['n'] != 1 else ''}"
+    if x["low_s"] is None:
+        line = "one sample, no interval: counted as 0 (use more --questions or --repeats)"
+    else:
+        # Never a bare negative mean: on its own it reads as a negative cost.
+        interval = f"95% interval {_secs(x['low_s'])} to {_secs(x['high_s'])}, {sample}"
+        if x["low_s"] > 0:
+            line = f"{_secs(x['mean_s'])} ({interval})"
+        elif x["high_s"] < 0:
+            line = (f"{_secs(x['mean_s'])} ({interval}): erase's queries are cheaper than "
+                    "zero-shot here (its demonstrations can make generated answers shorter)")
+        else:
+            line = f"not distinguishable from 0 ({interval}), counted as 0"
+    render.show(f"erase's extra query cost I − I0: {line}")
+    be = r["break_even_queries_per_deletion"]
+    render.show(f"break-even R: {'never' if be is None else f'{be:,.0f}'}")
+    render.show("inputs: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["inputs"].items()))
 
 
 # --------------------------------------------------------------------------- read-only
@@ -584,24 +635,36 @@ def recover(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: S
 
 @app.command()
 def log(
-    check: Annotated[bool, typer.Option("--verify", help="Check the keyed hash chain; exit 1 if broken.")] = False,
+    check: Annotated[bool, typer.Option("--verify", help="Check the whole keyed hash chain; print the verdict and any problems; exit 1 if broken.")] = False,
+    show_entries: Annotated[bool, typer.Option("--show", help="With --verify: print the entries too.")] = False,
     head: Annotated[bool, typer.Option("--head", help="Print only the hash of the newest entry (record it elsewhere).")] = False,
     expect_head: Annotated[Optional[str], typer.Option(
         "--expect-head", help="With --verify: a head hash recorded earlier; the chain must still contain it.")] = None,
+    last: Annotated[Optional[int], typer.Option("-n", "--last", help="Show only the newest N entries (after --action and --since).")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        "--since", help="Show only entries from this ISO date or datetime on (UTC unless an offset is given), e.g. 2026-01-31 or 2026-01-31T09:30Z.")] = None,
+    action: Annotated[Optional[list[str]], typer.Option(
+        "--action", help="Show only this action (ingest, fit, forget, upgrade, export); repeat for several.")] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Show the audit trail (NDJSON with --json); --verify checks its hash chain."""
+    """Show the audit trail, one line per entry (NDJSON with --json); --verify checks its hash chain.
+
+    -n, --since and --action choose what is shown; --verify always checks the whole chain."""
     from . import service
 
     with _handled(json):
-        if expect_head is not None and not check:
-            from .errors import InvalidParameter
+        from .errors import InvalidParameter
 
+        if expect_head is not None and not check:
             raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
+        if show_entries and not check:
+            raise InvalidParameter("--show goes with --verify (without --verify the entries are "
+                                   "always shown); run 'erase log --verify --show'")
         result = service.log(config.store_path(store), check=check, expect_head=expect_head,
+                             last=last, since=since, actions=action,
                              lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
                              hooks=_hooks())
     if head:
@@ -610,28 +673,123 @@ def log(
         else:
             render.show(result["head"] or "(no entries)")
     elif json:
+        # Machine readers always get the entries chosen; with --verify the verdict comes last.
         for entry in result["entries"]:
             render.emit_json(entry)
-    else:
-        from rich.table import Table
-
-        table = Table("seq", "time", "action", "details", "hash", box=None)
-        for e in result["entries"]:
-            detail = {k: v for k, v in e.items() if k not in ("seq", "time", "action", "hash", "prev", "id_hashes")}
-            if "id_hashes" in e:
-                detail["ids"] = len(e["id_hashes"])
-            table.add_row(*(render.clean(str(x)) for x in (
-                e.get("seq"), e.get("time"), e.get("action"),
-                ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, [], {})),
-                str(e.get("hash", ""))[:12])))
-        render.out.print(table)
+    elif show_entries or not check:
+        for entry in result["entries"]:
+            render.show(log_line(entry))
+        if not check and len(result["entries"]) < result["total"]:
+            render.say(f"{len(result['entries'])} of {result['total']} entries shown")
     if check:
         if json:
-            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"]}})
+            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"],
+                                         "entries": result["total"], "head": result["head"]}})
+        elif result["valid"]:
+            render.show(f"audit chain valid: {result['total']} entries, head "
+                        f"{(result['head'] or '(none)')[:12]}")
         else:
-            render.show("audit chain valid" if result["valid"] else
-                        "audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
+            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
         if not result["valid"]:
             raise typer.Exit(1)
 
 
+def _short(value: object, n: int = 8) -> str:
+    return value[:n] if isinstance(value, str) and value else "none"
+
+
+def _count(value: object) -> str:
+    return str(len(value)) if isinstance(value, (list, dict)) else str(value if value is not None else "?")
+
+
+def _digests(e: dict, name: str) -> str:
+    before, after = e.get(f"{name}_digest_before"), e.get(f"{name}_digest_after")
+    if before == after:
+        return f"{name} {_short(after)} (unchanged)"
+    return f"{name} {_short(before)}->{_short(after)}"
+
+
+def log_line(e: dict) -> str:
+    """One readable line for an audit entry: seq, time, action, what it did, its short hash.
+    Entries come from a file someone may have edited: every field is read defensively."""
+    action = str(e.get("action"))
+    details: list[str] = []
+    if action == "ingest":
+        details.append(f"records +{_count(e.get('n_added'))}")
+        if e.get("n_skipped_invalid"):
+            details.append(f"skipped {e['n_skipped_invalid']} invalid")
+        if e.get("n_skipped_forgotten"):
+            details.append(f"skipped {e['n_skipped_forgotten']} forgotten")
+    elif action == "fit":
+        p = e.get("params") if isinstance(e.get("params"), dict) else {}
+        details += [f"records {_count(e.get('n_records'))}",
+                    f"k {_count(p.get('k'))} (k_eff {_count(e.get('k_eff'))})",
+                    f"eps {_count(p.get('eps'))}, dim {_count(p.get('dim'))}, "
+                    f"T {_count(p.get('max_iter'))}, seed {_count(p.get('seed'))}",
+                    _digests(e, "prompt"), _digests(e, "state")]
+    elif action == "forget":
+        crossings = e.get("crossings")
+        details += [f"ids {_count(e.get('id_hashes'))}",
+                    f"crossings {_count(crossings if crossings is not None else [])}",
+                    f"action {e.get('action_taken')}", _digests(e, "prompt")]
+    elif action == "upgrade":
+        details += [f"{e.get('from_format')} -> {e.get('to_format')}",
+                    f"chunks written {_count(e.get('chunks_written'))}"]
+    elif action == "export":
+        details += [f"records {_count(e.get('n_records'))}",
+                    "with vectors" if e.get("vectors") else "without vectors", f"to {e.get('to')}"]
+    else:
+        details += [f"{k}={v}" for k, v in sorted(e.items())
+                    if k not in ("seq", "time", "action", "prev", "hash") and isinstance(v, (str, int, float, bool))]
+    if isinstance(e.get("elapsed_ms"), (int, float)):
+        details.append(f"{e['elapsed_ms']:.0f} ms")
+    when = str(e.get("time", "?"))
+    if len(when) >= 20 and when[10:11] == "T":
+        when = when[:10] + " " + when[11:19] + "Z"  # to the second, UTC
+    seq = e.get("seq")
+    return (f"{seq if isinstance(seq, int) else '?':>4}  {when}  {action:<7}  {', '.join(details)}"
+            f"  hash {_short(e.get('hash'), 12)}")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="File to create, owner-only (0600); an existing file is refused unless --force. "
+                               "'-' writes to stdout.")],
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each record's stored embedding as 'vector' (exact), to reproduce a fit elsewhere.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")] = False,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Write the surviving records as JSONL: a copy that erase can never purge (audited)."""
+    import sys
+
+    from . import service
+
+    to_stdout = output == "-"
+
+    def work():
+        if to_stdout and json:
+            from .errors import InvalidParameter
+
+            raise InvalidParameter("--json and --output - would both write to stdout; write the "
+                                   "export to a file with --output FILE")
+        return _warned(_with_progress(lambda hooks: service.export(
+            config.store_path(store), None if to_stdout else Path(output),
+            stream=sys.stdout.buffer if to_stdout else None, vectors=vectors, force=force,
+            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks)))
+
+    def show(r):
+        # With --output - stdout holds the records: the report goes to stderr.
+        say = render.say if to_stdout else render.show
+        say(f"exported {r['records']} records ({'with' if r['vectors'] else 'without'} vectors) to "
+            f"{'stdout' if to_stdout else r['output']}; audit entry {r['audit_hash'][:12]}")
+        render.say("this copy is outside the store: 'erase forget' can never purge it; delete it "
+                   "when it has served")
+
+    _run(json, work, show)

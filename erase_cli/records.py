@@ -21,6 +21,9 @@ from erase_cli.errors import InvalidInput, NotFound
 MAX_ID_BYTES = 1024
 MAX_LINE_BYTES = 16 * 2**20
 MAX_JSON_DEPTH = 64
+# |v.v - 1| below which a vector's float32 rounding counts as a unit vector already: the float32
+# rounding of an exact unit vector is within about 2**-23 of it, so every stored embedding passes.
+UNIT_SLACK = 2.0**-20
 
 _DRAIN_CHUNK = 2**20
 _STDIN = "-"
@@ -152,6 +155,14 @@ def normalise_vector(v: Any) -> np.ndarray:
         raise InvalidInput(
             f"vector entry {bad} is {x[bad]!r}; NaN and infinite values are not allowed"
         )
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    w = x32.astype(np.float64)
+    if abs(float(np.dot(w, w)) - 1.0) <= UNIT_SLACK:
+        # Already a stored embedding, written out exactly or as shortest float32 text: dividing
+        # by its norm again would move last bits, and an export re-ingested elsewhere must fit
+        # bit for bit like the original. (Any other unit vector only loses its float32 rounding.)
+        return x32
     # Scaling by the largest magnitude first keeps the norm from overflowing (1e300 entries) or
     # underflowing to zero (1e-320 entries) in the squares.
     peak = np.max(np.abs(x))

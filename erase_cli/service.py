@@ -1,4 +1,4 @@
-"""Ingest, fit, forget, verify, status and log over a store: the core that cli.py calls.
+"""Ingest, fit, forget, export, verify, status and log over a store: the core that cli.py calls.
 
 Each function opens the store with the right lock, does its work through one Transaction and
 returns a JSON-ready dict. Progress and notices go through callbacks so the core never prints.
@@ -6,16 +6,22 @@ returns a JSON-ready dict. Progress and notices go through callbacks so the core
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import orjson
 
 from . import audit, qkmeans as qk
+from .durable import fsync_path
 from .errors import (
     InvalidInput,
     InvalidParameter,
@@ -23,9 +29,11 @@ from .errors import (
     StaleFit,
     StoreChanged,
     StoreDamaged,
+    StoreLocked,
     StoreMissing,
 )
 from .store import (
+    ACTIONS,
     AUDIT,
     CACHE_DIR,
     FORGOTTEN,
@@ -385,11 +393,17 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
         projector = qk.Projector(d_in, dim, seed)
         rows = st.live_rows()
         old_manifest = st.manifest()
+        warnings = []
         if len(rows) == 0:
             state = qk.State.empty(params, d_in)
-            hooks.say(f"store {root} has no records: wrote the empty fit (no demonstrations)")
+            warnings.append(f"store {root} has no records: wrote the empty fit, so 'erase ask' "
+                            "answers zero-shot; ingest records, then fit again")
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
+        if 0 < len(rows) < k:
+            warnings.append(f"-k {k} is more than the {len(rows)} records in the store: the fit has "
+                            f"{state.k_eff} clusters, one per record, so every record is a "
+                            "demonstration; lower -k or ingest more records")
         manifest = build_manifest(st, state)
         estimate = _crossing_estimate(st, state, rows, projector)
         meta = dict(st.meta)
@@ -413,7 +427,8 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
             "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
             "examples": [{"cluster": c, "id": i} for c, i in state.examples],
             "prompt_digest": new["prompt_digest"], "state_digest": new["state_digest"],
-            "crossing_estimate": estimate, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+            "crossing_estimate": estimate, "warnings": warnings,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
 
 # --------------------------------------------------------------------------- forget
@@ -657,10 +672,19 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
 
 
 def log(root: Path, *, check: bool = False, expect_head: str | None = None,
+        last: int | None = None, since: str | None = None, actions: list[str] | None = None,
         lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
     verified with its key from `audit_keyed_from` on, against the head that store.json (itself
-    under the key) records, and against `expect_head`, a hash an operator kept elsewhere."""
+    under the key) records, and against `expect_head`, a hash an operator kept elsewhere.
+
+    `actions`, `since` (an ISO date or datetime, UTC unless it says otherwise) and `last` (the
+    newest N of what is left) choose the entries returned, nothing else: the chain is always
+    verified whole, since a filtered view of a chain proves nothing."""
+    wanted = _check_actions(actions)
+    after = parse_since(since) if since is not None else None
+    if last is not None and last < 0:
+        raise InvalidParameter(f"-n {last} must be 0 or more (the number of newest entries to show)")
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         entries = st.audit_entries()
@@ -674,8 +698,44 @@ def log(root: Path, *, check: bool = False, expect_head: str | None = None,
                                    keyed_from=int(meta.get("audit_keyed_from", 0)) if keyed else 0,
                                    expect_head=expect_head)
                 if check else [])
-    return {"entries": entries, "problems": problems, "valid": not problems if check else None,
-            "head": head}
+    shown = [e for e in entries if (wanted is None or e.get("action") in wanted)
+             and (after is None or _entry_after(e, after))]
+    if last is not None:
+        shown = shown[len(shown) - last:] if last else []
+    return {"entries": shown, "total": len(entries), "problems": problems,
+            "valid": not problems if check else None, "head": head}
+
+
+def _check_actions(actions: list[str] | None) -> set[str] | None:
+    if not actions:
+        return None
+    unknown = sorted(set(actions) - ACTIONS)
+    if unknown:
+        raise InvalidParameter(f"--action {unknown[0]!r} is not an audit action; use one of "
+                               f"{', '.join(sorted(ACTIONS))}")
+    return set(actions)
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 date (midnight) or date and time; UTC unless it carries an offset."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidParameter(f"--since {text!r} is not an ISO date or datetime; use e.g. 2026-01-31 "
+                               "or 2026-01-31T09:30:00Z (UTC unless an offset is given)") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def _entry_after(entry: dict, after: datetime) -> bool:
+    """Whether the entry was written at or after `after`. An entry whose time does not parse (an
+    edited log) is always shown: a filter must not hide what looks wrong."""
+    try:
+        when = datetime.fromisoformat(str(entry.get("time")))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when >= after
 
 
 def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
@@ -688,17 +748,192 @@ def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = N
     return {"store": str(st.root), "recovered": recovered}
 
 
+# --------------------------------------------------------------------------- export
+
+EXPORT_ATTEMPTS = 3
+
+
+def export(root: Path, output: Path | None, *, stream: BinaryIO | None = None,
+           vectors: bool = False, force: bool = False, lock_timeout: float = 60.0,
+           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+    """Write the surviving records as JSONL (id, input, target, choices if any, and with
+    `vectors` the stored embedding as `vector`, exact as float64 text) to the new file `output`,
+    or, when `output` is None, to `stream`.
+
+    An export is a copy that no later forget can purge, so it is audited, and the audit entry is
+    committed before the copy exists: a failure in between over-reports an export, never hides
+    one. (1) Under the shared lock the survivors are streamed chunk by chunk into an owner-only
+    file created exclusively (next to `output`, so that publishing it is a rename; an unnamed
+    temporary file for `stream`). (2) Under the exclusive lock, if no command added or forgot
+    records meanwhile (else the read is repeated), an `export` entry is committed; it changes no
+    data file, only store.json's audit head. (3) The file is linked into place, never over an
+    existing file unless `force`, or copied to `stream`."""
+    t0 = time.perf_counter()
+    root = Path(root)
+    if output is not None:
+        output = _check_export_path(root, Path(output), force)
+    spool = None
+    try:
+        for _attempt in range(EXPORT_ATTEMPTS):
+            if spool is not None:
+                _discard(spool)
+            spool = _new_spool(output)
+            n, seen = _spool_survivors(root, spool[0], vectors, lock_timeout, key_file, hooks)
+            if output is not None:
+                _check_export_path(root, output, force)  # fail before auditing if it appeared
+            entry = _audit_export(root, seen, {
+                "n_records": n, "vectors": vectors, "to": "stdout" if output is None else "file",
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)},
+                lock_timeout, key_file, hooks)
+            if entry is not None:
+                break
+            hooks.say(f"store {root} changed while it was read for the export; reading it again")
+        else:
+            raise StoreLocked(f"store {root} kept changing while the export was read (other erase "
+                              "commands are adding or forgetting records); nothing was exported, "
+                              "run 'erase export' again later")
+        size = _publish(spool, output, stream, force)
+        spool = None
+    finally:
+        if spool is not None:
+            _discard(spool)
+    warnings = []
+    if n == 0:
+        warnings.append(f"store {root} has no records: the export is empty")
+    return {"store": str(root), "output": "-" if output is None else str(output), "records": n,
+            "vectors": vectors, "bytes": size, "audit_hash": entry["hash"], "warnings": warnings,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+
+def _check_export_path(root: Path, output: Path, force: bool) -> Path:
+    parent = output.parent
+    if not parent.is_dir():
+        raise InvalidParameter(f"--output {output}: directory {parent} does not exist; create it or "
+                               "choose another --output")
+    if output.is_dir():
+        raise InvalidParameter(f"--output {output} is a directory; name a file to create")
+    store_dir = root.resolve() if root.exists() else None
+    if store_dir is not None and (parent.resolve() == store_dir or store_dir in parent.resolve().parents):
+        raise InvalidParameter(f"--output {output} is inside store {root}, where no forget would ever "
+                               "purge it; write the export outside the store")
+    if os.path.lexists(output) and not force:
+        raise InvalidParameter(f"--output {output} already exists; pass --force to replace it, or "
+                               "choose another --output")
+    return output
+
+
+def _new_spool(output: Path | None) -> tuple[BinaryIO, Path | None]:
+    """An owner-only file created exclusively: beside `output` (so publishing is a rename on the
+    same filesystem), or unnamed (deleted on close) when the export goes to a stream."""
+    try:
+        if output is None:
+            return tempfile.TemporaryFile(), None
+        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "w+b"), Path(name)
+    except OSError as exc:
+        raise InvalidParameter(f"cannot create a file beside --output {output}: {exc.strerror}; "
+                               "choose a writable directory") from None
+
+
+def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
+    handle, path = spool
+    handle.close()
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _record_set(meta: dict) -> tuple[int, int]:
+    """Changes whenever the set of records does: ingest only adds slots, forget only adds to
+    the forgotten count; a fit or an upgrade leaves it alone."""
+    return int(meta.get("n_slots", 0)), int(meta.get("n_forgotten", 0))
+
+
+def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: float,
+                     key_file: Path | None, hooks: Hooks) -> tuple[int, tuple[int, int]]:
+    """Write every live record to `out`, chunk by chunk, under the shared lock; returns the
+    count and the record-set marker it was read at."""
+    names = ("ids", "data", "emb") if vectors else ("ids", "data")
+    n = 0
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
+        seen = _record_set(st.meta)
+        rows = st.live_rows()
+        for part, vals in st.iter_chunks(rows, names):
+            lines = []
+            for i in range(len(part)):
+                rec = orjson.loads(vals["data"][i])
+                item = {"id": vals["ids"][i], "input": rec["input"], "target": rec["target"]}
+                if rec.get("choices") is not None:
+                    item["choices"] = rec["choices"]
+                if vectors:
+                    # float64 text of a float32 value is exact: it reads back bit for bit.
+                    item["vector"] = vals["emb"][i].astype(np.float64).tolist()
+                lines.append(orjson.dumps(item))
+            out.write(b"\n".join(lines) + b"\n")
+            n += len(part)
+            if hooks.progress:
+                hooks.progress("exporting", n, len(rows))
+        out.flush()
+        os.fsync(out.fileno())
+    return n, seen
+
+
+def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout: float,
+                  key_file: Path | None, hooks: Hooks) -> dict | None:
+    """Commit the `export` audit entry (store.json with the new head, no data file), or None if
+    records were added or forgotten since `seen`: the spooled copy might hold a record that is
+    gone now."""
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
+                    key_file=key_file) as st:
+        if _record_set(st.meta) != seen:
+            return None
+        with Transaction(st, "export") as tx:
+            stage_meta(tx, dict(st.meta), {})
+            return tx.commit(details)
+
+
+def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None,
+             force: bool) -> int:
+    """Make the spooled export visible; returns its size in bytes."""
+    handle, path = spool
+    size = handle.seek(0, os.SEEK_END)
+    if output is None:
+        handle.seek(0)
+        shutil.copyfileobj(handle, stream)
+        stream.flush()
+        handle.close()
+        return size
+    handle.close()
+    if force:
+        os.replace(path, output)
+    else:
+        try:
+            os.link(path, output)  # fails if the name exists: never replaces a file by surprise
+        except FileExistsError:
+            raise InvalidParameter(f"--output {output} appeared while exporting; nothing was "
+                                   "written there (the audit trail records the export anyway); "
+                                   "pass --force or choose another --output") from None
+        path.unlink()
+    fsync_path(output.parent)
+    return size
+
+
 # --------------------------------------------------------------------------- ask
 
 
 def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = None,
         n_threads: int | None = None, n_gpu_layers: int = 0, max_tokens: int = 64,
         lock_timeout: float = 60.0, key_file: Path | None = None,
-        hooks: Hooks = Hooks()) -> Iterator[dict]:
+        hooks: Hooks = Hooks(), generator_factory=None) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+    When the fit has no demonstrations (it was made on an empty store) every answer carries a
+    `warning`: it is a zero-shot answer, whatever the store was meant to teach.
 
     The store's lock is held only briefly: shared to read the manifest, exclusive to save the
-    prefix cache after re-checking that the prompt is still the one the cache was built for."""
+    prefix cache after re-checking that the prompt is still the one the cache was built for.
+    `generator_factory` replaces the model (tests)."""
     from .answer import ask as answer
     from .llm import resolve_model
 
@@ -720,9 +955,15 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
             st.cache_dir().mkdir(mode=0o700, exist_ok=True)
             write()
 
-    return answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
-                  save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
-                  n_gpu_layers=n_gpu_layers, max_tokens=max_tokens)
+    options = {} if generator_factory is None else {"generator_factory": generator_factory}
+    answers = answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
+                     save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
+                     n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, **options)
+    if manifest.get("examples"):
+        return answers
+    note = (f"the fit of store {root} has no demonstrations (it was made with no records): this "
+            "is a zero-shot answer; ingest records and run 'erase fit'")
+    return ({**item, "warning": note} for item in answers)
 
 
 # --------------------------------------------------------------------------- cost
@@ -730,16 +971,31 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
 
 def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int = 5,
          sisa_epochs: float = 3.0, train_multiplier: float = 3.0, n_questions: int = 20,
-         tokens_per_example: float | None = None, per_token_s: float | None = None,
-         finetuned_query_s: float | None = None, model: str | None = None,
-         n_threads: int | None = None, lock_timeout: float = 60.0, key_file: Path | None = None,
-         hooks: Hooks = Hooks()) -> dict:
-    """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now."""
-    from .cost import CostInputs, cost_inputs_from_audit, holistic_cost, measure_inference
+         repeats: int = 3, warmup: int = 3, tokens_per_example: float | None = None,
+         per_token_s: float | None = None, finetuned_query_s: float | None = None,
+         model: str | None = None, n_threads: int | None = None, lock_timeout: float = 60.0,
+         key_file: Path | None = None, hooks: Hooks = Hooks(), generator_factory=None) -> dict:
+    """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now.
+
+    Measured and derived numbers come back rounded to 4 significant digits (the timings are not
+    worth more); the parameters the caller gave are echoed exactly. `generator_factory` replaces
+    the model (tests)."""
+    from .cost import (CostInputs, cost_inputs_from_audit, extra_query_cost, holistic_cost,
+                       measure_inference, round_sig)
     from .llm import resolve_model
 
+    # Before the store is opened or a model loaded: a bad parameter costs nothing to report.
+    CostInputs(n_records=0, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
+               sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+               tokens_per_example=0.0 if tokens_per_example is None else tokens_per_example,
+               per_token_inference_s=0.0 if per_token_s is None else per_token_s,
+               finetuned_query_s=finetuned_query_s).validate()
     if n_questions < 1:
         raise InvalidParameter(f"--questions {n_questions} must be at least 1")
+    if repeats < 1:
+        raise InvalidParameter(f"--repeats {repeats} must be at least 1")
+    if warmup < 0:
+        raise InvalidParameter(f"--warmup {warmup} must be 0 or more")
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         _fitted(st, root)
@@ -751,7 +1007,10 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
         n_records = st.n_records
     if not questions:
         raise InvalidParameter(f"store {root} has no records to time queries on; ingest some first")
-    measured = measure_inference(manifest, resolve_model(model), questions, n_threads=n_threads)
+    measured = measure_inference(manifest, None if generator_factory else resolve_model(model),
+                                 questions, n_threads=n_threads, repeats=repeats, warmup=warmup,
+                                 generator_factory=generator_factory)
+    extra, why = extra_query_cost(measured["extra_query_s"])
     base = CostInputs(
         n_records=n_records, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
         sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
@@ -760,10 +1019,25 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
                             else tokens_per_example),
         prefix_rebuild_s=measured["prefix_rebuild_s"], erase_query_s=measured["erase_query_s"],
         zero_shot_query_s=measured["zero_shot_query_s"], finetuned_query_s=finetuned_query_s,
+        extra_query_s=extra,
     )
     result = holistic_cost(cost_inputs_from_audit(entries, base))
+    interval = measured["extra_query_s"]
+    result["extra_query"] = {
+        "mean_s": interval["mean"], "low_s": interval["low"], "high_s": interval["high"],
+        "n": interval["n"], "unit": interval["unit"], "confidence": 0.95,
+        "spans_zero": interval["low"] is not None and interval["low"] <= 0.0 <= interval["high"],
+        "counted_s": extra, "note": why,
+    }
     result["measured"] = measured
+    result["warnings"] = []
     if not result["inputs"]["forget_samples"]:
-        hooks.say("the audit trail has no forget yet: erase's U counts only the prefix rebuild; "
-                  "run some forgets for a measured deletion cost")
-    return result
+        result["warnings"].append("the audit trail has no forget yet: erase's U counts only the "
+                                  "prefix rebuild; run some forgets for a measured deletion cost")
+    given = {"queries_per_deletion": queries_per_deletion, "sisa_epochs": sisa_epochs,
+             "train_multiplier": train_multiplier, "tokens_per_example": tokens_per_example,
+             "per_token_inference_s": per_token_s, "finetuned_query_s": finetuned_query_s}
+    rounded = round_sig(result)
+    rounded["queries_per_deletion"] = queries_per_deletion
+    rounded["inputs"].update({k: v for k, v in given.items() if v is not None})
+    return rounded

@@ -74,7 +74,7 @@ SECRET = "secret"
 CACHE_DIR = "cache"
 JOURNAL_DIR = "journal"
 LOCK = "lock"
-ACTIONS = frozenset({"ingest", "fit", "forget", "upgrade"})
+ACTIONS = frozenset({"ingest", "fit", "forget", "upgrade", "export"})
 
 # The only names a journal may replace or delete: a planted journal.json can name nothing else,
 # so it can never reach outside the store (no "..", no absolute path, no unknown file).

@@ -175,7 +175,7 @@ def test_ask_and_verify_need_a_fresh_fit(store, tmp_path):
     assert r.exit_code == 1 and "erase fit" in json.loads(r.stdout)["error"]["message"]
 
 
-COMMANDS = ["ingest", "fit", "forget", "ask", "eval", "cost", "status", "verify", "log"]
+COMMANDS = ["ingest", "fit", "forget", "ask", "eval", "cost", "status", "verify", "log", "export"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -98,6 +98,27 @@ def test_normalise_vector_survives_extreme_magnitudes():
     np.testing.assert_array_equal(tiny, [1.0, 0.0])
 
 
+@pytest.mark.parametrize("dim", [2, 8, 32, 384])
+def test_normalise_vector_leaves_a_stored_embedding_bit_identical(dim):
+    """An export's vectors (float32 written exactly as float64 text, or as shortest float32
+    text) re-ingested with --vector-field must be stored bit for bit as they were, or a fit of the
+    copy could differ from the original's."""
+    rng = np.random.default_rng(dim)
+    for _ in range(500):
+        raw = rng.normal(size=dim) * rng.uniform(1e-3, 1e3)
+        stored = normalise_vector(raw.tolist())
+        exact = orjson.loads(orjson.dumps(stored.astype(np.float64).tolist()))
+        short = orjson.loads(orjson.dumps(stored, option=orjson.OPT_SERIALIZE_NUMPY))
+        for again in (normalise_vector(exact), normalise_vector(short), normalise_vector(stored)):
+            assert again.dtype == np.float32
+            assert again.tobytes() == stored.tobytes()
+
+
+def test_normalise_vector_still_normalises_near_unit_float64_input():
+    v = normalise_vector([0.6 * (1 + 1e-3), 0.8 * (1 + 1e-3)])
+    assert abs(float(np.dot(v.astype(np.float64), v)) - 1.0) < 1e-6
+
+
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
