@@ -37,7 +37,7 @@ import orjson
 from erase_cli import config
 from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
-from erase_cli.select import kmeans_float, knn_examples, random_examples
+from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 
 METHODS = ("erase", "kmeans", "random", "zero", "knn")
 _SHARED_PREFIX = ("erase", "kmeans", "random", "zero")
