@@ -1,9 +1,9 @@
 """Example-selection baselines for `erase eval` (SPEC 3b).
 
 The quantized, exactly unlearnable selection lives in qkmeans.py. These are the references it is
-compared against: unquantized k-means (Auto-CoT / ACoT), a hash-ranked random choice and per-query
-nearest neighbours (KATE). Pure numpy functions; every tie is broken by the id's UTF-8 bytes so a
-result does not depend on row order.
+compared against: unquantized k-means (Auto-CoT / ACoT, through scikit-learn as Auto-CoT does), a
+hash-ranked random choice and per-query nearest neighbours (KATE). Every tie is broken by the id's
+UTF-8 bytes so a result does not depend on row order.
 """
 
 from __future__ import annotations
@@ -29,92 +29,49 @@ def _check_k(k: int) -> None:
 def kmeans_float(
     x: np.ndarray, ids: Sequence[str], k: int, seed: int, max_iter: int
 ) -> list[tuple[int, str]]:
-    """Float k-means++ (D^2 sampling) then Lloyd, and the member nearest each centroid.
+    """Auto-CoT's selection: scikit-learn KMeans, then the member nearest each centre.
 
-    x: float32 (n, d) embeddings; ids: n strings. Returns [(cluster, id)] in cluster order, one
-    entry per non-empty cluster (at most min(k, distinct points)). This is the Auto-CoT selection
-    with nothing quantized, so it is not exactly unlearnable: the eval baseline for `erase`.
-    Rows are put in canonical id order first, so the result depends on the set, not the order.
+    x: float (n, d) embeddings, unprojected; ids: n strings. Rows are put in canonical id order,
+    then clustered with `KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=max_iter,
+    tol=0, random_state=seed)`; the demonstration of each cluster is its member nearest the
+    centre, ties by id. Returns [(cluster, id)] in cluster order, one entry per non-empty cluster.
+    k is capped at the number of distinct rows (KMeans needs at least k samples, and duplicate
+    centres would leave clusters empty). Nothing is quantized, so this is not exactly
+    unlearnable: it is the eval baseline for `erase`.
     """
+    from sklearn.cluster import KMeans  # imported here: only `erase eval` needs it
+
     _check_k(k)
-    if max_iter < 0:
-        raise InvalidParameter(f"max_iter must be 0 or more, got {max_iter}")
+    if max_iter < 1:
+        raise InvalidParameter(f"max_iter must be at least 1, got {max_iter}")
     n = len(ids)
     if n == 0:
         return []
     order = _canonical_order(ids)
-    pts = np.asarray(x, dtype=np.float64)[order]
+    pts = np.asarray(x)[order]
     sorted_ids = [ids[i] for i in order]
-    rng = np.random.default_rng(seed)
-    centres = _kmeanspp(pts, k, rng)
-    labels = _assign(pts, centres)
-    for _ in range(max_iter):
-        centres = _update(pts, labels, centres)
-        new_labels = _assign(pts, centres)
-        # Float Lloyd has a fixed point; stopping there is what Auto-CoT's sklearn KMeans does.
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return _nearest_members(pts, sorted_ids, labels, centres)
-
-
-def _kmeanspp(pts: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Standard k-means++: first centre uniform, then each next one with probability ∝ D^2.
-
-    Assumes pts (n, d) float64 with n >= 1. Stops early when every point sits on a centre.
-    """
-    n = pts.shape[0]
-    chosen = [int(rng.integers(n))]
-    d2 = np.sum((pts - pts[chosen[0]]) ** 2, axis=1)
-    while len(chosen) < k:
-        total = float(d2.sum())
-        if total <= 0.0:
-            break
-        nxt = int(rng.choice(n, p=d2 / total))
-        chosen.append(nxt)
-        d2 = np.minimum(d2, np.sum((pts - pts[nxt]) ** 2, axis=1))
-    return pts[chosen].copy()
-
-
-def _sq_dists(pts: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(n, k) squared Euclidean distances, clipped at 0 against rounding."""
-    d = (
-        np.sum(pts * pts, axis=1)[:, None]
-        - 2.0 * pts @ centres.T
-        + np.sum(centres * centres, axis=1)[None, :]
-    )
-    return np.maximum(d, 0.0)
-
-
-def _assign(pts: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    # argmin returns the first minimum: ties go to the lower cluster index.
-    return np.argmin(_sq_dists(pts, centres), axis=1)
-
-
-def _update(pts: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Cluster means; an empty cluster keeps its previous centre."""
-    k, d = centres.shape
-    sums = np.zeros((k, d))
-    np.add.at(sums, labels, pts)
-    counts = np.bincount(labels, minlength=k)
-    out = centres.copy()
-    filled = counts > 0
-    out[filled] = sums[filled] / counts[filled, None]
-    return out
+    n_clusters = min(k, len(np.unique(pts, axis=0)))
+    km = KMeans(
+        n_clusters=n_clusters, init="k-means++", n_init=1, max_iter=max_iter, tol=0,
+        random_state=seed,
+    ).fit(pts)
+    return _nearest_members(pts, sorted_ids, km.labels_, km.cluster_centers_)
 
 
 def _nearest_members(
     pts: np.ndarray, ids: list[str], labels: np.ndarray, centres: np.ndarray
 ) -> list[tuple[int, str]]:
     """Per non-empty cluster, its member nearest the centre; ties by id (rows are id-sorted)."""
-    d = _sq_dists(pts, centres)
+    p = np.asarray(pts, dtype=np.float64)
+    c = np.asarray(centres, dtype=np.float64)
     picks = []
-    for j in range(centres.shape[0]):
+    for j in range(c.shape[0]):
         members = np.flatnonzero(labels == j)
         if members.size == 0:
             continue
+        d = np.sum((p[members] - c[j]) ** 2, axis=1)
         # Rows are in id order, so argmin's first-minimum rule is the id tie-break.
-        best = members[int(np.argmin(d[members, j]))]
+        best = members[int(np.argmin(d))]
         picks.append((j, ids[best]))
     return picks
 
