@@ -23,7 +23,7 @@ def _canonical_order(ids: Sequence[str]) -> np.ndarray:
 
 def _check_k(k: int) -> None:
     if k < 1:
-        raise InvalidParameter(f"k must be at least 1, got {k}; pass -k 1 or more")
+        raise InvalidParameter(f"k must be at least 1, got {k}; use k = 1 or more")
 
 
 def kmeans_float(
