@@ -37,7 +37,7 @@ import orjson
 from erase_cli import config
 from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
-from erase_cli.select import kmeans_float, knn_examples, random_examples
+from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 
 METHODS = ("erase", "kmeans", "random", "zero", "knn")
 _SHARED_PREFIX = ("erase", "kmeans", "random", "zero")
@@ -316,9 +316,10 @@ def run_eval(
 ) -> dict:
     """Evaluate each method on the task's test items; returns a JSON-ready dict.
 
-    erase uses the config defaults (eps, dim, max_iter) with this k and seed; kmeans runs the
-    same k, seed and number of Lloyd iterations on the unprojected float embeddings, so the two
-    differ only by quantization and projection.
+    erase uses the config defaults (eps, dim, max_iter) with this k and seed; kmeans is Auto-CoT's
+    selection, scikit-learn KMeans with the same k, max_iter and seed (as random_state) on the
+    unprojected float embeddings. The two differ by quantization, projection and the seeding
+    draw (sklearn's greedy k-means++ from a seeded stream, erase's hash race).
 
     `generator` / `embedder` replace the real models (tests pass the fakes). One model load and
     one embedding pass serve every method; a shared-prefix method sets its prefix once.

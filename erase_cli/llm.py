@@ -2,7 +2,8 @@
 
 The demonstration prefix is evaluated once and kept in the context; each query rewinds to the end
 of the prefix and pays only for its own tokens. The prefix's KV state can be written to a file and
-loaded by a later process. `llama_cpp` is imported only when a model is loaded.
+loaded by a later process. `llama_cpp` is imported only when a model is loaded, and only
+LlamaBackend touches it.
 """
 
 from __future__ import annotations
@@ -148,6 +149,109 @@ def _prefix_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class LlamaBackend:
+    """Every llama.cpp call this module makes, behind a handful of methods.
+
+    Written against llama-cpp-python 0.3.36 (pinned in pyproject.toml). Its public `Llama` API
+    cannot rewind a sequence without resetting the logits or score only the last token's logits
+    without `logits_all`, so this class uses private attributes of `Llama` (`_ctx`, `_batch`,
+    `_model`) and the low-level `llama_state_seq_*` / `llama_vocab_is_eog` functions. Check it
+    first when upgrading llama-cpp-python; nothing else in erase touches llama.cpp.
+    One sequence (id 0) per context.
+    """
+
+    def __init__(self, model_path: str, *, n_ctx: int, n_threads: int, n_gpu_layers: int):
+        from llama_cpp import Llama  # heavy: imported only when a model is needed
+
+        try:
+            self._llm = Llama(
+                model_path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=False,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise ModelInvalid(
+                f"llama.cpp could not load {model_path!r} ({exc}); check that it is a complete "
+                "GGUF file of an architecture this llama-cpp-python supports"
+            ) from exc
+
+    def n_ctx(self) -> int:
+        return self._llm.n_ctx()
+
+    def n_ctx_train(self) -> int:
+        return self._llm._model.n_ctx_train()
+
+    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
+        """Tokens of `text` (no special-token parsing), with BOS first when `bos`."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+
+    def truncate(self, n_tokens: int) -> None:
+        """Remove the sequence's KV cells from position `n_tokens` on (the rest of the context is
+        kept): attention no longer sees them, and evaluation may continue at `n_tokens`."""
+        self._llm._ctx.kv_cache_seq_rm(0, n_tokens, -1)
+
+    def eval(self, tokens: Sequence[int], n_past: int, *, all_logits: bool = False) -> np.ndarray:
+        """Evaluate `tokens` at positions n_past, n_past+1, ...; return copies of the logits.
+
+        Shape (n_vocab,) for the last token, or (len(tokens), n_vocab) with `all_logits`. Copies
+        matter: llama.cpp reuses its logits buffer, and truncating does not restore it (ENV-NOTES).
+        """
+        llm = self._llm
+        n_vocab = llm.n_vocab()
+        rows = []
+        last = None
+        pos = n_past
+        for start in range(0, len(tokens), llm.n_batch):
+            chunk = list(tokens[start:start + llm.n_batch])
+            llm._batch.set_batch(batch=chunk, n_past=pos, logits_all=all_logits)
+            llm._ctx.decode(llm._batch)
+            pos += len(chunk)
+            if all_logits:
+                out = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk) * n_vocab,))
+                rows.append(out.reshape(len(chunk), n_vocab).copy())
+            else:
+                last = np.ctypeslib.as_array(llm._ctx.get_logits_ith(len(chunk) - 1), shape=(n_vocab,))
+        if all_logits:
+            return np.concatenate(rows) if rows else np.empty((0, n_vocab), np.float32)
+        return last.copy()
+
+    def is_end_of_generation(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token))
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return self._llm._model.detokenize(list(tokens))
+
+    def save_state(self) -> bytes:
+        """The sequence's KV state (no logits, no scores array)."""
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (llama_cpp.ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        return bytes(buf)[:written]
+
+    def load_state(self, state: bytes) -> bool:
+        """Replace the sequence with `state` from `save_state`; False (sequence left empty) when
+        llama.cpp rejects it."""
+        import llama_cpp
+
+        self.truncate(0)
+        if not state:
+            return True
+        buf = (llama_cpp.ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), 0) == 0:
+            self.truncate(0)
+            return False
+        return True
+
+
 class LlamaGenerator:
     """llama.cpp on CPU or GPU; one context, one sequence, prefix kept between queries."""
 
@@ -171,7 +275,7 @@ class LlamaGenerator:
         self._n_threads = n_threads or os.cpu_count() or 1
         self._n_gpu_layers = n_gpu_layers
         self._reserve = reserve_tokens
-        self._llm = None
+        self._backend = None
         self._pos = 0  # tokens currently in the context's sequence
         self._prefix_len = 0
         self._prefix_text: str | None = None
@@ -180,37 +284,23 @@ class LlamaGenerator:
     # -- model and context -------------------------------------------------------------------
 
     def _load(self, n_ctx: int) -> None:
-        from llama_cpp import Llama  # heavy: imported only when a model is needed
-
-        self._llm = None  # free the previous context before allocating a new one
-        try:
-            self._llm = Llama(
-                self.model_path,
-                n_ctx=n_ctx,
-                n_threads=self._n_threads,
-                n_threads_batch=self._n_threads,
-                n_gpu_layers=self._n_gpu_layers,
-                logits_all=False,
-                verbose=False,
-            )
-        except ValueError as exc:
-            raise ModelInvalid(
-                f"llama.cpp could not load {self.model_path!r} ({exc}); check that it is a complete "
-                "GGUF file of an architecture this llama-cpp-python supports"
-            ) from exc
+        self._backend = None  # free the previous context before allocating a new one
+        self._backend = LlamaBackend(
+            self.model_path, n_ctx=n_ctx, n_threads=self._n_threads, n_gpu_layers=self._n_gpu_layers
+        )
         self._pos = 0
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx() if self._llm is not None else 0
+        return self._backend.n_ctx() if self._backend is not None else 0
 
     @property
     def n_ctx_train(self) -> int:
-        return self._llm._model.n_ctx_train()
+        return self._backend.n_ctx_train()
 
     def _ensure_context(self, prefix_tokens: int) -> None:
         """Load the model; without --n-ctx, size the context for the prefix plus a question."""
-        if self._llm is None:
+        if self._backend is None:
             self._load(self._n_ctx_flag or DEFAULT_N_CTX)
             if self._n_ctx_flag is not None and self._n_ctx_flag > self.n_ctx_train:
                 raise InvalidParameter(
@@ -224,38 +314,21 @@ class LlamaGenerator:
                 self._load(want)
 
     def _tokenize(self, text: str, *, bos: bool = False) -> list[int]:
-        if not text:
-            return self._llm.tokenize(b"", add_bos=True, special=False) if bos else []
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+        if not text and not bos:
+            return []
+        return self._backend.tokenize(text, bos=bos)
 
     def _rewind(self, pos: int) -> None:
         self._pos = pos
 
     def _decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        """Evaluate `tokens` at the current position; return copies of the logits.
-
-        Shape (n_vocab,) for the last token, or (len(tokens), n_vocab) with `all_logits`. Copies
-        matter: llama.cpp reuses its logits buffer, and rewinding does not restore it (ENV-NOTES).
-        """
-        llm = self._llm
+        """Evaluate `tokens` at the current position and advance it; return the logits (see
+        LlamaBackend.eval)."""
         # Cells past the rewind point belong to an earlier query; attention must not see them.
-        llm._ctx.kv_cache_seq_rm(0, self._pos, -1)
-        n_vocab = llm.n_vocab()
-        rows = []
-        last = None
-        for start in range(0, len(tokens), llm.n_batch):
-            chunk = list(tokens[start:start + llm.n_batch])
-            llm._batch.set_batch(batch=chunk, n_past=self._pos, logits_all=all_logits)
-            llm._ctx.decode(llm._batch)
-            self._pos += len(chunk)
-            if all_logits:
-                out = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk) * n_vocab,))
-                rows.append(out.reshape(len(chunk), n_vocab).copy())
-            else:
-                last = np.ctypeslib.as_array(llm._ctx.get_logits_ith(len(chunk) - 1), shape=(n_vocab,))
-        if all_logits:
-            return np.concatenate(rows) if rows else np.empty((0, n_vocab), np.float32)
-        return last.copy()
+        self._backend.truncate(self._pos)
+        out = self._backend.eval(tokens, self._pos, all_logits=all_logits)
+        self._pos += len(tokens)
+        return out
 
     def _check_fits(self, query_tokens: int, answer_tokens: int) -> None:
         need = self._prefix_len + query_tokens + answer_tokens
@@ -293,8 +366,6 @@ class LlamaGenerator:
         A missing, foreign or damaged file is a miss, never an error: the prefix is then evaluated
         and the caller saves a fresh file over it.
         """
-        import llama_cpp
-
         try:
             blob = path.read_bytes()
         except OSError:
@@ -308,29 +379,20 @@ class LlamaGenerator:
             or header.get("model") != model_identity(self.model_path)
         ):
             return False
-        self._llm._ctx.kv_cache_seq_rm(0, 0, -1)
         if n_tokens == 0:
+            self._backend.truncate(0)
             return True
-        buf = (llama_cpp.ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), 0) == 0:
-            self._llm._ctx.kv_cache_seq_rm(0, 0, -1)
-            return False
-        return True
+        return self._backend.load_state(state)
 
     def save_prefix(self, path: Path) -> None:
         """Write the prefix's KV state (this sequence only: no logits, no scores array) to `path`,
         atomically and owner-only."""
-        import llama_cpp
-
         if self._prefix_text is None:
             raise RuntimeError("save_prefix before set_prefix")
-        ctx = self._llm._ctx
         # The context may hold a query after the prefix; the file must hold the prefix alone.
-        ctx.kv_cache_seq_rm(0, self._prefix_len, -1)
+        self._backend.truncate(self._prefix_len)
         self._pos = min(self._pos, self._prefix_len)
-        size = llama_cpp.llama_state_seq_get_size(ctx.ctx, 0)
-        buf = (llama_cpp.ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx.ctx, buf, size, 0)
+        state = self._backend.save_state()
         header = {
             "format": KV_FORMAT,
             "model": model_identity(self.model_path),
@@ -338,7 +400,7 @@ class LlamaGenerator:
             "prefix_sha256": _prefix_digest(self._prefix_text),
         }
         head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-        atomic_write(Path(path), KV_MAGIC + _HEADER_LEN.pack(len(head)) + head + bytes(buf)[:written])
+        atomic_write(Path(path), KV_MAGIC + _HEADER_LEN.pack(len(head)) + head + state)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -374,8 +436,6 @@ class LlamaGenerator:
     def generate(self, query: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int]:
         """Greedy continuation of the query, cut at the first stop string or end-of-generation
         token, at most `max_tokens` tokens. Returns (text, tokens evaluated)."""
-        import llama_cpp
-
         if self._prefix_text is None:
             raise RuntimeError("generate before set_prefix")
         if max_tokens < 1:
@@ -388,14 +448,13 @@ class LlamaGenerator:
         self._rewind(self._prefix_len)
         logits = self._decode(query_tokens)
         evaluated = len(query_tokens)
-        vocab = self._llm._model.vocab
         pieces = b""
         text = ""
         for step in range(max_tokens):
             token = int(np.argmax(logits))
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
+            if self._backend.is_end_of_generation(token):
                 break
-            pieces += self._llm._model.detokenize([token])
+            pieces += self._backend.detokenize([token])
             text = pieces.decode("utf-8", errors="ignore")
             cut = _first_stop(text, stop, len(tail))
             if cut is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -129,33 +129,34 @@ class Params:
         return d_in if self.dim is None else self.dim
 
     def validate(self, d_in: int) -> None:
-        """Raise InvalidParameter naming the option and an acceptable value."""
+        """Raise InvalidParameter naming the parameter and an acceptable value (no CLI flag names:
+        the caller may be the CLI, a test or a library user)."""
         if not _is_int(self.k) or not 1 <= self.k <= MAX_K:
-            raise InvalidParameter(f"k must be between 1 and {MAX_K} (got {self.k}); pass e.g. -k 8")
+            raise InvalidParameter(f"k must be between 1 and {MAX_K} (got {self.k}); use e.g. k = 8")
         if not _is_int(self.max_iter) or not 1 <= self.max_iter <= MAX_ITER:
             raise InvalidParameter(
-                f"max_iter must be between 1 and {MAX_ITER} (got {self.max_iter}); pass e.g. --max-iter 3"
+                f"max_iter must be between 1 and {MAX_ITER} (got {self.max_iter}); use e.g. max_iter = 3"
             )
         if not _is_int(self.seed) or not 0 <= self.seed < 1 << 63:
             raise InvalidParameter(
-                f"seed must be an integer in [0, 2**63) (got {self.seed}); pass --seed 0 or another "
+                f"seed must be an integer in [0, 2**63) (got {self.seed}); use 0 or another "
                 "non-negative integer"
             )
         if not (isinstance(self.eps, (int, float, np.floating)) and bool(np.isfinite(self.eps)) and self.eps > 0):
-            raise InvalidParameter(f"eps must be a positive number (got {self.eps}); pass e.g. --eps 0.1")
+            raise InvalidParameter(f"eps must be a positive number (got {self.eps}); use e.g. eps = 0.1")
         if self.E < 1:
             raise InvalidParameter(
-                f"eps {self.eps} rounds to a zero lattice step at 2**-16 resolution; pass --eps "
+                f"eps {self.eps} rounds to a zero lattice step at 2**-16 resolution; use eps = "
                 f"{1 / SCALE:.8f} or more"
             )
         if self.eps > 16:
             raise InvalidParameter(
-                f"eps {self.eps} is far larger than the distance between unit vectors; pass --eps 2 or less"
+                f"eps {self.eps} is far larger than the distance between unit vectors; use eps = 2 or less"
             )
         if self.dim is not None and (not _is_int(self.dim) or not 1 <= self.dim <= d_in):
             raise InvalidParameter(
-                f"dim must be between 1 and the embedding dimension {d_in} (got {self.dim}); pass "
-                f"--dim {min(d_in, 32)} or leave --dim out"
+                f"dim must be between 1 and the embedding dimension {d_in} (got {self.dim}); use "
+                f"dim = {min(d_in, 32)}, or no dim to keep the embedding dimension"
             )
 
 
@@ -289,7 +290,7 @@ def _check_bounds(max_abs: int, E: int, d: int) -> None:
     if d * (2 * max_abs + E) ** 2 >= _EXACT:
         raise InvalidInput(
             f"vectors too large for exact fixed-point arithmetic (largest |coordinate| "
-            f"{max_abs / SCALE:.3g}); ingest L2-normalised embeddings or use a smaller --eps"
+            f"{max_abs / SCALE:.3g}); ingest L2-normalised embeddings or use a smaller eps"
         )
 
 
@@ -538,6 +539,16 @@ def _exact_key(a: int, w: int) -> decimal.Decimal:
     return _DECIMAL.divide(-_DECIMAL.ln(_DECIMAL.divide(decimal.Decimal(a), decimal.Decimal(_TWO54))), w)
 
 
+class _RaceCandidate(NamedTuple):
+    """A record whose float race key is within _RACE_GAP of the round's minimum."""
+
+    key: float  # -ln(U) / weight, accurate to a few ulp
+    a: int  # the odd integer numerator of U = a / 2**54 (for the exact key)
+    weight: int  # exact squared distance to the nearest centre (1 in round 0)
+    id: str
+    x: np.ndarray  # the record's working-space vector, a copy
+
+
 def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.ndarray,
           progress: Progress | None) -> tuple[list[str], np.ndarray]:
     """Continue the k-means++ race after the kept winners; returns (winner ids, (k_eff, d) centres)."""
@@ -552,7 +563,7 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
     for r in range(len(winners), params.k):
         mix = _hash(params.seed, _TAG_RACE, r)
         best = float("inf")
-        cands: list[tuple[float, int, int, str, np.ndarray]] = []
+        cands: list[_RaceCandidate] = []
         any_weight = False
         Pf = pending.astype(np.float64)
         p2 = np.einsum("ij,ij->i", Pf, Pf)
@@ -587,9 +598,9 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
                 continue
             best = min(best, kmin)
             limit = best * (1 + _RACE_GAP)
-            cands = [c for c in cands if c[0] <= limit]
+            cands = [c for c in cands if c.key <= limit]
             for i in np.flatnonzero(key <= limit):
-                cands.append((float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].copy()))
+                cands.append(_RaceCandidate(float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].copy()))
         if off != n:
             raise ValueError(f"source yielded {off} records but reports n = {n}")
         if first_pass:
@@ -600,10 +611,10 @@ def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.
         if len(cands) == 1:
             win = cands[0]
         else:
-            win = min(cands, key=lambda c: (_exact_key(c[1], c[2]), c[3]))
-        winners.append(win[3])
-        centres.append(win[4])
-        pending = win[4][None, :]
+            win = min(cands, key=lambda c: (_exact_key(c.a, c.weight), c.id))
+        winners.append(win.id)
+        centres.append(win.x)
+        pending = win.x[None, :]
         if progress:
             progress("k-means++", r + 1, params.k)
     return winners, np.asarray(centres, dtype=np.int64).reshape(len(winners), d)
@@ -812,6 +823,11 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
     batch = set(ids)
     rounds = [r for r, rid in enumerate(state.init_ids) if rid in batch]
     if rounds:
+        # A k-means++ winner is in the batch. Why exact: a record's race key depends only on
+        # (seed, round, id) and its distance to the earlier winners, and a round's winner is the
+        # minimum key. Rounds before r had winners outside the batch, so removing the batch (which
+        # only removes losing keys there) leaves those winners, hence their centres, unchanged.
+        # From round r on, the race and all of Lloyd are rerun on the survivors: what fit does.
         r = rounds[0]
         cert = Certificate([(0, j) for j in rounds], r, None)
         new = _fit_from_race(survivors, p, state.d_in, state.init_ids[:r], state.centroids[0, :r], progress)
@@ -819,6 +835,11 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
 
     t0, changed, dS, dN = _trace(state, x)
     if t0 is not None:
+        # The race is untouched (no winner removed) but centroid t0 moves. Why exact: for t < t0
+        # every C[t] is the same, so every survivor gets the same label, and the survivors' sums
+        # and counts are the stored integers minus the batch's contributions (integer
+        # subtraction, no rounding); re-quantizing them gives the stored C[t], as _trace checked.
+        # From iteration t0 on, Lloyd runs on the survivors from those exact statistics.
         cert = Certificate([(t0, j) for j in changed], None, t0)
         centroids = state.centroids.copy()
         sums = state.sums - dS
@@ -827,6 +848,13 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
         new = _finish(survivors, p, state.d_in, d, state.init_ids, centroids, sums, counts, n_new, progress)
         return new, cert
 
+    # No crossing. Why exact: the race and every C[t] are unchanged (checked above), so fit on
+    # the survivors follows the same trajectory; its sums and counts are the stored ones minus the
+    # batch's (exact integers), and the final assignment to C[T] is unchanged for every survivor,
+    # so the final counts drop exactly the batch's labels. A candidate list is sorted by
+    # (distance, id) over the cluster's members: removing ids keeps the rest in order and still
+    # the nearest survivors, so its head (the cluster's example) is the one fit would pick. A
+    # list emptied while its cluster keeps members is rescanned over the survivors.
     cert = Certificate([], None, None)
     labels, _ = assign(x, state.centroids[T])
     final_counts = state.final_counts - np.bincount(labels, minlength=k)

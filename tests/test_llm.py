@@ -371,3 +371,26 @@ def test_prompt_too_long_names_the_fix(smol):
     generator = llm.LlamaGenerator(smol, n_ctx=256, n_threads=THREADS)
     with pytest.raises(PromptTooLong, match="-k"):
         generator.set_prefix(prefix_text(FMT, DEMOS * 6))
+
+
+def test_only_the_backend_touches_llama_cpp():
+    """Private Llama attributes and llama_cpp calls stay inside LlamaBackend (pinned version)."""
+    import ast
+    import inspect
+
+    from erase_cli import llm
+
+    tree = ast.parse(inspect.getsource(llm))
+    backend = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LlamaBackend")
+    inside = {id(n) for n in ast.walk(backend)}
+    private = {"_ctx", "_batch", "_model"}
+    for node in ast.walk(tree):
+        if id(node) in inside:
+            continue
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in private, f"line {node.lineno}: .{node.attr} outside LlamaBackend"
+        if isinstance(node, ast.Name):
+            assert node.id != "llama_cpp", f"line {node.lineno}: llama_cpp outside LlamaBackend"
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
+            assert not any(n.startswith("llama_cpp") for n in names), f"line {node.lineno}"

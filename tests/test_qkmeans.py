@@ -454,21 +454,23 @@ def test_certificate_reports_winner_and_first_iteration():
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        (dict(k=0), "-k"),
-        (dict(eps=0.0), "--eps"),
-        (dict(eps=1e-7), "--eps"),
-        (dict(eps=float("nan")), "--eps"),
-        (dict(dim=0), "--dim"),
-        (dict(dim=9), "--dim"),
-        (dict(max_iter=0), "--max-iter"),
-        (dict(seed=-1), "--seed"),
-        (dict(seed=2**63), "--seed"),
+        (dict(k=0), "k = 8"),
+        (dict(eps=0.0), "eps = 0.1"),
+        (dict(eps=1e-7), "eps = 0.0000"),
+        (dict(eps=float("nan")), "eps = 0.1"),
+        (dict(dim=0), "dim = 8"),
+        (dict(dim=9), "dim = 8"),
+        (dict(max_iter=0), "max_iter = 3"),
+        (dict(seed=-1), "seed must be"),
+        (dict(seed=2**63), "seed must be"),
     ],
 )
 def test_params_validate_names_the_fix(kwargs, word):
+    """Core messages name the parameter and a value that works, never a CLI flag."""
     p = Params(**{**dict(k=2, eps=0.1, dim=None, seed=0, max_iter=3), **kwargs})
-    with pytest.raises(InvalidParameter, match=word):
+    with pytest.raises(InvalidParameter, match=word) as info:
         p.validate(8)
+    assert "--" not in str(info.value) and "-k" not in str(info.value)
 
 
 def test_huge_vectors_are_refused():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from erase_cli.errors import InvalidParameter
-from erase_cli.select import kmeans_float, knn_examples, random_examples
+from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 
 
 def _blobs(seed=0, per=10):
@@ -36,6 +36,37 @@ def test_kmeans_float_ignores_row_order():
     a = kmeans_float(x, ids, k=3, seed=5, max_iter=10)
     b = kmeans_float(x[perm], [ids[i] for i in perm], k=3, seed=5, max_iter=10)
     assert a == b
+
+
+def test_kmeans_float_is_sklearn_kmeans_on_id_sorted_rows():
+    """Pins the Auto-CoT baseline: sklearn's KMeans with these arguments on the rows in id order,
+    the member nearest each centre (ties by id) as the cluster's demonstration."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(80, 16)).astype(np.float32)
+    ids = [f"id{rng.integers(10**6):06d}-{i}" for i in range(80)]
+    k, seed, t = 6, 42, 3
+    order = sorted(range(len(ids)), key=lambda i: ids[i].encode())
+    xs, sids = x[order], [ids[i] for i in order]
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=t, tol=0, random_state=seed).fit(xs)
+    want = []
+    for j in range(k):
+        members = np.flatnonzero(km.labels_ == j)
+        d = ((xs[members].astype(np.float64) - km.cluster_centers_[j]) ** 2).sum(axis=1)
+        want.append((j, sids[members[int(np.argmin(d))]]))
+    assert kmeans_float(x, ids, k=k, seed=seed, max_iter=t) == want
+
+
+def test_kmeans_float_nearest_member_ties_go_to_the_lower_id():
+    # One cluster at 1.0: "b" (0.0) and "a" (2.0) are equally near; the lower id wins.
+    x = np.array([[0.0], [2.0]], dtype=np.float32)
+    assert kmeans_float(x, ["b", "a"], k=1, seed=0, max_iter=5) == [(0, "a")]
+
+
+def test_kmeans_float_needs_one_iteration():
+    with pytest.raises(InvalidParameter, match="max_iter"):
+        kmeans_float(np.eye(2, dtype=np.float32), ["a", "b"], k=1, seed=0, max_iter=0)
 
 
 def test_kmeans_float_k_larger_than_distinct_points():
