@@ -42,12 +42,12 @@ def synthetic(n: int, seed: int = 7) -> list[dict]:
             a, b = (int(v) for v in rng.integers(2, 50, 2))
             wrong = {a + b + int(d) for d in rng.choice([-3, -2, -1, 1, 2, 3], 3, replace=False)}
             choices = sorted(wrong | {a + b})
-            records.append({"input": f"What is {a} + {b}?", "target": str(a + b),
-                            "choices": [str(c) for c in choices]})
+            records.append({"input": f"What is {a} + {b}?", "target": str(a + b), "choices": [str(c) for c in choices]})
         else:
             v = int(rng.integers(10, 1000))
-            records.append({"input": f"Is {v} even or odd?", "target": "even" if v % 2 == 0 else "odd",
-                            "choices": ["even", "odd"]})
+            records.append(
+                {"input": f"Is {v} even or odd?", "target": "even" if v % 2 == 0 else "odd", "choices": ["even", "odd"]}
+            )
     return records
 
 
@@ -84,9 +84,18 @@ def child(mode: str, model: str, prefix_file: str, threads: int, record_json: st
     t2 = time.perf_counter()
     answer(generator, orjson.loads(record_json))
     t3 = time.perf_counter()
-    print(orjson.dumps({"loaded": info.loaded, "prefix_tokens": info.prefix_tokens,
-                        "setup_s": t1 - t0, "set_prefix_s": t2 - t1, "first_answer_s": t3 - t2,
-                        "ready_s": t3 - t0}).decode())
+    print(
+        orjson.dumps(
+            {
+                "loaded": info.loaded,
+                "prefix_tokens": info.prefix_tokens,
+                "setup_s": t1 - t0,
+                "set_prefix_s": t2 - t1,
+                "first_answer_s": t3 - t2,
+                "ready_s": t3 - t0,
+            }
+        ).decode()
+    )
 
 
 def main() -> None:
@@ -96,8 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per mode")
-    parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "PREFIX_FILE", "RECORD"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "PREFIX_FILE", "RECORD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, model, prefix_file, record = args.child
@@ -107,7 +115,7 @@ def main() -> None:
     started = now_utc()
     model = resolve_model(args.model)
     records, source = sample_records(args.k + args.questions)
-    demos, questions = records[:args.k], records[args.k:]
+    demos, questions = records[: args.k], records[args.k :]
     prefix = prefix_text(FMT, demos)
 
     cached = LlamaGenerator(model, n_threads=args.threads)
@@ -131,8 +139,7 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     mean = {name: statistics.fmean(v) for name, v in times.items()}
     ratio = med["cached"] / med["zero"]
-    log(f"per query: cached {med['cached'] * 1000:.1f} ms, zero-shot {med['zero'] * 1000:.1f} ms, "
-        f"ratio {ratio:.2f}")
+    log(f"per query: cached {med['cached'] * 1000:.1f} ms, zero-shot {med['zero'] * 1000:.1f} ms, ratio {ratio:.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix_file = Path(tmp) / "prefix.kv"
@@ -143,57 +150,98 @@ def main() -> None:
         runs = {"load": [], "rebuild": []}
         for _ in range(args.repeats):
             for mode in ("load", "rebuild"):
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", mode, model,
-                       str(prefix_file), orjson.dumps(questions[0]).decode()]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--threads",
+                    str(args.threads),
+                    "--child",
+                    mode,
+                    model,
+                    str(prefix_file),
+                    orjson.dumps(questions[0]).decode(),
+                ]
                 t = time.perf_counter()
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 wall = time.perf_counter() - t
                 runs[mode].append(orjson.loads(out.strip().splitlines()[-1]) | {"process_wall_s": wall})
     if not all(r["loaded"] for r in runs["load"]):
         raise SystemExit("a child did not load the saved prefix")
-    proc = {mode: {key: statistics.median(r[key] for r in rs)
-                   for key in ("set_prefix_s", "first_answer_s", "ready_s", "process_wall_s")}
-            for mode, rs in runs.items()}
+    proc = {
+        mode: {
+            key: statistics.median(r[key] for r in rs)
+            for key in ("set_prefix_s", "first_answer_s", "ready_s", "process_wall_s")
+        }
+        for mode, rs in runs.items()
+    }
     load_ratio = proc["load"]["set_prefix_s"] / proc["rebuild"]["set_prefix_s"]
-    log(f"new process: load {proc['load']['set_prefix_s'] * 1000:.0f} ms vs rebuild "
-        f"{proc['rebuild']['set_prefix_s'] * 1000:.0f} ms")
+    log(
+        f"new process: load {proc['load']['set_prefix_s'] * 1000:.0f} ms vs rebuild "
+        f"{proc['rebuild']['set_prefix_s'] * 1000:.0f} ms"
+    )
 
     results = {
-        "model": os.path.basename(model), "threads": args.threads, "k": args.k,
-        "questions": len(questions), "data": source, "prefix_tokens": info.prefix_tokens,
-        "prefix_eval_s": prefix_eval_s, "cache_file_bytes": cache_bytes,
-        "per_query_ms": {name: {"median": med[name] * 1000, "mean": mean[name] * 1000,
-                                "p90": float(np.percentile(times[name], 90)) * 1000}
-                         for name in times},
+        "model": os.path.basename(model),
+        "threads": args.threads,
+        "k": args.k,
+        "questions": len(questions),
+        "data": source,
+        "prefix_tokens": info.prefix_tokens,
+        "prefix_eval_s": prefix_eval_s,
+        "cache_file_bytes": cache_bytes,
+        "per_query_ms": {
+            name: {
+                "median": med[name] * 1000,
+                "mean": mean[name] * 1000,
+                "p90": float(np.percentile(times[name], 90)) * 1000,
+            }
+            for name in times
+        },
         "tokens_per_query": {name: statistics.fmean(v) for name, v in tokens.items()},
-        "cached_over_zero_shot_median": ratio, "target_ratio": 1.3, "met": ratio <= 1.3,
-        "new_process": proc, "load_over_rebuild_set_prefix": load_ratio, "new_process_runs": runs,
+        "cached_over_zero_shot_median": ratio,
+        "target_ratio": 1.3,
+        "met": ratio <= 1.3,
+        "new_process": proc,
+        "load_over_rebuild_set_prefix": load_ratio,
+        "new_process_runs": runs,
     }
     table = [
-        ["per query, cached k-shot prefix", f"{med['cached'] * 1000:.1f} ms (median)",
-         f"{mean['cached'] * 1000:.1f} ms", f"{ratio:.2f}x zero-shot (target <= 1.3: "
-         f"{'met' if ratio <= 1.3 else 'not met'})"],
-        ["per query, zero-shot", f"{med['zero'] * 1000:.1f} ms (median)", f"{mean['zero'] * 1000:.1f} ms",
-         "reference"],
-        ["new process: load saved prefix", f"{proc['load']['set_prefix_s'] * 1000:.0f} ms",
-         f"ready {proc['load']['ready_s']:.2f} s, wall {proc['load']['process_wall_s']:.2f} s",
-         f"{load_ratio:.3f}x rebuild"],
-        ["new process: rebuild prefix", f"{proc['rebuild']['set_prefix_s'] * 1000:.0f} ms",
-         f"ready {proc['rebuild']['ready_s']:.2f} s, wall {proc['rebuild']['process_wall_s']:.2f} s",
-         "reference"],
+        [
+            "per query, cached k-shot prefix",
+            f"{med['cached'] * 1000:.1f} ms (median)",
+            f"{mean['cached'] * 1000:.1f} ms",
+            f"{ratio:.2f}x zero-shot (target <= 1.3: {'met' if ratio <= 1.3 else 'not met'})",
+        ],
+        ["per query, zero-shot", f"{med['zero'] * 1000:.1f} ms (median)", f"{mean['zero'] * 1000:.1f} ms", "reference"],
+        [
+            "new process: load saved prefix",
+            f"{proc['load']['set_prefix_s'] * 1000:.0f} ms",
+            f"ready {proc['load']['ready_s']:.2f} s, wall {proc['load']['process_wall_s']:.2f} s",
+            f"{load_ratio:.3f}x rebuild",
+        ],
+        [
+            "new process: rebuild prefix",
+            f"{proc['rebuild']['set_prefix_s'] * 1000:.0f} ms",
+            f"ready {proc['rebuild']['ready_s']:.2f} s, wall {proc['rebuild']['process_wall_s']:.2f} s",
+            "reference",
+        ],
     ]
     write_results(
         "ask",
         started=started,
-        summary=(f"`erase ask` core with {os.path.basename(model)}, {args.threads} threads, k = {args.k} "
-                 f"demonstrations ({info.prefix_tokens} prefix tokens) from {source}, "
-                 f"{len(questions)} questions. Cached prefix / zero-shot per-query median: "
-                 f"{ratio:.2f} (target <= 1.3). Saved prefix file: {cache_bytes / 2**20:.1f} MiB."),
-        timed_region=("per query: LlamaGenerator.score (or generate) of one question in a process that "
-                      "already holds the prefix (cached) or an empty prefix (zero-shot), interleaved, one "
-                      "warm-up each excluded; new process: set_prefix from the saved file vs evaluating it "
-                      f"(median of {args.repeats} fresh processes each; 'ready' adds model load and the "
-                      "first answer, 'wall' is spawn to exit)"),
+        summary=(
+            f"`erase ask` core with {os.path.basename(model)}, {args.threads} threads, k = {args.k} "
+            f"demonstrations ({info.prefix_tokens} prefix tokens) from {source}, "
+            f"{len(questions)} questions. Cached prefix / zero-shot per-query median: "
+            f"{ratio:.2f} (target <= 1.3). Saved prefix file: {cache_bytes / 2**20:.1f} MiB."
+        ),
+        timed_region=(
+            "per query: LlamaGenerator.score (or generate) of one question in a process that "
+            "already holds the prefix (cached) or an empty prefix (zero-shot), interleaved, one "
+            "warm-up each excluded; new process: set_prefix from the saved file vs evaluating it "
+            f"(median of {args.repeats} fresh processes each; 'ready' adds model load and the "
+            "first answer, 'wall' is spawn to exit)"
+        ),
         results=results,
         header=["measurement", "time", "also", "ratio"],
         table=table,
@@ -202,9 +250,15 @@ def main() -> None:
             "the same question alone; the ratio is that attention overhead.",
             "Other jobs share this 2-core machine (see the load average); llama.cpp's worker threads "
             "slow down sharply when they do not each get a core, so absolute times are noisy.",
-        ] + ([f"Run with --threads {args.threads}; `erase ask` defaults to all {os.cpu_count()} cores, "
-              "which on an oversubscribed machine was about 10x slower than 1 thread in a probe."]
-             if args.threads != os.cpu_count() else []),
+        ]
+        + (
+            [
+                f"Run with --threads {args.threads}; `erase ask` defaults to all {os.cpu_count()} cores, "
+                "which on an oversubscribed machine was about 10x slower than 1 thread in a probe."
+            ]
+            if args.threads != os.cpu_count()
+            else []
+        ),
     )
 
 

@@ -55,8 +55,9 @@ def machine() -> dict:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -66,18 +67,38 @@ def command() -> str:
 
 
 def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_results(name: str, *, summary: str, timed_region: str, results: dict, table: list[list],
-                  header: list[str], notes: list[str] = (), started: str | None = None) -> None:
+def write_results(
+    name: str,
+    *,
+    summary: str,
+    timed_region: str,
+    results: dict,
+    table: list[list],
+    header: list[str],
+    notes: list[str] = (),
+    started: str | None = None,
+) -> None:
     """bench/results/<name>.json (everything) and <name>.md (a short table with the context)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"benchmark": name, "command": command(), "date": started or now_utc(), "git_commit": git_commit(),
-            "machine": machine(), "timed_region": timed_region, "summary": summary}
+    meta = {
+        "benchmark": name,
+        "command": command(),
+        "date": started or now_utc(),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "timed_region": timed_region,
+        "summary": summary,
+    }
     (RESULTS / f"{name}.json").write_bytes(
-        orjson.dumps({**meta, "results": results, "notes": list(notes)},
-                     option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS) + b"\n")
+        orjson.dumps(
+            {**meta, "results": results, "notes": list(notes)},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+        )
+        + b"\n"
+    )
     m = meta["machine"]
     lines = [
         f"# {name}",
@@ -112,8 +133,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def clustered_unit(n: int, d: int, *, seed: int, n_centres: int = 64, spread: float = 0.6,
-                   chunk: int = 65536, first_chunk: int = 0):
+def clustered_unit(
+    n: int, d: int, *, seed: int, n_centres: int = 64, spread: float = 0.6, chunk: int = 65536, first_chunk: int = 0
+):
     """Yield float32 chunks of n unit-norm vectors around n_centres random unit directions.
 
     Row i depends on (seed, n, i // chunk) only, so a run can regenerate any slice (first_chunk); the noise norm
@@ -156,5 +178,6 @@ class WithoutSource:
                 yield b
             else:
                 xf = getattr(b, "xf", None)
-                yield Block(b.rows[keep], b.ids[keep], b.idh[keep], b.x[keep],
-                            **({} if xf is None else {"xf": xf[keep]}))
+                yield Block(
+                    b.rows[keep], b.ids[keep], b.idh[keep], b.x[keep], **({} if xf is None else {"xf": xf[keep]})
+                )

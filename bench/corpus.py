@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import CACHE, log
 
 BIGBENCH = Path("/work/shared/bigbench")
@@ -64,8 +63,7 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], int]:
 PART = 8192  # texts per checkpoint file, so an interrupted embedding run resumes
 
 
-def embeddings(n: int, seed: int = 0, batch_size: int = 64, total: int = 100_000
-               ) -> tuple[np.ndarray, list[str], int]:
+def embeddings(n: int, seed: int = 0, batch_size: int = 64, total: int = 100_000) -> tuple[np.ndarray, list[str], int]:
     """(float32 (n, 384) L2-normalised MiniLM embeddings, texts, n_bigbench) of the first n texts
     of the `total`-text corpus, cached on disk in parts of PART texts, so a later call embeds only
     what is missing (and an interrupted run resumes)."""

@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 import orjson
-
 from common import RESULTS, WithoutSource, clustered_unit, log, now_utc, write_results
 from corpus import embeddings
+
 from erase_cli import config
 from erase_cli import qkmeans as qk
 
@@ -130,14 +130,25 @@ def measure(s: dict, X: np.ndarray, n_bb: int, seeds: int, max_deletions: int, b
                 break
     m = len(costs)
     lo, hi = wilson(changed, m)
-    return {**s, "seeds": seeds, "eps_effective": qk.Params(1, s["eps"], None, 0, 1).eps_effective,
-            "k_eff": k_eff, "examples": n_examples, "fit_s": float(np.mean(fit_s)), "crossing_rate": float(np.mean(cross)),
-            "crossing_rate_per_seed": cross, "crossing_sample": min(2000, len(rows)) * seeds, "deletions": m,
-            "crossing_share_deletions": crossed / m, "prompt_change_rate": changed / m,
-            "prompt_change_ci95": [lo, hi], "mean_cost_ms": float(np.mean(costs)) * 1000,
-            "median_cost_ms": float(np.median(costs)) * 1000,
-            "mean_certificate_ms": float(np.mean(cert_ms)) if cert_ms else None,
-            "mean_refit_ms": float(np.mean(refit_ms)) if refit_ms else None}
+    return {
+        **s,
+        "seeds": seeds,
+        "eps_effective": qk.Params(1, s["eps"], None, 0, 1).eps_effective,
+        "k_eff": k_eff,
+        "examples": n_examples,
+        "fit_s": float(np.mean(fit_s)),
+        "crossing_rate": float(np.mean(cross)),
+        "crossing_rate_per_seed": cross,
+        "crossing_sample": min(2000, len(rows)) * seeds,
+        "deletions": m,
+        "crossing_share_deletions": crossed / m,
+        "prompt_change_rate": changed / m,
+        "prompt_change_ci95": [lo, hi],
+        "mean_cost_ms": float(np.mean(costs)) * 1000,
+        "median_cost_ms": float(np.median(costs)) * 1000,
+        "mean_certificate_ms": float(np.mean(cert_ms)) if cert_ms else None,
+        "mean_refit_ms": float(np.mean(refit_ms)) if refit_ms else None,
+    }
 
 
 def plot(rows: list[dict], path) -> None:
@@ -147,7 +158,12 @@ def plot(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharey=True)
-    specs = [("n", "n (records)", True), ("eps", "eps", True), ("dim", "dim (None = 384)", True), ("T", "T (max_iter)", False)]
+    specs = [
+        ("n", "n (records)", True),
+        ("eps", "eps", True),
+        ("dim", "dim (None = 384)", True),
+        ("T", "T (max_iter)", False),
+    ]
     for ax, (key, label, logx) in zip(axes, specs):
         for n, style in ((None, "-"), (10_000, "-"), (100_000, "--")):
             sel = [r for r in rows if key in r["sweep"].split(",") and (key == "n" or r["n"] == n)]
@@ -157,22 +173,53 @@ def plot(rows: list[dict], path) -> None:
             order = np.argsort(xs)
             xs = np.asarray(xs)[order]
             tag = "" if key == "n" else f" n={n:.0e}"
-            ax.plot(xs, np.asarray([r["crossing_rate"] for r in sel])[order], style, marker="o", color="C0",
-                    label="crossing rate" + tag)
-            ax.plot(xs, np.asarray([r["prompt_change_rate"] for r in sel])[order], style, marker="s", color="C3",
-                    label="prompt-change rate" + tag)
+            ax.plot(
+                xs,
+                np.asarray([r["crossing_rate"] for r in sel])[order],
+                style,
+                marker="o",
+                color="C0",
+                label="crossing rate" + tag,
+            )
+            ax.plot(
+                xs,
+                np.asarray([r["prompt_change_rate"] for r in sel])[order],
+                style,
+                marker="s",
+                color="C3",
+                label="prompt-change rate" + tag,
+            )
         ax.axhline(0.05, color="grey", lw=0.8, ls=":")
         if key == "n":
             syn = [r for r in rows if r.get("data") == "synthetic"]
             if syn:
-                ax.plot([r["n"] for r in syn], [r["crossing_rate"] for r in syn], ":", marker="o", color="C0",
-                        mfc="none", label="crossing rate (synthetic vectors)")
-                ax.plot([r["n"] for r in syn], [r["prompt_change_rate"] for r in syn], ":", marker="s",
-                        color="C3", mfc="none", label="prompt-change rate (synthetic vectors)")
+                ax.plot(
+                    [r["n"] for r in syn],
+                    [r["crossing_rate"] for r in syn],
+                    ":",
+                    marker="o",
+                    color="C0",
+                    mfc="none",
+                    label="crossing rate (synthetic vectors)",
+                )
+                ax.plot(
+                    [r["n"] for r in syn],
+                    [r["prompt_change_rate"] for r in syn],
+                    ":",
+                    marker="s",
+                    color="C3",
+                    mfc="none",
+                    label="prompt-change rate (synthetic vectors)",
+                )
         if logx:
             ax.set_xscale("log")
-            ticks = sorted({r[key] if r[key] is not None else 384 for r in rows if key in r["sweep"].split(",")
-                            or key == "n" and r.get("data") == "synthetic"})
+            ticks = sorted(
+                {
+                    r[key] if r[key] is not None else 384
+                    for r in rows
+                    if key in r["sweep"].split(",") or key == "n" and r.get("data") == "synthetic"
+                }
+            )
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
         ax.set_xlabel(label)
@@ -180,8 +227,11 @@ def plot(rows: list[dict], path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("share of single deletions")
-    fig.suptitle(f"MiniLM embeddings (BIG-bench inputs + generated text); defaults k={DEF['k']} eps={DEF['eps']} "
-                 f"dim={DEF['dim']} T={DEF['T']}; dotted line = 5% goal", fontsize=10)
+    fig.suptitle(
+        f"MiniLM embeddings (BIG-bench inputs + generated text); defaults k={DEF['k']} eps={DEF['eps']} "
+        f"dim={DEF['dim']} T={DEF['T']}; dotted line = 5% goal",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -192,8 +242,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="fits per setting (seeds 0..N-1), pooled")
     ap.add_argument("--deletions", type=int, default=200, help="deletions per fit")
     ap.add_argument("--budget", type=float, default=10.0, help="seconds of deletions per fit (min 20 deletions)")
-    ap.add_argument("--no-synthetic", dest="synthetic", action="store_false",
-                    help="skip the synthetic-vector rows for n beyond the corpus")
+    ap.add_argument(
+        "--no-synthetic",
+        dest="synthetic",
+        action="store_false",
+        help="skip the synthetic-vector rows for n beyond the corpus",
+    )
     ap.add_argument("--corpus", type=int, default=N_CORPUS, help="texts to embed / use (settings with more skip)")
     ap.add_argument("--replot", action="store_true", help="redraw crossings.png from results/crossings.json")
     args = ap.parse_args()
@@ -209,9 +263,11 @@ def main() -> None:
         if args.quick and s["n"] > 10_000 or s["n"] > len(X):
             continue
         r = measure(s, X, n_bb, 1 if args.quick else args.seeds, max_del, args.budget)
-        log(f"{s['sweep']:>10} n={r['n']} k={r['k']} eps={r['eps']} dim={r['dim']} T={r['T']}: crossing "
+        log(
+            f"{s['sweep']:>10} n={r['n']} k={r['k']} eps={r['eps']} dim={r['dim']} T={r['T']}: crossing "
             f"{r['crossing_rate']:.3f} prompt {r['prompt_change_rate']:.3f} ({r['deletions']}) "
-            f"cost {r['mean_cost_ms']:.1f} ms")
+            f"cost {r['mean_cost_ms']:.1f} ms"
+        )
         rows.append(r)
     for r in rows:
         r["data"] = "minilm"
@@ -228,31 +284,76 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, RESULTS / "crossings.png")
     at_defaults = [r for r in rows if "n" in r["sweep"].split(",")]
-    notes_missing = ([f"Not measured on MiniLM: n = {missing} (the corpus embedded here holds {len(X)} texts; "
-                      "see the report for why). Rows marked 'synthetic' show the n-trend on synthetic vectors."]
-                     if missing else [])
+    notes_missing = (
+        [
+            f"Not measured on MiniLM: n = {missing} (the corpus embedded here holds {len(X)} texts; "
+            "see the report for why). Rows marked 'synthetic' show the n-trend on synthetic vectors."
+        ]
+        if missing
+        else []
+    )
     goal = {f"n={r['n']}": r["prompt_change_rate"] <= 0.05 for r in at_defaults if r["n"] >= 10_000}
     write_results(
         "crossings",
-        summary=(f"Crossing rate, prompt-change rate and cost per single deletion on MiniLM embeddings (BIG-bench "
-                 f"inputs + generated text), sweeping n, eps, dim, T and k around the defaults {DEF}. Goal "
-                 f"prompt-change <= 5% per deletion at n >= 1e4 at the defaults: {goal}. Plot: crossings.png."),
-        timed_region=("one qkmeans.forget(state, [id], x, survivors) per deletion, in memory (certificate, then "
-                      "example replacement or refit from the first crossing iteration); independent single "
-                      "deletions of random records from one fitted state"),
+        summary=(
+            f"Crossing rate, prompt-change rate and cost per single deletion on MiniLM embeddings (BIG-bench "
+            f"inputs + generated text), sweeping n, eps, dim, T and k around the defaults {DEF}. Goal "
+            f"prompt-change <= 5% per deletion at n >= 1e4 at the defaults: {goal}. Plot: crossings.png."
+        ),
+        timed_region=(
+            "one qkmeans.forget(state, [id], x, survivors) per deletion, in memory (certificate, then "
+            "example replacement or refit from the first crossing iteration); independent single "
+            "deletions of random records from one fitted state"
+        ),
         results={"defaults": DEF, "rows": rows, "goal_prompt_change_le_5pct_at_defaults": goal},
-        header=["data", "sweep", "n", "k", "eps", "dim", "T", "crossing rate", "prompt-change rate", "95% CI", "deletions (all seeds)",
-                "mean cost ms", "certificate ms", "refit ms", "fit s", "examples (mean)"],
-        table=[[r["data"], r["sweep"], r["n"], r["k"], r["eps"], r["dim"] if r["dim"] else "none", r["T"], r["crossing_rate"],
-                r["prompt_change_rate"], f"{r['prompt_change_ci95'][0]:.3f}-{r['prompt_change_ci95'][1]:.3f}",
-                r["deletions"], r["mean_cost_ms"], r["mean_certificate_ms"] or "-", r["mean_refit_ms"] or "-",
-                r["fit_s"], f"{np.mean(r['examples']):.1f}"] for r in rows],
-        notes=notes_missing + ["crossing rate: qkmeans.crossing_rate over up to 2,000 random records of the fitted set; "
-               "prompt-change rate and costs: from the timed deletions (up to --deletions per fit, within "
-               "--budget seconds per fit, at least 20), pooled over the fit seeds; crossing rate = mean over seeds.",
-               "Mean cost = certificate share + refit share: mean over all timed deletions, crossing or not.",
-               "Generated text: recombined BIG-bench fragments (bench/corpus.py).",
-               "Shared 2-core machine with other jobs running: costs are upper bounds."],
+        header=[
+            "data",
+            "sweep",
+            "n",
+            "k",
+            "eps",
+            "dim",
+            "T",
+            "crossing rate",
+            "prompt-change rate",
+            "95% CI",
+            "deletions (all seeds)",
+            "mean cost ms",
+            "certificate ms",
+            "refit ms",
+            "fit s",
+            "examples (mean)",
+        ],
+        table=[
+            [
+                r["data"],
+                r["sweep"],
+                r["n"],
+                r["k"],
+                r["eps"],
+                r["dim"] if r["dim"] else "none",
+                r["T"],
+                r["crossing_rate"],
+                r["prompt_change_rate"],
+                f"{r['prompt_change_ci95'][0]:.3f}-{r['prompt_change_ci95'][1]:.3f}",
+                r["deletions"],
+                r["mean_cost_ms"],
+                r["mean_certificate_ms"] or "-",
+                r["mean_refit_ms"] or "-",
+                r["fit_s"],
+                f"{np.mean(r['examples']):.1f}",
+            ]
+            for r in rows
+        ],
+        notes=notes_missing
+        + [
+            "crossing rate: qkmeans.crossing_rate over up to 2,000 random records of the fitted set; "
+            "prompt-change rate and costs: from the timed deletions (up to --deletions per fit, within "
+            "--budget seconds per fit, at least 20), pooled over the fit seeds; crossing rate = mean over seeds.",
+            "Mean cost = certificate share + refit share: mean over all timed deletions, crossing or not.",
+            "Generated text: recombined BIG-bench fragments (bench/corpus.py).",
+            "Shared 2-core machine with other jobs running: costs are upper bounds.",
+        ],
         started=started,
     )
 

@@ -25,14 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from erase_cli.embed import load_embedder  # noqa: E402
 from erase_cli.evaluate import METHODS, paired_difference, run_eval  # noqa: E402
 from erase_cli.llm import LlamaGenerator, resolve_model  # noqa: E402
 
 BIGBENCH = Path(os.environ.get("ERASE_BIGBENCH", ROOT.parent / "shared" / "bigbench"))
 SAMPLE = ROOT / "sample_data" / "support_intents.jsonl"
-TASKS = ["intent_recognition", "implicatures", "movie_recommendation", "navigate", "snarks",
-         "sports_understanding", "object_counting", "tense"]
+TASKS = [
+    "intent_recognition",
+    "implicatures",
+    "movie_recommendation",
+    "navigate",
+    "snarks",
+    "sports_understanding",
+    "object_counting",
+    "tense",
+]
 
 
 def main() -> None:
@@ -45,8 +54,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=32, help="generation cap (generative tasks)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--merge", type=Path, nargs="*", default=None,
-                    help="only combine these eval.json files (runs split over processes) into --out")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="only combine these eval.json files (runs split over processes) into --out",
+    )
     ap.add_argument("--note", default=None, help="a line for the report (with --merge)")
     args = ap.parse_args()
     if args.merge:
@@ -64,8 +78,16 @@ def main() -> None:
     results = []
     for label, path in paths:
         t0 = time.time()
-        res = run_eval(path, list(METHODS), limit=args.limit, seed=args.seed, k=args.k,
-                       generator=generator, embedder=embedder, max_tokens=args.max_tokens)
+        res = run_eval(
+            path,
+            list(METHODS),
+            limit=args.limit,
+            seed=args.seed,
+            k=args.k,
+            generator=generator,
+            embedder=embedder,
+            max_tokens=args.max_tokens,
+        )
         res["model"] = Path(model).name
         res["wall_s"] = time.time() - t0
         results.append(res)
@@ -103,8 +125,7 @@ def _complete_pairs(res: dict) -> None:
     pairs = [("erase", m) for m in ms if m != "erase"] + [(m, "zero") for m in ms if m != "zero"]
     for a, b in pairs:
         if a in ms and b in ms:
-            res["paired"][f"{a}-{b}"] = paired_difference(
-                ms[a]["per_item"]["correct"], ms[b]["per_item"]["correct"])
+            res["paired"][f"{a}-{b}"] = paired_difference(ms[a]["per_item"]["correct"], ms[b]["per_item"]["correct"])
 
 
 def summary(results: list[dict]) -> dict:
@@ -115,9 +136,13 @@ def summary(results: list[dict]) -> dict:
     pooled_e, pooled_r, means = [], [], []
     for res in results:
         ek = res["paired"].get("erase-kmeans")
-        beats_zero = [m for m in res["methods"] if m != "zero"
-                      and (res["paired"].get(f"{m}-zero") or {}).get("low") is not None
-                      and res["paired"][f"{m}-zero"]["low"] > 0]
+        beats_zero = [
+            m
+            for m in res["methods"]
+            if m != "zero"
+            and (res["paired"].get(f"{m}-zero") or {}).get("low") is not None
+            and res["paired"][f"{m}-zero"]["low"] > 0
+        ]
         per_task[res["task"]] = {
             # "includes 0 or lies above it" is the same as: the upper end is not below 0.
             "erase_minus_kmeans_ok": ek is not None and ek["high"] is not None and ek["high"] >= 0,
@@ -197,10 +222,13 @@ def markdown(doc: dict) -> str:
         chance = res.get("chance")
         head = f"## {res['task']} ({res['kind']}, {res['n_test']} test / {res['n_train']} train"
         head += f", chance {chance:.2f})" if chance is not None else ")"
-        out += [head, "",
-                "| method | accuracy [95% CI] | mean-logprob acc | erase − method | "
-                "method − zero | top share | ms/query mean / median |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            head,
+            "",
+            "| method | accuracy [95% CI] | mean-logprob acc | erase − method | "
+            "method − zero | top share | ms/query mean / median |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m, v in res["methods"].items():
             mean_acc = v.get("accuracy_mean_logprob")
             out.append(
@@ -215,19 +243,22 @@ def markdown(doc: dict) -> str:
     out += ["## Summary against SPEC 7", ""]
     for task, v in s["per_task"].items():
         ek = v["erase_minus_kmeans"]
-        verdict = "includes 0" if ek and ek["low"] is not None and ek["low"] <= 0 <= ek["high"] \
+        verdict = (
+            "includes 0"
+            if ek and ek["low"] is not None and ek["low"] <= 0 <= ek["high"]
             else ("above 0" if ek and ek["low"] is not None and ek["low"] > 0 else "below 0")
-        chance_note = f"; interval contains chance: {', '.join(v['at_chance'])}" \
-            if v["at_chance"] else ""
+        )
+        chance_note = f"; interval contains chance: {', '.join(v['at_chance'])}" if v["at_chance"] else ""
         beats = ", ".join(v["methods_beating_zero"]) or "none"
-        out.append(f"- {task}: erase − kmeans {_diff(ek)} ({verdict}); beats zero-shot: "
-                   f"{beats}{chance_note}")
+        out.append(f"- {task}: erase − kmeans {_diff(ek)} ({verdict}); beats zero-shot: {beats}{chance_note}")
     pooled = s["erase_minus_random_pooled"]
     out += ["", f"Tasks where some method beats zero-shot: {', '.join(s['tasks_beating_zero']) or 'none'}."]
     if pooled:
-        out.append(f"erase − random over those tasks (items pooled, paired): {_diff(pooled)} "
-                   f"(n = {pooled['n']}); unweighted mean of per-task means "
-                   f"{s['erase_minus_random_mean_of_tasks']:+.3f}.")
+        out.append(
+            f"erase − random over those tasks (items pooled, paired): {_diff(pooled)} "
+            f"(n = {pooled['n']}); unweighted mean of per-task means "
+            f"{s['erase_minus_random_mean_of_tasks']:+.3f}."
+        )
     out.append("")
     return "\n".join(out)
 

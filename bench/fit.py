@@ -17,8 +17,8 @@ import argparse
 import time
 
 import numpy as np
-
 from common import clustered_unit, log, now_utc, rid, write_results
+
 from erase_cli import qkmeans as qk
 
 N, D, K, T, EPS, SEED = 100_000, 384, 16, 10, 0.1, 0
@@ -48,8 +48,7 @@ def main() -> None:
         ours.append(t2 - t0)
         ours_fit.append(t2 - t1)
         log(f"rep {rep}: erase {t2 - t0:.2f} s (fit alone {t2 - t1:.2f} s)")
-        km = KMeans(n_clusters=K, init="k-means++", n_init=1, max_iter=T, tol=0, algorithm="lloyd",
-                    random_state=rep)
+        km = KMeans(n_clusters=K, init="k-means++", n_init=1, max_iter=T, tol=0, algorithm="lloyd", random_state=rep)
         t0 = time.perf_counter()
         km.fit(x)
         t1 = time.perf_counter()
@@ -57,32 +56,55 @@ def main() -> None:
         inertia.append(float(km.inertia_))
         log(f"rep {rep}: sklearn {t1 - t0:.2f} s ({km.n_iter_} iterations)")
     ratio = float(np.median(ours) / np.median(ref))
-    blas = [{k: v for k, v in i.items() if k in ("internal_api", "num_threads", "version")}
-            for i in threadpool_info()]
-    rows = {"n": n, "d": D, "erase_s": ours, "erase_fit_only_s": ours_fit, "sklearn_s": ref,
-            "erase_median_s": float(np.median(ours)), "erase_fit_only_median_s": float(np.median(ours_fit)),
-            "sklearn_median_s": float(np.median(ref)), "ratio": ratio,
-            "ratio_fit_only": float(np.median(ours_fit) / np.median(ref)),
-            "k_eff": state.k_eff, "sklearn_iterations": int(km.n_iter_), "thread_pools": blas}
+    blas = [{k: v for k, v in i.items() if k in ("internal_api", "num_threads", "version")} for i in threadpool_info()]
+    rows = {
+        "n": n,
+        "d": D,
+        "erase_s": ours,
+        "erase_fit_only_s": ours_fit,
+        "sklearn_s": ref,
+        "erase_median_s": float(np.median(ours)),
+        "erase_fit_only_median_s": float(np.median(ours_fit)),
+        "sklearn_median_s": float(np.median(ref)),
+        "ratio": ratio,
+        "ratio_fit_only": float(np.median(ours_fit) / np.median(ref)),
+        "k_eff": state.k_eff,
+        "sklearn_iterations": int(km.n_iter_),
+        "thread_pools": blas,
+    }
     met = ratio <= 1.5
     write_results(
         "fit",
-        summary=(f"erase fit vs scikit-learn KMeans (lloyd, k-means++, n_init=1, max_iter={T}, tol=0) on the "
-                 f"same {n} x {D} float32 array. Target ratio <= 1.5: {'met' if met else 'MISSED'} "
-                 f"({ratio:.2f})."),
-        timed_region=("erase: to_fixed(float32) + ArraySource (id hashes) + qkmeans.fit(k=16, eps=0.1, "
-                      "max_iter=10, no --dim); sklearn: KMeans(...).fit(x) on the float32 array; alternated, "
-                      f"{repeat} repeats, medians"),
+        summary=(
+            f"erase fit vs scikit-learn KMeans (lloyd, k-means++, n_init=1, max_iter={T}, tol=0) on the "
+            f"same {n} x {D} float32 array. Target ratio <= 1.5: {'met' if met else 'MISSED'} "
+            f"({ratio:.2f})."
+        ),
+        timed_region=(
+            "erase: to_fixed(float32) + ArraySource (id hashes) + qkmeans.fit(k=16, eps=0.1, "
+            "max_iter=10, no --dim); sklearn: KMeans(...).fit(x) on the float32 array; alternated, "
+            f"{repeat} repeats, medians"
+        ),
         results={"rows": rows, "met": met},
-        header=["n", "erase s (median)", "erase fit-only s", "sklearn s (median)", "ratio", "ratio fit-only",
-                "target"],
-        table=[[n, rows["erase_median_s"], rows["erase_fit_only_median_s"], rows["sklearn_median_s"], ratio,
-                rows["ratio_fit_only"], "<= 1.5"]],
-        notes=[f"BLAS/OpenMP pools: {blas}",
-               f"scikit-learn ran {int(km.n_iter_)} of max_iter={T} Lloyd iterations: with tol=0 it still stops "
-               "when no label changes (strict convergence), while erase always runs exactly T (SPEC §2).",
-               "erase does more passes than Lloyd alone: the k-means++ race is one pass per round "
-               "(16) plus T = 10 Lloyd passes plus one final pass for the selection of examples."],
+        header=["n", "erase s (median)", "erase fit-only s", "sklearn s (median)", "ratio", "ratio fit-only", "target"],
+        table=[
+            [
+                n,
+                rows["erase_median_s"],
+                rows["erase_fit_only_median_s"],
+                rows["sklearn_median_s"],
+                ratio,
+                rows["ratio_fit_only"],
+                "<= 1.5",
+            ]
+        ],
+        notes=[
+            f"BLAS/OpenMP pools: {blas}",
+            f"scikit-learn ran {int(km.n_iter_)} of max_iter={T} Lloyd iterations: with tol=0 it still stops "
+            "when no label changes (strict convergence), while erase always runs exactly T (SPEC §2).",
+            "erase does more passes than Lloyd alone: the k-means++ race is one pass per round "
+            "(16) plus T = 10 Lloyd passes plus one final pass for the selection of examples.",
+        ],
         started=started,
     )
 

@@ -21,8 +21,8 @@ import argparse
 import time
 
 import numpy as np
-
 from common import WithoutSource, clustered_unit, log, median_ms, now_utc, rid, write_results
+
 from erase_cli import qkmeans as qk
 
 D, K, T, EPS, SEED = 384, 16, 10, 0.1, 0
@@ -71,9 +71,15 @@ def run(n: int, n_ids: int) -> dict:
         cert_s.append(t1 - t0)
         forget_s.append(t2 - t1)
     return {
-        "n": n, "fit_s": fit_s, "k_eff": state.k_eff, "ids_tried": tried, "ids_timed": len(chosen),
-        "single_crossing_share_of_tried": 1 - len(chosen) / tried, "examples_replaced": replaced,
-        "forget_median_ms": median_ms(forget_s), "forget_p90_ms": float(np.percentile(forget_s, 90) * 1000),
+        "n": n,
+        "fit_s": fit_s,
+        "k_eff": state.k_eff,
+        "ids_tried": tried,
+        "ids_timed": len(chosen),
+        "single_crossing_share_of_tried": 1 - len(chosen) / tried,
+        "examples_replaced": replaced,
+        "forget_median_ms": median_ms(forget_s),
+        "forget_p90_ms": float(np.percentile(forget_s, 90) * 1000),
         "certify_median_ms": median_ms(cert_s),
         "refit_over_forget": fit_s / np.median(forget_s),
     }
@@ -98,20 +104,47 @@ def main() -> None:
     }
     write_results(
         "forget_certificate",
-        summary=(f"Certificate + in-memory state update for non-crossing single deletions (d = {D}, k = {K}, "
-                 f"T = {T}, eps = {EPS}). Targets: median <= 1 ms, n = 1e6 within 1.5x of n = 1e4, "
-                 f"refit / forget >= 1000x at n = 1e6. Met: {met}."),
-        timed_region=("one qkmeans.forget(state, [id], x, survivors) call on a non-crossing id (certificate "
-                      "over T iterations + new State); reference = qkmeans.fit from scratch at the same n, "
-                      "in memory"),
+        summary=(
+            f"Certificate + in-memory state update for non-crossing single deletions (d = {D}, k = {K}, "
+            f"T = {T}, eps = {EPS}). Targets: median <= 1 ms, n = 1e6 within 1.5x of n = 1e4, "
+            f"refit / forget >= 1000x at n = 1e6. Met: {met}."
+        ),
+        timed_region=(
+            "one qkmeans.forget(state, [id], x, survivors) call on a non-crossing id (certificate "
+            "over T iterations + new State); reference = qkmeans.fit from scratch at the same n, "
+            "in memory"
+        ),
         results={"params": {"d": D, "k": K, "max_iter": T, "eps": EPS, "seed": SEED}, "rows": rows, "met": met},
-        header=["n", "forget median ms", "p90 ms", "certify median ms", "vs n=1e4", "fit s",
-                "refit / forget", "ids timed", "crossing share of tried"],
-        table=[[r["n"], r["forget_median_ms"], r["forget_p90_ms"], r["certify_median_ms"], r["vs_n1e4"], r["fit_s"],
-                r["refit_over_forget"], r["ids_timed"], r["single_crossing_share_of_tried"]] for r in rows],
-        notes=["Independent single deletions from one fitted state (forget does not mutate its input).",
-               "Non-crossing ids chosen by qkmeans.certify over a random permutation of the records.",
-               "Synthetic data: 64 random unit directions plus Gaussian noise of norm ~0.6, renormalised."],
+        header=[
+            "n",
+            "forget median ms",
+            "p90 ms",
+            "certify median ms",
+            "vs n=1e4",
+            "fit s",
+            "refit / forget",
+            "ids timed",
+            "crossing share of tried",
+        ],
+        table=[
+            [
+                r["n"],
+                r["forget_median_ms"],
+                r["forget_p90_ms"],
+                r["certify_median_ms"],
+                r["vs_n1e4"],
+                r["fit_s"],
+                r["refit_over_forget"],
+                r["ids_timed"],
+                r["single_crossing_share_of_tried"],
+            ]
+            for r in rows
+        ],
+        notes=[
+            "Independent single deletions from one fitted state (forget does not mutate its input).",
+            "Non-crossing ids chosen by qkmeans.certify over a random permutation of the records.",
+            "Synthetic data: 64 random unit directions plus Gaussian noise of norm ~0.6, renormalised.",
+        ],
         started=started,
     )
 

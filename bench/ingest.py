@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
 from common import log, now_utc, write_results
 from corpus import bigbench_inputs
 
@@ -50,15 +49,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="erase-bench-ingest-"))
     try:
         jsonl = tmp / "records.jsonl"
-        jsonl.write_bytes(b"".join(orjson.dumps({"id": i, "input": t, "target": "x"}) + b"\n"
-                                   for i, t in enumerate(texts)))
+        jsonl.write_bytes(
+            b"".join(orjson.dumps({"id": i, "input": t, "target": "x"}) + b"\n" for i, t in enumerate(texts))
+        )
         st.encode(texts[:256], batch_size=BATCH, show_progress_bar=False)  # warm-up
         ref, ours, ref_cpu, ours_cpu = [], [], [], []
 
         def run_encode():
             t0, c0 = time.perf_counter(), time.process_time()
-            v = st.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True,
-                          show_progress_bar=False)
+            v = st.encode(
+                texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
             ref.append(time.perf_counter() - t0)
             ref_cpu.append(time.process_time() - c0)
             assert v.shape[0] == len(texts)
@@ -90,22 +91,37 @@ def main() -> None:
     n = len(texts)
     write_results(
         "ingest",
-        summary=(f"erase ingest (service, in process) vs bare SentenceTransformer.encode on {n} BIG-bench inputs, "
-                 f"batch {BATCH}. Target throughput ratio >= 0.9: {'met' if met else 'MISSED'} ({ratio:.3f} on wall "
-                 f"time; {ratio_cpu:.3f} on process CPU time)."),
-        timed_region=("ours: service.ingest(fresh store, JSONL, batch_size=64) with the model preloaded (read, "
-                      "validate, embed, zarr write, index, journal, fsync, audit); reference: "
-                      "SentenceTransformer.encode(texts, batch_size=64, normalize_embeddings=True); ABBA order, "
-                      f"{repeat} repeats each, medians of wall time and of process CPU time (all threads)"),
-        results={"n_texts": n, "batch_size": BATCH, "encode_s": ref, "ingest_s": ours,
-                 "encode_texts_per_s": n / float(np.median(ref)), "ingest_texts_per_s": n / float(np.median(ours)),
-                 "ratio": ratio, "encode_cpu_s": ref_cpu, "ingest_cpu_s": ours_cpu, "ratio_cpu": ratio_cpu,
-                 "met": met},
+        summary=(
+            f"erase ingest (service, in process) vs bare SentenceTransformer.encode on {n} BIG-bench inputs, "
+            f"batch {BATCH}. Target throughput ratio >= 0.9: {'met' if met else 'MISSED'} ({ratio:.3f} on wall "
+            f"time; {ratio_cpu:.3f} on process CPU time)."
+        ),
+        timed_region=(
+            "ours: service.ingest(fresh store, JSONL, batch_size=64) with the model preloaded (read, "
+            "validate, embed, zarr write, index, journal, fsync, audit); reference: "
+            "SentenceTransformer.encode(texts, batch_size=64, normalize_embeddings=True); ABBA order, "
+            f"{repeat} repeats each, medians of wall time and of process CPU time (all threads)"
+        ),
+        results={
+            "n_texts": n,
+            "batch_size": BATCH,
+            "encode_s": ref,
+            "ingest_s": ours,
+            "encode_texts_per_s": n / float(np.median(ref)),
+            "ingest_texts_per_s": n / float(np.median(ours)),
+            "ratio": ratio,
+            "encode_cpu_s": ref_cpu,
+            "ingest_cpu_s": ours_cpu,
+            "ratio_cpu": ratio_cpu,
+            "met": met,
+        },
         header=["texts", "batch", "encode texts/s", "ingest texts/s", "ratio (wall)", "ratio (CPU time)", "target"],
         table=[[n, BATCH, n / float(np.median(ref)), n / float(np.median(ours)), ratio, ratio_cpu, ">= 0.9"]],
-        notes=["Model load (~0.5 s) and the torch / sentence-transformers imports (~5-6 s) are excluded from "
-               "both: they happen once before timing.",
-               "Shared 2-core machine: other engineers' jobs were running; the alternation spreads that noise."],
+        notes=[
+            "Model load (~0.5 s) and the torch / sentence-transformers imports (~5-6 s) are excluded from "
+            "both: they happen once before timing.",
+            "Shared 2-core machine: other engineers' jobs were running; the alternation spreads that noise.",
+        ],
         started=started,
     )
 

@@ -55,14 +55,21 @@ def ask(
     if n_threads is not None and n_threads < 1:
         raise InvalidParameter(f"--threads {n_threads} must be at least 1")
     return _answers(
-        questions, manifest, model_path, cache_dir, save_cache,
+        questions,
+        manifest,
+        model_path,
+        cache_dir,
+        save_cache,
         dict(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers),
-        max_tokens, generator_factory, fmt,
+        max_tokens,
+        generator_factory,
+        fmt,
     )
 
 
-def _answers(questions, manifest, model_path, cache_dir, save_cache, model_options, max_tokens,
-             generator_factory, fmt) -> Iterator[dict]:
+def _answers(
+    questions, manifest, model_path, cache_dir, save_cache, model_options, max_tokens, generator_factory, fmt
+) -> Iterator[dict]:
     prefix = prefix_text(fmt, manifest.get("examples") or [])
     stop = [fmt.separator] if fmt.separator else []
     generator = None
@@ -78,7 +85,7 @@ def _answers(questions, manifest, model_path, cache_dir, save_cache, model_optio
             info = generator.set_prefix(prefix, cache_file)
             prefix_hit, prefix_cost = info.loaded, info.tokens_evaluated
             if not info.loaded and cache_file is not None and save_cache is not None:
-                save_cache(lambda: generator.save_prefix(cache_file))
+                save_cache(lambda g=generator, f=cache_file: g.save_prefix(f))  # called at once
         query = query_text(fmt, question.input, question.choices)
         result: dict = {"question": question.input}
         if question.choices:
@@ -86,9 +93,7 @@ def _answers(questions, manifest, model_path, cache_dir, save_cache, model_optio
             # Stable sort: equal scores keep the order the choices were given in.
             ranked = sorted(scored, key=lambda item: -item[1])
             result["answer"] = ranked[0][0]
-            result["choices"] = [
-                {"text": text, "score": total, "score_mean": mean} for text, total, mean in ranked
-            ]
+            result["choices"] = [{"text": text, "score": total, "score_mean": mean} for text, total, mean in ranked]
             evaluated = generator.last_tokens_evaluated
         else:
             text, evaluated = generator.generate(query, max_tokens, stop)

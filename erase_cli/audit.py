@@ -25,6 +25,7 @@ The log must never hold a forgotten record's id or text: callers pass :func:`id_
 :func:`new_entry` refuses the obvious mistakes (a raw-looking ``id_hashes`` item, a detail named
 like a record field), not every possible one.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,7 +34,7 @@ import hmac
 import os
 import re
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -76,10 +77,10 @@ def entry_hash(entry: dict, key: bytes | None = None) -> str:
 def utc_timestamp(now: datetime | None = None) -> str:
     """``now`` (default: the current time) as UTC ISO 8601 with microseconds and ``Z``."""
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     elif now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("audit time must be timezone-aware; pass datetime.now(timezone.utc)")
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_entry(
@@ -206,9 +207,7 @@ def _open(path: Path, flags: int, mode: int = 0o600) -> int:
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise StoreDamaged(
-            f"audit log {path} is not a regular file; replace it with the real file from a backup"
-        )
+        raise StoreDamaged(f"audit log {path} is not a regular file; replace it with the real file from a backup")
     return fd
 
 
@@ -267,9 +266,7 @@ def _chain_problems(
                     "edited or re-hashed without the store key"
                 )
         elif entry_hash(entry) != entry["hash"]:
-            problems.append(
-                f"line {line} (seq {seq}, {entry['action']}): edited, its content does not match its hash"
-            )
+            problems.append(f"line {line} (seq {seq}, {entry['action']}): edited, its content does not match its hash")
         chain.append((line, entry))
     if expect_head is not None and not any(entry["hash"] == expect_head for _, entry in chain):
         problems.append(
@@ -284,16 +281,14 @@ def _chain_problems(
             )
         return problems
 
-    first_line = {}
+    first_line: dict[int, int] = {}
     for line, entry in chain:
         seq = entry["seq"]
         if seq in first_line:
             problems.append(f"line {line}: seq {seq} repeats line {first_line[seq]} (entry duplicated)")
         else:
             first_line[seq] = line
-    problems.extend(
-        f"{_seq_range(lo, hi)} missing (removed)" for lo, hi in _gaps(sorted(first_line))
-    )
+    problems.extend(f"{_seq_range(lo, hi)} missing (removed)" for lo, hi in _gaps(sorted(first_line)))
     if 0 in first_line:
         genesis = next(entry for line, entry in chain if line == first_line[0])
         if genesis["prev"] != GENESIS:
@@ -302,8 +297,7 @@ def _chain_problems(
     for (line_a, a), (line_b, b) in zip(chain, chain[1:]):
         if b["seq"] < a["seq"]:
             problems.append(
-                f"line {line_b} (seq {b['seq']}) comes after line {line_a} (seq {a['seq']}): "
-                "entries were reordered"
+                f"line {line_b} (seq {b['seq']}) comes after line {line_a} (seq {a['seq']}): entries were reordered"
             )
         elif b["seq"] == a["seq"] + 1 and b["prev"] != a["hash"]:
             problems.append(
@@ -453,16 +447,13 @@ def check_head(path: str | os.PathLike, head: str | None) -> None:
         if head is None:
             return
         raise StoreDamaged(
-            f"audit log {path} is missing but the store records audit history "
-            f"(last entry {head[:12]}...); {_fix(path)}"
+            f"audit log {path} is missing but the store records audit history (last entry {head[:12]}...); {_fix(path)}"
         ) from None
     try:
         size = os.fstat(fd).st_size
         if head is None:
             if size:
-                raise StoreDamaged(
-                    f"audit log {path} has entries but the store records none; {_fix(path)}"
-                )
+                raise StoreDamaged(f"audit log {path} has entries but the store records none; {_fix(path)}")
             return
         if size == 0:
             raise StoreDamaged(
@@ -470,10 +461,9 @@ def check_head(path: str | os.PathLike, head: str | None) -> None:
                 f"(last entry {head[:12]}...); {_fix(path)}"
             )
         if _torn_line(fd, size)[1]:
-            raise StoreDamaged(
-                f"audit log {path} ends with an incomplete line (a torn write or an edit); {_fix(path)}"
-            )
+            raise StoreDamaged(f"audit log {path} ends with an incomplete line (a torn write or an edit); {_fix(path)}")
         last = _entry_ending_at(fd, path, size)
+        assert last is not None  # size > 0
         if last["hash"] != head:
             raise StoreDamaged(
                 f"audit log {path} ends at entry seq {last['seq']}, not at the store's last recorded "
@@ -567,7 +557,5 @@ def _write_error(exc: OSError, path: Path) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"no space left to write audit log {path}; free disk space and run the command again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreNotWritable(
-            f"cannot write audit log {path} ({exc.strerror}); make the store writable by its owner"
-        )
+        return StoreNotWritable(f"cannot write audit log {path} ({exc.strerror}); make the store writable by its owner")
     return exc

@@ -26,9 +26,7 @@ def _check_k(k: int) -> None:
         raise InvalidParameter(f"k must be at least 1, got {k}; use k = 1 or more")
 
 
-def kmeans_float(
-    x: np.ndarray, ids: Sequence[str], k: int, seed: int, max_iter: int
-) -> list[tuple[int, str]]:
+def kmeans_float(x: np.ndarray, ids: Sequence[str], k: int, seed: int, max_iter: int) -> list[tuple[int, str]]:
     """Auto-CoT's selection: scikit-learn KMeans, then the member nearest each centre.
 
     x: float (n, d) embeddings, unprojected; ids: n strings. Rows are put in canonical id order,
@@ -52,15 +50,17 @@ def kmeans_float(
     sorted_ids = [ids[i] for i in order]
     n_clusters = min(k, len(np.unique(pts, axis=0)))
     km = KMeans(
-        n_clusters=n_clusters, init="k-means++", n_init=1, max_iter=max_iter, tol=0,
+        n_clusters=n_clusters,
+        init="k-means++",
+        n_init=1,
+        max_iter=max_iter,
+        tol=0,
         random_state=seed,
     ).fit(pts)
     return _nearest_members(pts, sorted_ids, km.labels_, km.cluster_centers_)
 
 
-def _nearest_members(
-    pts: np.ndarray, ids: list[str], labels: np.ndarray, centres: np.ndarray
-) -> list[tuple[int, str]]:
+def _nearest_members(pts: np.ndarray, ids: list[str], labels: np.ndarray, centres: np.ndarray) -> list[tuple[int, str]]:
     """Per non-empty cluster, its member nearest the centre; ties by id (rows are id-sorted)."""
     p = np.asarray(pts, dtype=np.float64)
     c = np.asarray(centres, dtype=np.float64)
@@ -91,9 +91,7 @@ def random_examples(ids: Sequence[str], k: int, seed: int) -> list[str]:
     return sorted(ids, key=lambda i: (_seed_hash(seed, i), i.encode("utf-8")))[:k]
 
 
-def knn_examples(
-    train_x: np.ndarray, ids: Sequence[str], query_x: np.ndarray, k: int
-) -> list[str]:
+def knn_examples(train_x: np.ndarray, ids: Sequence[str], query_x: np.ndarray, k: int) -> list[str]:
     """The k train records most cosine-similar to one query, nearest LAST (KATE order).
 
     train_x: float (n, d); ids: n strings; query_x: float (d,). Ties by id. The nearest goes

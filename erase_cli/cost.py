@@ -66,17 +66,22 @@ class CostInputs:
             value = getattr(self, field.name)
             # NaN would slip through a ">= 0" test as False and an infinite R makes H inf or NaN.
             if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidParameter(f"{_flag(field.name)} {value} is not a finite number; pass "
-                                       "a finite value")
+                raise InvalidParameter(f"{_flag(field.name)} {value} is not a finite number; pass a finite value")
         if self.n_records < 0:
             raise InvalidParameter(f"n_records must be 0 or more, got {self.n_records}")
         if self.sisa_shards < 1:
-            raise InvalidParameter(
-                f"--sisa-shards must be at least 1, got {self.sisa_shards}; pass e.g. 5"
-            )
-        for name in ("queries_per_deletion", "sisa_epochs", "train_multiplier",
-                     "per_token_inference_s", "tokens_per_example", "erase_forget_s",
-                     "prefix_rebuild_s", "erase_query_s", "zero_shot_query_s"):
+            raise InvalidParameter(f"--sisa-shards must be at least 1, got {self.sisa_shards}; pass e.g. 5")
+        for name in (
+            "queries_per_deletion",
+            "sisa_epochs",
+            "train_multiplier",
+            "per_token_inference_s",
+            "tokens_per_example",
+            "erase_forget_s",
+            "prefix_rebuild_s",
+            "erase_query_s",
+            "zero_shot_query_s",
+        ):
             value = getattr(self, name)
             if not value >= 0:
                 raise InvalidParameter(f"{_flag(name)} must be 0 or more, got {value}")
@@ -85,9 +90,7 @@ class CostInputs:
             if not 0.0 <= value <= 1.0:
                 raise InvalidParameter(f"{name} is a share between 0 and 1, got {value}")
         if self.finetuned_query_s is not None and not self.finetuned_query_s >= 0:
-            raise InvalidParameter(
-                f"--finetuned-query-s must be 0 or more, got {self.finetuned_query_s}"
-            )
+            raise InvalidParameter(f"--finetuned-query-s must be 0 or more, got {self.finetuned_query_s}")
 
 
 def holistic_cost(inputs: CostInputs) -> dict:
@@ -99,9 +102,7 @@ def holistic_cost(inputs: CostInputs) -> dict:
     u_erase = inputs.erase_forget_s + inputs.prompt_change_rate * inputs.prefix_rebuild_s
     di_erase = inputs.erase_query_s - i0 if inputs.extra_query_s is None else inputs.extra_query_s
 
-    per_example_train_s = (
-        inputs.per_token_inference_s * inputs.tokens_per_example * inputs.train_multiplier
-    )
+    per_example_train_s = inputs.per_token_inference_s * inputs.tokens_per_example * inputs.train_multiplier
     u_sisa = (inputs.n_records / inputs.sisa_shards) * inputs.sisa_epochs * per_example_train_s
     finetuned = i0 if inputs.finetuned_query_s is None else inputs.finetuned_query_s
     i_sisa = inputs.sisa_shards * finetuned
@@ -165,9 +166,38 @@ def round_sig(obj, digits: int = 4):
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the
 # Cornish-Fisher expansion around the normal quantile is within 1e-4.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -176,8 +206,12 @@ def t975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959964
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def mean_interval(values: Sequence[float]) -> dict:
@@ -202,8 +236,10 @@ def extra_query_cost(interval: Mapping) -> tuple[float, str]:
     if low > 0:
         return mean, "measured"
     if high < 0:
-        return mean, ("measured below 0: erase's queries are cheaper than zero-shot here (its "
-                      "demonstrations can make generated answers shorter)")
+        return mean, (
+            "measured below 0: erase's queries are cheaper than zero-shot here (its "
+            "demonstrations can make generated answers shorter)"
+        )
     return 0.0, "interval spans 0: no measurable extra query cost, counted as 0"
 
 
@@ -277,6 +313,7 @@ def measure_inference(
 
         def generator_factory():
             return LlamaGenerator(model_path, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+
     stop = [fmt.separator]
     texts = [(prompt.query_text(fmt, q["input"], q.get("choices")), q.get("choices")) for q in questions]
 
@@ -313,8 +350,7 @@ def measure_inference(
                 zero_s[rep][i] = query(zero_gen, item)
     if len(texts) > 1:
         # Repetitions of one question are not independent draws: the unit is the question.
-        diffs = [sum(erase_s[r][i] - zero_s[r][i] for r in range(repeats)) / repeats
-                 for i in range(len(texts))]
+        diffs = [sum(erase_s[r][i] - zero_s[r][i] for r in range(repeats)) / repeats for i in range(len(texts))]
         unit = "question"
     else:
         diffs = [erase_s[r][0] - zero_s[r][0] for r in range(repeats)]

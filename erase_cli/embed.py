@@ -65,8 +65,7 @@ def load_embedder(name_or_path: str | None) -> Embedder:
         raw = name_or_path[len(_FAKE_PREFIX) :]
         if not raw.isdigit() or int(raw) < 1:
             raise InvalidParameter(
-                f"embedder {name_or_path!r}: the fake embedder needs a positive dimension, "
-                "e.g. fake:16"
+                f"embedder {name_or_path!r}: the fake embedder needs a positive dimension, e.g. fake:16"
             )
         return FakeEmbedder(int(raw))
     return SentenceTransformerEmbedder(name_or_path)
@@ -139,8 +138,9 @@ class FakeEmbedder:
         try:
             self.delay = float(raw)
         except ValueError:
-            raise InvalidParameter(f"{FAKE_DELAY_VAR}={raw!r} is not a number of seconds; "
-                                   "unset it or set e.g. 0.5") from None
+            raise InvalidParameter(
+                f"{FAKE_DELAY_VAR}={raw!r} is not a number of seconds; unset it or set e.g. 0.5"
+            ) from None
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[np.ndarray]:
         if batch_size < 1:

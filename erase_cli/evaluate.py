@@ -35,9 +35,9 @@ import numpy as np
 import orjson
 
 from erase_cli import config
+from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
-from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 
 METHODS = ("erase", "kmeans", "random", "zero", "knn")
 _SHARED_PREFIX = ("erase", "kmeans", "random", "zero")
@@ -342,7 +342,7 @@ def run_eval(
 
             embedder = load_embedder(embedder_name)
         x = _embed_all(embedder, [it.input for it in task.train + task.test], progress)
-        train_x, test_x = x[: len(task.train)], x[len(task.train):]
+        train_x, test_x = x[: len(task.train)], x[len(task.train) :]
 
     model_name = None
     if generator is None:
@@ -354,22 +354,21 @@ def run_eval(
     results = {}
     for method in methods:
         if method == "knn":
+
             def examples_for(index, _x=test_x):
                 return [by_id[i] for i in knn_examples(train_x, train_ids, _x[index], k)]
-            results[method] = _score_method(task, generator, None, examples_for, max_tokens,
-                                            progress, method)
+
+            results[method] = _score_method(task, generator, None, examples_for, max_tokens, progress, method)
             continue
         if method == "erase":
             chosen = erase_examples(train_x, train_ids, k, seed)
         elif method == "kmeans":
-            chosen = [i for _, i in kmeans_float(
-                train_x, train_ids, k, seed, config.DEFAULT_MAX_ITER)]
+            chosen = [i for _, i in kmeans_float(train_x, train_ids, k, seed, config.DEFAULT_MAX_ITER)]
         elif method == "random":
             chosen = random_examples(train_ids, k, seed)
         else:
             chosen = []
-        results[method] = _score_method(task, generator, [by_id[i] for i in chosen], None,
-                                        max_tokens, progress, method)
+        results[method] = _score_method(task, generator, [by_id[i] for i in chosen], None, max_tokens, progress, method)
         results[method]["examples"] = chosen
 
     return _summarise(task, methods, results, seed, k, model_name, embedder)
@@ -380,9 +379,7 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
         return list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise InvalidParameter(
-            f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}"
-        )
+        raise InvalidParameter(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
@@ -499,8 +496,7 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
         "embedder": getattr(embedder, "name", None),
         "methods": out_methods,
         "paired": paired,
-        "interval": "Wilson 95% for accuracy; paired Wald 95% (mean d +- 1.96 sd/sqrt(n)) "
-                    "for differences",
+        "interval": "Wilson 95% for accuracy; paired Wald 95% (mean d +- 1.96 sd/sqrt(n)) for differences",
     }
 
 
@@ -512,8 +508,7 @@ def render_table(result: Mapping):
     from rich.table import Table
 
     chance = result.get("chance")
-    caption = f"{result['n_test']} test / {result['n_train']} train items, k={result['k']}, " \
-              f"seed={result['seed']}"
+    caption = f"{result['n_test']} test / {result['n_train']} train items, k={result['k']}, seed={result['seed']}"
     if chance is not None:
         caption += f", chance {chance:.2f}"
     table = Table(title=f"erase eval: {result['task']} ({result['kind']})", caption=caption)
@@ -542,4 +537,3 @@ def _fmt_diff(diff: Mapping) -> str:
     if diff["low"] is None:
         return f"{diff['mean']:+.3f}"
     return f"{diff['mean']:+.3f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
-

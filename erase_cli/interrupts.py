@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -56,8 +56,10 @@ class _Guard:
             os._exit(128 + signum)
         self.pending = signum
         if self.committed:
-            self.say(f"received {signal.Signals(signum).name}: finishing the committed change first "
-                     "(signal again to stop at once and leave it to the next writing command)")
+            self.say(
+                f"received {signal.Signals(signum).name}: finishing the committed change first "
+                "(signal again to stop at once and leave it to the next writing command)"
+            )
 
 
 _active: _Guard | None = None

@@ -136,7 +136,7 @@ def _split_trailing_spaces(text: str) -> tuple[str, str]:
     start with an unnatural token, so the space moves to the front of the continuation.
     """
     head = text.rstrip(" ")
-    return head, text[len(head):]
+    return head, text[len(head) :]
 
 
 def _log_softmax_at(logits: np.ndarray, token: int) -> float:
@@ -206,7 +206,7 @@ class LlamaBackend:
         last = None
         pos = n_past
         for start in range(0, len(tokens), llm.n_batch):
-            chunk = list(tokens[start:start + llm.n_batch])
+            chunk = list(tokens[start : start + llm.n_batch])
             llm._batch.set_batch(batch=chunk, n_past=pos, logits_all=all_logits)
             llm._ctx.decode(llm._batch)
             pos += len(chunk)
@@ -465,7 +465,7 @@ class LlamaGenerator:
                 evaluated += 1
         self.last_tokens_evaluated = evaluated
         if tail and text.startswith(tail):
-            text = text[len(tail):]
+            text = text[len(tail) :]
         return text, evaluated
 
 
@@ -481,12 +481,12 @@ def _parse_kv(blob: bytes) -> tuple[dict | None, bytes]:
     start = len(KV_MAGIC) + _HEADER_LEN.size
     (length,) = _HEADER_LEN.unpack_from(blob, len(KV_MAGIC))
     try:
-        header = orjson.loads(blob[start:start + length])
+        header = orjson.loads(blob[start : start + length])
     except orjson.JSONDecodeError:
         return None, b""
     if not isinstance(header, dict) or header.get("format") != KV_FORMAT:
         return None, b""
-    return header, blob[start + length:]
+    return header, blob[start + length :]
 
 
 class FakeGenerator:

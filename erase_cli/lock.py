@@ -94,18 +94,21 @@ class StoreLock:
             except OSError:
                 raise StoreNotWritable(
                     f"cannot open the lock file {self.path} of store {self.store}; make the store "
-                    f"readable and writable by its owner (chmod u+rwx {self.store})") from None
+                    f"readable and writable by its owner (chmod u+rwx {self.store})"
+                ) from None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise StoreDamaged(
                     f"damaged store: the lock file {self.path} is not a regular file (a directory or "
-                    f"a link); remove it ('rm -r {self.path}') and run the command again") from None
+                    f"a link); remove it ('rm -r {self.path}') and run the command again"
+                ) from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StoreDamaged(
                 f"damaged store: the lock file {self.path} is not a regular file; remove it "
-                f"('rm -r {self.path}') and run the command again")
+                f"('rm -r {self.path}') and run the command again"
+            )
         return fd
 
     def _acquire(self, fd: int) -> None:
@@ -126,8 +129,7 @@ class StoreLock:
                 )
             if not warned and self.on_wait is not None:
                 self.on_wait(
-                    f"waiting for the lock on {self.store} (held by another erase command); "
-                    f"up to {self.timeout:g} s"
+                    f"waiting for the lock on {self.store} (held by another erase command); up to {self.timeout:g} s"
                 )
             warned = True
             time.sleep(min(POLL_SECONDS, remaining))

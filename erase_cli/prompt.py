@@ -78,10 +78,7 @@ def prefix_text(fmt: PromptFormat, examples: Sequence[Mapping]) -> str:
     A task prefix that would run straight into the first input ("...starting point?Q: ...", as
     BIG-bench's navigate gives with the "Q: " default) is followed by the separator.
     """
-    demos = [
-        demonstration(fmt, example["input"], example["target"], example.get("choices"))
-        for example in examples
-    ]
+    demos = [demonstration(fmt, example["input"], example["target"], example.get("choices")) for example in examples]
     head = fmt.prefix
     if head and not head[-1].isspace() and not fmt.input_prefix[:1].isspace():
         head += fmt.separator or "\n"

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -139,15 +140,13 @@ class Params:
             )
         if not _is_int(self.seed) or not 0 <= self.seed < 1 << 63:
             raise InvalidParameter(
-                f"seed must be an integer in [0, 2**63) (got {self.seed}); use 0 or another "
-                "non-negative integer"
+                f"seed must be an integer in [0, 2**63) (got {self.seed}); use 0 or another non-negative integer"
             )
         if not (isinstance(self.eps, (int, float, np.floating)) and bool(np.isfinite(self.eps)) and self.eps > 0):
             raise InvalidParameter(f"eps must be a positive number (got {self.eps}); use e.g. eps = 0.1")
         if self.E < 1:
             raise InvalidParameter(
-                f"eps {self.eps} rounds to a zero lattice step at 2**-16 resolution; use eps = "
-                f"{1 / SCALE:.8f} or more"
+                f"eps {self.eps} rounds to a zero lattice step at 2**-16 resolution; use eps = {1 / SCALE:.8f} or more"
             )
         if self.eps > 16:
             raise InvalidParameter(
@@ -179,6 +178,7 @@ class Projector:
             self.R = None
             self.q = 1
         else:
+            assert dim is not None
             rows = np.arange(dim, dtype=np.uint64)[:, None]
             cols = np.arange(d_in, dtype=np.uint64)[None, :]
             top = _hash(seed, _TAG_PROJ, rows, cols) >> np.uint64(63)
@@ -256,11 +256,10 @@ class ArraySource:
             xf = None if self.xf is None else self.xf[lo:hi]
             yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi], xf)
 
-    def without(self, ids) -> "ArraySource":
+    def without(self, ids) -> ArraySource:
         drop = set(ids)
         keep = np.fromiter((rid not in drop for rid in self.ids), dtype=bool, count=self.n)
-        return ArraySource(self.ids[keep].tolist(), self.x[keep], self.idh[keep], self.block_size,
-                           self.xf is not None)
+        return ArraySource(self.ids[keep].tolist(), self.x[keep], self.idh[keep], self.block_size, self.xf is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,16 +359,22 @@ class State:
         return [(j, self.candidates[j][0]) for j in range(self.k_eff) if self.final_counts[j] > 0]
 
     @classmethod
-    def empty(cls, params: Params, d_in: int) -> "State":
+    def empty(cls, params: Params, d_in: int) -> State:
         d = params.working_dim(d_in)
         T = params.max_iter
         return cls(
-            params=params, d_in=d_in, d=d, n=0, k_eff=0, init_ids=[],
+            params=params,
+            d_in=d_in,
+            d=d,
+            n=0,
+            k_eff=0,
+            init_ids=[],
             centroids=np.zeros((T + 1, 0, d), dtype=np.int64),
             sums=np.zeros((T, 0, d), dtype=np.int64),
             counts=np.zeros((T, 0), dtype=np.int64),
             final_counts=np.zeros(0, dtype=np.int64),
-            candidates=[], cand_dists=[],
+            candidates=[],
+            cand_dists=[],
         )
 
     # Derived arrays for the certificate's hot path, computed once per state.
@@ -402,7 +407,7 @@ class State:
             h.update(label.encode() + b"\0" + offsets.astype("<i8").tobytes() + data.tobytes())
         return h.hexdigest()
 
-    def differences(self, other: "State") -> list[str]:
+    def differences(self, other: State) -> list[str]:
         """Human-readable differences in everything that determines behaviour; [] iff equal.
 
         Candidate lists are a replacement cache: one side's list must be a prefix of the other's.
@@ -454,7 +459,7 @@ class State:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict) -> "State":
+    def from_arrays(cls, arrays: dict) -> State:
         def bad(why: str) -> StoreDamaged:
             return StoreDamaged(f"the fitted state is damaged ({why}); run 'erase fit' to rebuild it")
 
@@ -510,15 +515,27 @@ class State:
         dists = [cand_dists[a:b].tolist() for a, b in zip(starts, ends)]
         if any(final_counts[j] > 0 and not candidates[j] for j in range(k_eff)):
             raise bad("a non-empty cluster has no example")
-        return cls(params, d_in, d, n, k_eff, init_ids, centroids.copy(), sums.copy(), counts.copy(),
-                   final_counts.copy(), candidates, dists)
+        return cls(
+            params,
+            d_in,
+            d,
+            n,
+            k_eff,
+            init_ids,
+            centroids.copy(),
+            sums.copy(),
+            counts.copy(),
+            final_counts.copy(),
+            candidates,
+            dists,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Fitting: exponential-race k-means++, quantized Lloyd, final pass
 
 
-def _neg_log_u(idh: np.ndarray, mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+def _neg_log_u(idh: np.ndarray, mix: np.uint64 | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-ln U for U = a / 2**54, a = 2*(splitmix64(idh ^ mix) >> 11) + 1; returns (-ln U, a).
 
     Computed without cancellation near U = 1 (log1p of the exact complement), so the float key is
@@ -549,8 +566,9 @@ class _RaceCandidate(NamedTuple):
     x: np.ndarray  # the record's working-space vector, a copy
 
 
-def _race(source: Source, params: Params, d: int, kept_ids: list[str], kept: np.ndarray,
-          progress: Progress | None) -> tuple[list[str], np.ndarray]:
+def _race(
+    source: Source, params: Params, d: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
+) -> tuple[list[str], np.ndarray]:
     """Continue the k-means++ race after the kept winners; returns (winner ids, (k_eff, d) centres)."""
     E = params.E
     winners = list(kept_ids)
@@ -630,8 +648,15 @@ def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray
     return sums, counts
 
 
-def _lloyd(source: Source, params: Params, centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-           t0: int, progress: Progress | None) -> None:
+def _lloyd(
+    source: Source,
+    params: Params,
+    centroids: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    t0: int,
+    progress: Progress | None,
+) -> None:
     """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t]."""
     k = centroids.shape[1]
     T = params.max_iter
@@ -672,8 +697,9 @@ def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: n
     cands[j] = merged[:M]
 
 
-def _final_pass(source: Source, C: np.ndarray, only: set[int] | None = None
-                ) -> tuple[np.ndarray, list[list[tuple[int, str]]]]:
+def _final_pass(
+    source: Source, C: np.ndarray, only: set[int] | None = None
+) -> tuple[np.ndarray, list[list[tuple[int, str]]]]:
     """Final counts (k,) and top candidates per cluster (only for clusters in `only` if given)."""
     k = len(C)
     Cf = C.astype(np.float64)
@@ -701,18 +727,40 @@ def _final_pass(source: Source, C: np.ndarray, only: set[int] | None = None
     return counts, cands
 
 
-def _finish(source: Source, params: Params, d_in: int, d: int, init_ids: list[str],
-            centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, n: int,
-            progress: Progress | None) -> State:
+def _finish(
+    source: Source,
+    params: Params,
+    d_in: int,
+    d: int,
+    init_ids: list[str],
+    centroids: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    n: int,
+    progress: Progress | None,
+) -> State:
     final_counts, cands = _final_pass(source, centroids[-1])
     if progress:
         progress("examples", 1, 1)
-    return State(params, d_in, d, n, len(init_ids), list(init_ids), centroids, sums, counts, final_counts,
-                 [[i for _, i in c] for c in cands], [[dv for dv, _ in c] for c in cands])
+    return State(
+        params,
+        d_in,
+        d,
+        n,
+        len(init_ids),
+        list(init_ids),
+        centroids,
+        sums,
+        counts,
+        final_counts,
+        [[i for _, i in c] for c in cands],
+        [[dv for dv, _ in c] for c in cands],
+    )
 
 
-def _fit_from_race(source: Source, params: Params, d_in: int, kept_ids: list[str], kept: np.ndarray,
-                   progress: Progress | None) -> State:
+def _fit_from_race(
+    source: Source, params: Params, d_in: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
+) -> State:
     d = params.working_dim(d_in)
     if source.n == 0:
         return State.empty(params, d_in)
@@ -779,8 +827,13 @@ def _trace(state: State, x: np.ndarray):
         bs, bn = _cluster_sums(labels, x, k)
         dS[t - 1], dN[t - 1] = bs, bn
         touched = np.flatnonzero(bn)
-        new = _quantize(state.sums[t - 1, touched] - bs[touched], state.counts[t - 1, touched] - bn[touched],
-                        theta[t - 1], E, state.centroids[t - 1, touched])
+        new = _quantize(
+            state.sums[t - 1, touched] - bs[touched],
+            state.counts[t - 1, touched] - bn[touched],
+            theta[t - 1],
+            E,
+            state.centroids[t - 1, touched],
+        )
         changed = (new != state.centroids[t, touched]).any(axis=1)
         if changed.any():
             return t, touched[changed].tolist(), dS, dN
@@ -806,8 +859,9 @@ def certify(state: State, ids: Sequence[str], x: np.ndarray) -> Certificate:
     return Certificate([(t, j) for j in changed], None, t)
 
 
-def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
-           progress: Progress | None = None) -> tuple[State, Certificate]:
+def forget(
+    state: State, ids: Sequence[str], x: np.ndarray, survivors: Source, progress: Progress | None = None
+) -> tuple[State, Certificate]:
     """The state fit(D \\ X) would give, from the state of fit(D). The input state is untouched.
 
     survivors: the fitted set minus the batch, read only when a refit or a rescan is needed.
@@ -861,24 +915,45 @@ def forget(state: State, ids: Sequence[str], x: np.ndarray, survivors: Source,
     if (final_counts < 0).any() or (state.counts - dN < 0).any():
         raise InvalidInput("the batch holds vectors that the fit does not cover; pass members of the fitted set")
     candidates = [[i for i in c if i not in batch] for c in state.candidates]
-    cand_dists = [
-        [dv for i, dv in zip(c, dl) if i not in batch] for c, dl in zip(state.candidates, state.cand_dists)
-    ]
+    cand_dists = [[dv for i, dv in zip(c, dl) if i not in batch] for c, dl in zip(state.candidates, state.cand_dists)]
     needy = {j for j in range(k) if final_counts[j] > 0 and not candidates[j]}
     if needy:
         _, fresh = _final_pass(survivors, state.centroids[T], needy)
         for j in needy:
             candidates[j] = [i for _, i in fresh[j]]
             cand_dists[j] = [dv for dv, _ in fresh[j]]
-    new = State(p, state.d_in, d, n_new, k, list(state.init_ids), state.centroids.copy(),
-                state.sums - dS, state.counts - dN, final_counts, candidates, cand_dists)
+    new = State(
+        p,
+        state.d_in,
+        d,
+        n_new,
+        k,
+        list(state.init_ids),
+        state.centroids.copy(),
+        state.sums - dS,
+        state.counts - dN,
+        final_counts,
+        candidates,
+        cand_dists,
+    )
     return new, cert
 
 
 def _copy(state: State) -> State:
-    return State(state.params, state.d_in, state.d, state.n, state.k_eff, list(state.init_ids),
-                 state.centroids.copy(), state.sums.copy(), state.counts.copy(), state.final_counts.copy(),
-                 [list(c) for c in state.candidates], [list(c) for c in state.cand_dists])
+    return State(
+        state.params,
+        state.d_in,
+        state.d,
+        state.n,
+        state.k_eff,
+        list(state.init_ids),
+        state.centroids.copy(),
+        state.sums.copy(),
+        state.counts.copy(),
+        state.final_counts.copy(),
+        [list(c) for c in state.candidates],
+        [list(c) for c in state.cand_dists],
+    )
 
 
 def crossing_rate(state: State, sample: Block) -> float:

@@ -90,13 +90,9 @@ def normalise_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         if isinstance(value, float):
             raise InvalidInput(
-                f"id {value!r} is a non-integer number (or an integer beyond 64 bits); "
-                "write the id as a JSON string"
+                f"id {value!r} is a non-integer number (or an integer beyond 64 bits); write the id as a JSON string"
             )
-        raise InvalidInput(
-            f"id must be a string or an integer, not {_json_type(value)}; "
-            "write the id as a JSON string"
-        )
+        raise InvalidInput(f"id must be a string or an integer, not {_json_type(value)}; write the id as a JSON string")
     text = str(value) if isinstance(value, int) else value
     if not text.strip():
         raise InvalidInput("id is empty; give every record a non-empty id")
@@ -107,13 +103,9 @@ def normalise_id(value: Any) -> str:
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidInput(
-            "id contains an unpaired surrogate and cannot be written as UTF-8; fix the id"
-        ) from None
+        raise InvalidInput("id contains an unpaired surrogate and cannot be written as UTF-8; fix the id") from None
     if size > MAX_ID_BYTES:
-        raise InvalidInput(
-            f"id is {size} bytes long, over the limit of {MAX_ID_BYTES}; use a shorter id"
-        )
+        raise InvalidInput(f"id is {size} bytes long, over the limit of {MAX_ID_BYTES}; use a shorter id")
     return text
 
 
@@ -124,8 +116,10 @@ def normalise_vector(v: Any) -> np.ndarray:
     at least one non-zero entry.
     """
     if isinstance(v, np.ndarray):
-        if v.ndim != 1 or v.size == 0 or not (
-            np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)
+        if (
+            v.ndim != 1
+            or v.size == 0
+            or not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer))
         ):
             raise InvalidInput(
                 f"vector must be a non-empty 1-D array of numbers, got shape {v.shape} "
@@ -135,26 +129,18 @@ def normalise_vector(v: Any) -> np.ndarray:
     else:
         if not isinstance(v, list) or not v:
             raise InvalidInput(
-                f"vector must be a non-empty list of numbers, not {_json_type(v)}; "
-                "write it as [0.1, -0.2, ...]"
+                f"vector must be a non-empty list of numbers, not {_json_type(v)}; write it as [0.1, -0.2, ...]"
             )
         for i, item in enumerate(v):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise InvalidInput(
-                    f"vector entry {i} is {_json_type(item)}, not a number; "
-                    "a vector holds numbers only"
-                )
+                raise InvalidInput(f"vector entry {i} is {_json_type(item)}, not a number; a vector holds numbers only")
         try:
             x = np.asarray(v, dtype=np.float64)
         except OverflowError:
-            raise InvalidInput(
-                "vector has an integer too large for a float; scale the vector down"
-            ) from None
+            raise InvalidInput("vector has an integer too large for a float; scale the vector down") from None
     if not np.all(np.isfinite(x)):
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise InvalidInput(
-            f"vector entry {bad} is {x[bad]!r}; NaN and infinite values are not allowed"
-        )
+        raise InvalidInput(f"vector entry {bad} is {x[bad]!r}; NaN and infinite values are not allowed")
     with np.errstate(over="ignore"):
         x32 = x.astype(np.float32)
     w = x32.astype(np.float64)
@@ -243,9 +229,7 @@ def read_jsonl(
             records.append(record)
 
     if not saw_content and not skipped:
-        raise InvalidInput(
-            f"{name}: no records (the file is empty); write one JSON object per line"
-        )
+        raise InvalidInput(f"{name}: no records (the file is empty); write one JSON object per line")
     if not records:
         raise InvalidInput(
             f"{name}: no valid records, {len(skipped)} lines skipped (first: "
@@ -278,10 +262,7 @@ def read_ids(path: str | Path) -> list[str]:
             if body.endswith(b"\r"):
                 body = body[:-1]
             if len(body) > MAX_ID_BYTES:
-                raise InvalidInput(
-                    f"{name}:{lineno}: id is longer than {MAX_ID_BYTES} bytes; "
-                    "put one id per line"
-                )
+                raise InvalidInput(f"{name}:{lineno}: id is longer than {MAX_ID_BYTES} bytes; put one id per line")
             try:
                 text = _decode(body)
             except _LineProblem as problem:
@@ -365,8 +346,7 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise _LineProblem(
-            f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line); "
-            "save the file as UTF-8"
+            f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line); save the file as UTF-8"
         ) from None
 
 
@@ -383,21 +363,17 @@ def _parse_object(raw: bytes) -> dict:
             if rest.startswith(token):
                 signed = "-" if err.doc[err.pos - 1 : err.pos] == "-" else ""
                 raise _LineProblem(
-                    f"{signed}{token} at column {err.colno} is not a JSON number; "
-                    "numbers must be finite"
+                    f"{signed}{token} at column {err.colno} is not a JSON number; numbers must be finite"
                 ) from None
         if "infinity" in err.msg:
             raise _LineProblem(
-                f"number at column {err.colno} is too large for a double; "
-                "numbers must be finite"
+                f"number at column {err.colno} is too large for a double; numbers must be finite"
             ) from None
         raise _LineProblem(
             f"malformed JSON ({err.msg} at column {err.colno}); write one JSON object per line"
         ) from None
     if not isinstance(obj, dict):
-        raise _LineProblem(
-            f"line is {_json_type(obj)}, not a JSON object; write one JSON object per line"
-        )
+        raise _LineProblem(f"line is {_json_type(obj)}, not a JSON object; write one JSON object per line")
     # Counting brackets is a cheap upper bound on the depth; only suspicious lines are walked.
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth_exceeds(obj, MAX_JSON_DEPTH):
         raise _LineProblem(_too_deep())
@@ -438,8 +414,7 @@ def _record_from(obj: dict, fields: _Fields) -> Record:
     text = _required(obj, fields.input, "--input-field")
     if not isinstance(text, str):
         raise _LineProblem(
-            f"field {fields.input!r} must be a string, not {_json_type(text)}; "
-            "write the input as a JSON string"
+            f"field {fields.input!r} must be a string, not {_json_type(text)}; write the input as a JSON string"
         )
     if not text.strip():
         raise _LineProblem(f"field {fields.input!r} is empty; give every record an input")
@@ -450,8 +425,7 @@ def _record_from(obj: dict, fields: _Fields) -> Record:
         missing = [t for t in targets if t not in choices]
         if missing:
             raise _LineProblem(
-                f"target {missing[0]!r} is not one of the choices; "
-                "add it to 'choices' or correct the target"
+                f"target {missing[0]!r} is not one of the choices; add it to 'choices' or correct the target"
             )
     vector = None
     if fields.vector is not None:
@@ -467,8 +441,7 @@ def _required(obj: dict, field: str, option: str) -> Any:
     if field not in obj or obj[field] is None:
         keys = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
         raise _LineProblem(
-            f"missing field {field!r} (the object has keys {keys}); "
-            f"add it, or name the right field with {option}"
+            f"missing field {field!r} (the object has keys {keys}); add it, or name the right field with {option}"
         )
     return obj[field]
 
@@ -480,19 +453,15 @@ def _target(value: Any, field: str) -> str | list[str]:
         return value
     if isinstance(value, list):
         if not value:
-            raise _LineProblem(
-                f"field {field!r} is an empty list; list at least one acceptable target"
-            )
+            raise _LineProblem(f"field {field!r} is an empty list; list at least one acceptable target")
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item.strip():
                 raise _LineProblem(
-                    f"field {field!r} item {i} is {_describe(item)}; "
-                    "a target list holds non-empty strings"
+                    f"field {field!r} item {i} is {_describe(item)}; a target list holds non-empty strings"
                 )
         return value
     raise _LineProblem(
-        f"field {field!r} must be a string or a list of strings, not {_json_type(value)}; "
-        "write the target as text"
+        f"field {field!r} must be a string or a list of strings, not {_json_type(value)}; write the target as text"
     )
 
 
@@ -506,9 +475,7 @@ def _choices(value: Any) -> list[str] | None:
         )
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise _LineProblem(
-                f"field 'choices' item {i} is {_describe(item)}; choices are non-empty strings"
-            )
+            raise _LineProblem(f"field 'choices' item {i} is {_describe(item)}; choices are non-empty strings")
     if len(set(value)) != len(value):
         repeated = next(c for i, c in enumerate(value) if c in value[:i])
         raise _LineProblem(f"choice {repeated!r} is listed twice; list each option once")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import orjson
 from rich.console import Console
@@ -53,8 +53,13 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -63,7 +68,6 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
                 tasks[stage] = bar.add_task(stage, total=total, rate="")
             task = bar.tasks[tasks[stage]]
             speed = task.speed
-            bar.update(tasks[stage], completed=done, total=total,
-                       rate=f"{speed:,.0f}/s" if speed else "")
+            bar.update(tasks[stage], completed=done, total=total, rate=f"{speed:,.0f}/s" if speed else "")
 
         yield update
