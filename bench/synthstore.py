@@ -55,9 +55,7 @@ def build(root: Path, n: int) -> None:
                 index["idh"][lo:hi], index["row"][lo:hi] = idh, rows
                 lo = hi
                 log(f"staged {hi}/{n} rows")
-            meta["n_slots"] = n
-            meta["n_records"] = n
-            stage_meta(tx, meta, index_changes(st, add=index))
+            stage_meta(tx, meta.with_(n_slots=n, n_records=n), index_changes(st, add=index))
             tx.commit({"n_added": n, "n_skipped_invalid": 0, "n_skipped_forgotten": 0,
                        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)})
     log(f"built {root} ({n} records) in {time.perf_counter() - t0:.1f} s")
