@@ -37,11 +37,9 @@ from .store import (
     ACTIONS,
     AUDIT,
     CACHE_DIR,
-    FORGOTTEN,
     INDEX_DIR,
     INDEX_DTYPE,
     JOURNAL_DIR,
-    MANIFEST,
     STATE,
     FitMeta,
     Manifest,
@@ -49,13 +47,10 @@ from .store import (
     StoreMeta,
     Transaction,
     ensure_secret,
-    index_changes,
     key_fingerprint,
     new_meta,
-    npz_bytes,
     open_store,
     read_key_file,
-    stage_meta,
 )
 
 # Records whose vectors a fit keeps in memory instead of streaming from zarr on every pass.
@@ -235,21 +230,22 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
         if records:
             _check_vectors(rule, root, path, vectors.shape[1], name)
         meta = new_meta(0, "") if fresh else st.meta
-        with Transaction(st, "ingest") as tx:
+        with st.transaction("ingest") as tx:
             ensure_secret(tx)
             if records:
                 if rule is None:
                     meta = meta.with_(dim=vectors.shape[1], embedder=name)
                     if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
                         tx.create_arrays(vectors.shape[1])
-                meta = _stage_new_rows(tx, st, meta, records, vectors)
+                meta = _stage_new_rows(tx, meta, records, vectors)
             elif fresh:
                 raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
             if meta.fit and records:
                 meta = meta.with_(fit=meta.fit.with_(stale=True))
-            files = index_changes(st, add=_new_index_entries(meta, records)) if records else {}
+            if records:
+                tx.update_index(add=_new_index_entries(meta, records))
             meta = meta.with_(n_records=st.n_records + len(records))
-            stage_meta(tx, meta, files)
+            tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
                        "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
@@ -330,19 +326,13 @@ def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
     return np.concatenate(parts).astype(np.float32), model.name
 
 
-def _stage_new_rows(tx: Transaction, st: Store, meta: StoreMeta, records,
-                    vectors: np.ndarray) -> StoreMeta:
-    start = meta.n_slots
-    n_new = start + len(records)
-    rows = np.arange(start, n_new, dtype=np.int64)
+def _stage_new_rows(tx: Transaction, meta: StoreMeta, records, vectors: np.ndarray) -> StoreMeta:
     ids = np.array([r.id for r in records], dtype=object)
     data = np.array([orjson.dumps({"input": r.input, "target": r.target, "choices": r.choices}).decode()
                      for r in records], dtype=object)
-    tx.write_rows("ids", n_new, rows, ids)
-    tx.write_rows("data", n_new, rows, data)
-    tx.write_rows("idh", n_new, rows, qk.id_hash64(list(ids)))
-    tx.write_rows("emb", n_new, rows, vectors)
-    return meta.with_(n_slots=n_new)
+    n_slots = tx.append_rows(meta.n_slots, ids=ids, data=data, idh=qk.id_hash64(list(ids)),
+                             emb=vectors)
+    return meta.with_(n_slots=n_slots)
 
 
 def _new_index_entries(meta: StoreMeta, records) -> np.ndarray:
@@ -404,11 +394,11 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
                              counters=dict(st.meta.counters, refits=0))
         new = manifest
         changed = old_manifest is None or old_manifest.prompt_digest != new.prompt_digest
-        with Transaction(st, "fit") as tx:
-            files = {STATE: npz_bytes(state.to_arrays()), MANIFEST: manifest.to_bytes()}
-            if changed and (root / CACHE_DIR).exists():
-                tx.delete(CACHE_DIR)
-            stage_meta(tx, meta, files)
+        with st.transaction("fit") as tx:
+            tx.set_fit(state.to_arrays(), manifest)
+            if changed:
+                tx.delete_cache()
+            tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"params": _fit_params(params).to_json(), "n_records": int(state.n), "k_eff": int(state.k_eff),
                        "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
@@ -500,41 +490,31 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             report["batch"]["prompt_changed"] = False
             report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             return report
-        with Transaction(st, "forget") as tx:
-            n = st.n_slots
-            tx.write_rows("ids", n, krows, np.full(len(krows), "", dtype=object))
-            tx.write_rows("data", n, krows, np.full(len(krows), "", dtype=object))
-            tx.write_rows("idh", n, krows, np.zeros(len(krows), dtype=np.uint64))
-            tx.write_rows("emb", n, krows, np.zeros((len(krows), st.dim), dtype=np.float32))
-            purged = ["records.zarr/ids", "records.zarr/data", "records.zarr/idh", "records.zarr/emb", INDEX_DIR]
-            files = index_changes(st, remove_rows=krows, remove_idh=qk.id_hash64(kids))
+        with st.transaction("forget") as tx:
+            # The records' bytes go, then every trace of them: index entries, the fit, the cache.
+            purged = tx.purge_rows(krows) + [INDEX_DIR]
+            tx.update_index(remove_rows=krows, remove_idh=qk.id_hash64(kids))
+            tx.set_forgotten(forgotten | {h for h, k in zip(hashes, known) if k})
             meta = meta.with_(n_records=st.n_records - len(kids),
-                              n_forgotten=meta.n_forgotten + len(kids))
-            files[FORGOTTEN] = orjson.dumps(sorted(forgotten | {h for h, k in zip(hashes, known) if k}))
-            counters = dict(meta.counters)
-            counters["forget_batches"] += 1
+                              n_forgotten=meta.n_forgotten + len(kids)).counted(forget_batches=1)
             prompt_changed = False
             new_manifest = None
             if new_state is not None:
                 new_manifest = build_manifest(st, new_state)
                 prompt_changed = new_manifest.prompt_digest != old_manifest.prompt_digest
-                files[STATE] = npz_bytes(new_state.to_arrays())
-                files[MANIFEST] = new_manifest.to_bytes()
-                purged += [STATE, MANIFEST]
+                purged += tx.set_fit(new_state.to_arrays(), new_manifest)
                 if refit:
-                    counters["crossing_batches"] += 1
-                    counters["refits"] += 1
                     projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
-                    meta = meta.with_(fit=fit_meta.with_(crossing_estimate=_crossing_estimate(
-                        st, new_state, survivors.rows, projector)))
+                    meta = meta.counted(crossing_batches=1, refits=1).with_(
+                        fit=fit_meta.with_(crossing_estimate=_crossing_estimate(
+                            st, new_state, survivors.rows, projector)))
                 if hit_example and not refit:
-                    counters["examples_replaced"] += 1
+                    meta = meta.counted(examples_replaced=1)
                 if prompt_changed:
-                    counters["prompt_changes"] += 1
-                    if (root / CACHE_DIR).exists():
-                        tx.delete(CACHE_DIR)
+                    meta = meta.counted(prompt_changes=1)
+                    if tx.delete_cache():
                         purged.append(CACHE_DIR)
-            stage_meta(tx, meta.with_(counters=counters), files)
+            tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
             report["batch"].update(prompt_changed=prompt_changed, purged=purged, elapsed_ms=elapsed)
             tx.commit({
@@ -874,8 +854,8 @@ def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout
                     key_file=key_file) as st:
         if st.meta.record_set != seen:
             return None
-        with Transaction(st, "export") as tx:
-            stage_meta(tx, st.meta, {})
+        with st.transaction("export") as tx:
+            tx.set_meta(st.meta)
             return tx.commit(details)
 
 

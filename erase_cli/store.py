@@ -657,6 +657,10 @@ class Store:
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
 
+    def transaction(self, action: str) -> "Transaction":
+        """`with store.transaction("forget") as tx:` stage with tx's operations, then tx.commit."""
+        return Transaction(self, action)
+
     def audit_entries(self) -> list[dict]:
         path = self.resolve(AUDIT)
         if path is None:
@@ -793,6 +797,59 @@ class Transaction:
     def set_meta(self, meta: StoreMeta) -> None:
         """store.json's new content; commit adds the checksums, the audit head and the mac."""
         self.meta = meta
+
+    # ---- typed operations: what the commands stage
+    def append_rows(self, start: int, *, ids: np.ndarray, data: np.ndarray, idh: np.ndarray,
+                    emb: np.ndarray) -> int:
+        """New records in slots start, start+1, ...; returns the new number of slots."""
+        n_slots = start + len(ids)
+        rows = np.arange(start, n_slots, dtype=np.int64)
+        for name, values in (("ids", ids), ("data", data), ("idh", idh), ("emb", emb)):
+            self.write_rows(name, n_slots, rows, values)
+        return n_slots
+
+    def purge_rows(self, rows: np.ndarray) -> list[str]:
+        """Empty the slots `rows` in every array (their chunks are rewritten, so the bytes are
+        gone once committed); returns the arrays purged."""
+        n, k = self.store.n_slots, len(rows)
+        empty = {"ids": np.full(k, "", dtype=object), "data": np.full(k, "", dtype=object),
+                 "idh": np.zeros(k, dtype=np.uint64),
+                 "emb": np.zeros((k, self.store.dim), dtype=np.float32)}
+        order = ("ids", "data", "idh", "emb")  # the order reports and the audit list them in
+        for name in order:
+            self.write_rows(name, n, rows, empty[name])
+        return [f"records.zarr/{name}" for name in order]
+
+    def update_index(self, *, add: np.ndarray | None = None, remove_rows: np.ndarray | None = None,
+                     remove_idh: np.ndarray | None = None) -> None:
+        """Stage the index shards that change (see index_changes)."""
+        self.write_files(index_changes(self.store, add=add, remove_rows=remove_rows,
+                                       remove_idh=remove_idh))
+
+    def set_forgotten(self, hashes: set[str]) -> None:
+        """forgotten.json: the keyed hashes of every id forgotten so far."""
+        self.write_file(FORGOTTEN, orjson.dumps(sorted(hashes)))
+
+    def set_fit(self, state_arrays: dict[str, np.ndarray], manifest: Manifest) -> list[str]:
+        """The fitted state and its manifest; returns the files replaced."""
+        self.write_file(STATE, npz_bytes(state_arrays))
+        self.write_file(MANIFEST, manifest.to_bytes())
+        return [STATE, MANIFEST]
+
+    def delete_cache(self) -> bool:
+        """Drop the prefix KV cache (built for a prompt that changed); whether there was one."""
+        if not (self.store.root / CACHE_DIR).exists():
+            return False
+        self.delete(CACHE_DIR)
+        return True
+
+    def write_files(self, files: dict[str, bytes | None]) -> None:
+        """Stage small files: bytes to write, None to delete."""
+        for rel, data in files.items():
+            if data is None:
+                self.delete(rel)
+            else:
+                self.write_file(rel, data)
 
     # ---- zarr
     def create_arrays(self, dim: int) -> None:
@@ -1074,7 +1131,7 @@ def _upgrade(store: Store, say: Message) -> None:
     """erase-store/1 -> 2 in one journaled step, logged as an `upgrade` audit entry: store.json
     gains its keyed mac and the checksums of the zarr metadata, the chunks an older erase left out
     are written, and the audit chain is keyed from this entry on."""
-    with Transaction(store, "upgrade") as tx:
+    with store.transaction("upgrade") as tx:
         key = store.key()
         meta = store.meta
         filled = {name: tx.fill_missing_chunks(name) for name in ARRAYS} if store.n_slots else {}
@@ -1123,17 +1180,6 @@ def index_changes(store: Store, *, add: np.ndarray | None = None,
         merged = merged[np.lexsort((merged["row"], merged["idh"]))]
         out[index_rel(b)] = npy_bytes(merged) if len(merged) else None
     return out
-
-
-def stage_meta(tx: Transaction, meta: StoreMeta, files: dict[str, bytes | None]) -> None:
-    """Stage the small files in `files` (None = delete) and the new store.json content; commit
-    adds their checksums, the audit head and the mac."""
-    for rel, data in files.items():
-        if data is None:
-            tx.delete(rel)
-        else:
-            tx.write_file(rel, data)
-    tx.set_meta(meta)
 
 
 def ensure_secret(tx: Transaction) -> bytes:

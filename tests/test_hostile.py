@@ -94,8 +94,9 @@ def test_manifest_of_unknown_format_is_damage(store):
     with store_mod.open_store(store, write=True) as st:
         manifest = orjson.loads(st.manifest_bytes())
         manifest["format"] = "erase-manifest/99"
-        with store_mod.Transaction(st, "fit") as tx:
-            store_mod.stage_meta(tx, st.meta, {store_mod.MANIFEST: orjson.dumps(manifest)})
+        with st.transaction("fit") as tx:
+            tx.write_file(store_mod.MANIFEST, orjson.dumps(manifest))
+            tx.set_meta(st.meta)
             tx.commit({})
     refused(["status", "--store", str(store)], store, kind="store_damaged",
             mentions=["manifest.json", "erase-manifest/99", "erase fit"])
