@@ -10,10 +10,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import config, interrupts, render
-from .errors import EraseError
+from .errors import EraseError, ExitStatus
 
-# Usage errors (unknown option, bad value, missing argument): click's own exit code.
-EXIT_USAGE = 2
 _ARGV = "erase.argv"  # where the group keeps the command line, for the commands' usage errors
 # click's UsageError, whose subclasses are every usage error. Found through BadParameter, which
 # typer exports, because newer typer releases bundle their own copy of click.
@@ -37,7 +35,7 @@ def _usage_errors(argv: list[str]) -> Iterator[None]:
         command = exc.ctx.command_path if exc.ctx is not None else "erase"
         message = " ".join(exc.format_message().split()).rstrip(".")
         render.error("usage", f"{message}; see '{command} --help'", True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitStatus.USAGE) from None
 
 
 class _Group(TyperGroup):
@@ -86,8 +84,8 @@ def _show_version(value: bool) -> None:
     except PackageNotFoundError:
         render.say("error: erase is not installed as a package, so it has no version; "
                    "install it with 'pip install -e .'")
-        raise typer.Exit(1) from None
-    raise typer.Exit()
+        raise typer.Exit(ExitStatus.FAILURE) from None
+    raise typer.Exit(ExitStatus.OK)
 
 
 @app.callback()
@@ -106,10 +104,6 @@ SecretOpt = Annotated[Optional[Path], typer.Option(
     "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
          "Given at the first ingest, the store records only its fingerprint.")]
-
-
-# `forget` with ids the store never had (a cron job can tell them from failures, exit 1).
-EXIT_NOT_FOUND = 3
 
 
 REDACTED_PREFIX = "h:"
@@ -342,7 +336,7 @@ def forget(
         "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
     missing_ok: Annotated[bool, typer.Option(
-        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {EXIT_NOT_FOUND}, after applying the rest).")] = False,
+        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -390,7 +384,7 @@ def forget(
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
         # Not 1: the batch was applied for the known ids; 1 keeps meaning that something failed.
         render.say("some ids were not found; the others were handled (pass --missing-ok to exit 0)")
-        raise typer.Exit(EXIT_NOT_FOUND)
+        raise typer.Exit(ExitStatus.NOT_FOUND)
 
 
 # --------------------------------------------------------------------------- ask
@@ -610,7 +604,7 @@ def verify(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
         config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
         hooks=hooks)), show)
     if not result["identical"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILURE)
 
 
 @app.command()
@@ -691,7 +685,7 @@ def log(
         else:
             render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
         if not result["valid"]:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.FAILURE)
 
 
 def _short(value: object, n: int = 8) -> str:
