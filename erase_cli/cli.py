@@ -69,6 +69,10 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", envvar="ERASE_STORE", show_envvar=True,
     help="Store directory (default ./erase-store).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", envvar="ERASE_MODEL", show_envvar=True,
+    help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 LockOpt = Annotated[Optional[float], typer.Option(
     "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
@@ -397,12 +401,11 @@ def ask(
         "--from-file", help="Questions, one per line or JSONL with input and optional choices ('-' = stdin); NDJSON out with --json.")] = None,
     choices: Annotated[Optional[list[str]], typer.Option(
         "--choices", help="A possible answer; repeat for each. Scores each by log-likelihood.")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    model: ModelOpt = None,
     n_gpu_layers: Annotated[int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")] = 0,
     n_ctx: Annotated[Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: ThreadsOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -456,11 +459,10 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the methods' randomness (never changes the split).")] = config.DEFAULT_SEED,
     k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt.")] = config.DEFAULT_K,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    model: ModelOpt = None,
     embedder: Annotated[Optional[str], typer.Option(
         envvar="ERASE_EMBEDDER", show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Compare demonstration choices (erase, kmeans, random, zero-shot, knn) on a task."""
@@ -487,9 +489,8 @@ def cost(
     questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
     repeats: Annotated[int, typer.Option(help="Timed rounds over the questions, each asking every question with and without the demonstrations.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed queries on each prompt before timing.")] = 3,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    model: ModelOpt = None,
+    threads: ThreadsOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
