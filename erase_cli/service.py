@@ -628,7 +628,7 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         }
         if fit_meta:
             out["fit"] = {
-                **fit_meta.params.to_json(),
+                **dict(sorted(fit_meta.params.to_json().items())),  # as store.json lists them
                 "eps_effective": manifest.eps if manifest else None,
                 "stale": fit_meta.stale,
                 "n_records": manifest.n_records if manifest else None,
