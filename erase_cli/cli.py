@@ -186,9 +186,9 @@ def _handled(as_json: bool, ids: _Ids = _PLAIN) -> Iterator[None]:
 def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None],
          ids: _Ids = _PLAIN, view: Optional[Callable[[dict, _Ids], dict]] = None) -> object:
     """Run one core call, then render the result: `view` gives the result as shown, ids
-    redacted when asked. Returns the raw result."""
+    redacted when asked. Returns the raw result, as its JSON object."""
     with _handled(as_json, ids):
-        result = work()
+        result = _plain(work())
         shown = view(result, ids) if view is not None and ids.redact else result
         if as_json:
             render.emit_json(shown)
@@ -216,9 +216,16 @@ def _with_progress(call: Callable[[object], object]) -> object:
         return call(Hooks(say=render.say, progress=progress))
 
 
-def _warned(result: dict) -> dict:
+def _plain(result):
+    """A core result as the JSON object --json prints (a typed report gives its to_json())."""
+    to_json = getattr(result, "to_json", None)
+    return to_json() if to_json is not None else result
+
+
+def _warned(result) -> dict:
     """Say a result's `warnings` on stderr (in --json mode too: stderr is for people), and pass
     the result on; --json keeps them in its `warnings` list."""
+    result = _plain(result)
     for warning in result.get("warnings") or []:
         render.say(f"warning: {warning}")
     return result

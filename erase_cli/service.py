@@ -1,7 +1,7 @@
 """Ingest, fit, forget, export, verify, status and log over a store: the core that cli.py calls.
 
 Each function opens the store with the right lock, does its work through one Transaction and
-returns a JSON-ready dict. Progress and notices go through callbacks so the core never prints.
+returns a typed report (reports.py) whose to_json() is what --json prints. Progress and notices go through callbacks so the core never prints.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
+from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
 from .schema import FitParams
 from .store import (
     ACTIONS,
@@ -184,7 +185,7 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
            target_field: str = "target", vector_field: str | None = None, embedder: str | None = None,
            batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
            allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> dict:
+           hooks: Hooks = Hooks()) -> IngestReport:
     """Add a JSONL file's records to the store.
 
     Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
@@ -249,14 +250,14 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
                        "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
-    return {
-        "store": str(root),
-        "ingested": len(records),
-        "skipped_invalid": [{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
-        "skipped_forgotten": skipped_forgotten,
-        "stale_fit": bool(meta.fit and meta.fit.stale),
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return IngestReport(
+        store=str(root),
+        ingested=len(records),
+        skipped_invalid=[{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
+        skipped_forgotten=skipped_forgotten,
+        stale_fit=bool(meta.fit and meta.fit.stale),
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _admit(st: Store, root: Path, path: str, records, append: bool,
@@ -361,7 +362,7 @@ def id_hasher(root: Path, *, lock_timeout: float = 60.0,
 
 
 def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed: int, max_iter: int,
-        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> FitReport:
     """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
     from .config import DEFAULT_DIM
 
@@ -405,19 +406,19 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
                        "prompt_digest_after": new.prompt_digest,
                        "state_digest_before": old_manifest and old_manifest.state_digest,
                        "state_digest_after": new.state_digest, "elapsed_ms": round(elapsed, 3)})
-    return {"store": str(root), "n_records": int(state.n), "k": k, "k_eff": int(state.k_eff),
-            "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
-            "examples": [{"cluster": c, "id": i} for c, i in state.examples],
-            "prompt_digest": new.prompt_digest, "state_digest": new.state_digest,
-            "crossing_estimate": estimate, "warnings": warnings,
-            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+    return FitReport(store=str(root), n_records=int(state.n), k=k, k_eff=int(state.k_eff),
+                     eps=params.eps_effective, dim=dim, seed=seed, max_iter=max_iter,
+                     examples=[{"cluster": c, "id": i} for c, i in state.examples],
+                     prompt_digest=new.prompt_digest, state_digest=new.state_digest,
+                     crossing_estimate=estimate, warnings=warnings,
+                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
 
 
 # --------------------------------------------------------------------------- forget
 
 
 def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
-           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+           key_file: Path | None = None, hooks: Hooks = Hooks()) -> ForgetReport:
     """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
 
     Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
@@ -430,10 +431,9 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             # Loads store.json and the key: a damaged or mis-keyed store is reported even when
             # there is nothing to do, so a cron job learns of it on its next (empty) run.
             st.key()
-        return {"batch": {"crossings": [], "action": "none", "prompt_changed": False, "purged": [],
-                          "dry_run": dry_run, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-                          "n_forgotten": 0},
-                "ids": []}
+        return ForgetReport(ForgetBatch(
+            crossings=[], action="none", prompt_changed=False, purged=[], dry_run=dry_run,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000, 3), n_forgotten=0))
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         rows = st.lookup(ids)
@@ -469,26 +469,19 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
         refit = cert is not None and cert.action_needed == "refit"
         example_ids = {i for _, i in state.examples} if state is not None else set()
         hit_example = bool(example_ids & set(kids))
-        report = {
-            "batch": {
-                "crossings": [{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
-                "action": "refit" if refit else ("replace_example" if hit_example else "none"),
-                "prompt_changed": None,
-                "purged": [],
-                "dry_run": dry_run,
-                "elapsed_ms": None,
-                "n_forgotten": len(kids),
-            },
-            "ids": statuses,
-        }
+        batch = ForgetBatch(
+            crossings=[{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
+            action="refit" if refit else ("replace_example" if hit_example else "none"),
+            prompt_changed=None, purged=[], dry_run=dry_run, elapsed_ms=None, n_forgotten=len(kids))
+        report = ForgetReport(batch, statuses)
         if dry_run:
-            report["batch"]["prompt_changed"] = refit or hit_example
-            report["batch"]["prompt_changed_is_estimate"] = refit and not hit_example
-            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            batch.prompt_changed = refit or hit_example
+            batch.prompt_changed_is_estimate = refit and not hit_example
+            batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
         if not len(krows):
-            report["batch"]["prompt_changed"] = False
-            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            batch.prompt_changed = False
+            batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
         with st.transaction("forget") as tx:
             # The records' bytes go, then every trace of them: index entries, the fit, the cache.
@@ -516,11 +509,11 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                         purged.append(CACHE_DIR)
             tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
-            report["batch"].update(prompt_changed=prompt_changed, purged=purged, elapsed_ms=elapsed)
+            batch.prompt_changed, batch.purged, batch.elapsed_ms = prompt_changed, purged, elapsed
             tx.commit({
                 "id_hashes": sorted(h for h, k in zip(hashes, known) if k),
-                "crossings": report["batch"]["crossings"],
-                "action_taken": report["batch"]["action"],
+                "crossings": batch.crossings,
+                "action_taken": batch.action,
                 "prompt_changed": prompt_changed,
                 "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
                 "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
@@ -603,7 +596,7 @@ def _pending(st: Store) -> dict | None:
 
 
 def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> dict:
+           hooks: Hooks = Hooks()) -> StatusReport:
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         meta = st.meta
@@ -611,23 +604,23 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         fit_meta = meta.fit
         cache = st.cache_dir()
         cache_files = sorted(p.name for p in cache.glob("*.kv")) if cache.is_dir() else []
-        out = {
-            "store": str(st.root),
-            "format": meta.format,
-            "records": st.n_records,
-            "forgotten": len(st.forgotten()),  # distinct ids, not forget events
-            "embedder": meta.embedder,
-            "dimension": meta.dim,
-            "size_bytes": st.size_bytes(),
-            "fit": None,
-            "counters": meta.counters,
-            "cache": {"files": len(cache_files),
-                      "prompt_digest": manifest.prompt_digest if manifest else None},
-            "pending": _pending(st),
-            "audit_head": meta.audit_head,
-        }
+        out = StatusReport(
+            store=str(st.root),
+            format=meta.format,
+            records=st.n_records,
+            forgotten=len(st.forgotten()),  # distinct ids, not forget events
+            embedder=meta.embedder,
+            dimension=meta.dim,
+            size_bytes=st.size_bytes(),
+            fit=None,
+            counters=meta.counters,
+            cache={"files": len(cache_files),
+                   "prompt_digest": manifest.prompt_digest if manifest else None},
+            pending=_pending(st),
+            audit_head=meta.audit_head,
+        )
         if fit_meta:
-            out["fit"] = {
+            out.fit = {
                 **dict(sorted(fit_meta.params.to_json().items())),  # as store.json lists them
                 "eps_effective": manifest.eps if manifest else None,
                 "stale": fit_meta.stale,
