@@ -66,15 +66,15 @@ app = typer.Typer(
 )
 
 StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", envvar="ERASE_STORE", show_envvar=True,
+    "--store", envvar=config.ENV_STORE, show_envvar=True,
     help="Store directory (default ./erase-store).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", envvar="ERASE_MODEL", show_envvar=True,
+    "--model", envvar=config.ENV_MODEL, show_envvar=True,
     help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 LockOpt = Annotated[Optional[float], typer.Option(
-    "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
+    "--lock-timeout", envvar=config.ENV_LOCK_TIMEOUT, show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
 
 
@@ -101,11 +101,11 @@ def _main(
 
 
 RedactOpt = Annotated[bool, typer.Option(
-    "--redact-ids", envvar="ERASE_REDACT_IDS", show_envvar=True,
+    "--redact-ids", envvar=config.ENV_REDACT_IDS, show_envvar=True,
     help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
          "log) in all output, so that logs keep no personal identifiers.")]
 SecretOpt = Annotated[Optional[Path], typer.Option(
-    "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
+    "--secret-file", envvar=config.ENV_SECRET_FILE, show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
          "Given at the first ingest, the store records only its fingerprint.")]
 
@@ -257,7 +257,7 @@ def ingest(
     vector_field: Annotated[Optional[str], typer.Option(
         help="Take embeddings from this field instead of running the embedder (bring your own).")] = None,
     embedder: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_EMBEDDER", show_envvar=True,
+        envvar=config.ENV_EMBEDDER, show_envvar=True,
         help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).")] = None,
     batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
     append: Annotated[bool, typer.Option("--append", help="Add to a store that already has records (marks the fit stale).")] = False,
@@ -468,7 +468,7 @@ def eval_(
     k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt.")] = config.DEFAULT_K,
     model: ModelOpt = None,
     embedder: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_EMBEDDER", show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
+        envvar=config.ENV_EMBEDDER, show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
