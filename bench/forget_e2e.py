@@ -67,7 +67,7 @@ def cli(*args: str) -> dict:
 
 def load(store) -> tuple[qk.State, dict]:
     with open_store(store, write=False) as st:
-        return qk.State.from_arrays(st.state_arrays()), dict(st.meta)
+        return qk.State.from_arrays(st.state_arrays()), st.meta.to_json()
 
 
 def working(state: qk.State, rows: np.ndarray, n: int) -> np.ndarray:

@@ -19,13 +19,11 @@ import orjson
 from common import CACHE, clustered_unit, log, rid
 from erase_cli import qkmeans as qk
 from erase_cli.store import (
-    index_changes,
     INDEX_DTYPE,
     Transaction,
     ensure_secret,
     new_meta,
     open_store,
-    stage_meta,
 )
 
 D, SEED = 384, 0
@@ -55,9 +53,8 @@ def build(root: Path, n: int) -> None:
                 index["idh"][lo:hi], index["row"][lo:hi] = idh, rows
                 lo = hi
                 log(f"staged {hi}/{n} rows")
-            meta["n_slots"] = n
-            meta["n_records"] = n
-            stage_meta(tx, meta, index_changes(st, add=index))
+            tx.update_index(add=index)
+            tx.set_meta(meta.with_(n_slots=n, n_records=n))
             tx.commit({"n_added": n, "n_skipped_invalid": 0, "n_skipped_forgotten": 0,
                        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)})
     log(f"built {root} ({n} records) in {time.perf_counter() - t0:.1f} s")

@@ -9,10 +9,12 @@ import os
 import signal
 import sys
 
+from erase_cli.errors import ExitStatus  # no dependencies: cheap this early
+
 
 def _early(signum, _frame):
     sys.stderr.write(f"error: interrupted by {signal.Signals(signum).name}; nothing changed\n")
-    os._exit(128 + signum)
+    os._exit(ExitStatus.signal(signum))
 
 
 def main() -> None:

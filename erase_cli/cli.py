@@ -10,10 +10,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import config, interrupts, render
-from .errors import EraseError
+from .errors import EraseError, ExitStatus
 
-# Usage errors (unknown option, bad value, missing argument): click's own exit code.
-EXIT_USAGE = 2
 _ARGV = "erase.argv"  # where the group keeps the command line, for the commands' usage errors
 # click's UsageError, whose subclasses are every usage error. Found through BadParameter, which
 # typer exports, because newer typer releases bundle their own copy of click.
@@ -37,7 +35,7 @@ def _usage_errors(argv: list[str]) -> Iterator[None]:
         command = exc.ctx.command_path if exc.ctx is not None else "erase"
         message = " ".join(exc.format_message().split()).rstrip(".")
         render.error("usage", f"{message}; see '{command} --help'", True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitStatus.USAGE) from None
 
 
 class _Group(TyperGroup):
@@ -68,11 +66,15 @@ app = typer.Typer(
 )
 
 StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", envvar="ERASE_STORE", show_envvar=True,
+    "--store", envvar=config.ENV_STORE, show_envvar=True,
     help="Store directory (default ./erase-store).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", envvar=config.ENV_MODEL, show_envvar=True,
+    help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 LockOpt = Annotated[Optional[float], typer.Option(
-    "--lock-timeout", envvar="ERASE_LOCK_TIMEOUT", show_envvar=True,
+    "--lock-timeout", envvar=config.ENV_LOCK_TIMEOUT, show_envvar=True,
     help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
 
 
@@ -86,8 +88,8 @@ def _show_version(value: bool) -> None:
     except PackageNotFoundError:
         render.say("error: erase is not installed as a package, so it has no version; "
                    "install it with 'pip install -e .'")
-        raise typer.Exit(1) from None
-    raise typer.Exit()
+        raise typer.Exit(ExitStatus.FAILURE) from None
+    raise typer.Exit(ExitStatus.OK)
 
 
 @app.callback()
@@ -99,17 +101,13 @@ def _main(
 
 
 RedactOpt = Annotated[bool, typer.Option(
-    "--redact-ids", envvar="ERASE_REDACT_IDS", show_envvar=True,
+    "--redact-ids", envvar=config.ENV_REDACT_IDS, show_envvar=True,
     help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
          "log) in all output, so that logs keep no personal identifiers.")]
 SecretOpt = Annotated[Optional[Path], typer.Option(
-    "--secret-file", envvar="ERASE_SECRET_FILE", show_envvar=True,
+    "--secret-file", envvar=config.ENV_SECRET_FILE, show_envvar=True,
     help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
          "Given at the first ingest, the store records only its fingerprint.")]
-
-
-# `forget` with ids the store never had (a cron job can tell them from failures, exit 1).
-EXIT_NOT_FOUND = 3
 
 
 REDACTED_PREFIX = "h:"
@@ -188,9 +186,9 @@ def _handled(as_json: bool, ids: _Ids = _PLAIN) -> Iterator[None]:
 def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None],
          ids: _Ids = _PLAIN, view: Optional[Callable[[dict, _Ids], dict]] = None) -> object:
     """Run one core call, then render the result: `view` gives the result as shown, ids
-    redacted when asked. Returns the raw result."""
+    redacted when asked. Returns the raw result, as its JSON object."""
     with _handled(as_json, ids):
-        result = work()
+        result = _plain(work())
         shown = view(result, ids) if view is not None and ids.redact else result
         if as_json:
             render.emit_json(shown)
@@ -218,9 +216,16 @@ def _with_progress(call: Callable[[object], object]) -> object:
         return call(Hooks(say=render.say, progress=progress))
 
 
-def _warned(result: dict) -> dict:
+def _plain(result):
+    """A core result as the JSON object --json prints (a typed report gives its to_json())."""
+    to_json = getattr(result, "to_json", None)
+    return to_json() if to_json is not None else result
+
+
+def _warned(result) -> dict:
     """Say a result's `warnings` on stderr (in --json mode too: stderr is for people), and pass
     the result on; --json keeps them in its `warnings` list."""
+    result = _plain(result)
     for warning in result.get("warnings") or []:
         render.say(f"warning: {warning}")
     return result
@@ -252,7 +257,7 @@ def ingest(
     vector_field: Annotated[Optional[str], typer.Option(
         help="Take embeddings from this field instead of running the embedder (bring your own).")] = None,
     embedder: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_EMBEDDER", show_envvar=True,
+        envvar=config.ENV_EMBEDDER, show_envvar=True,
         help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).")] = None,
     batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
     append: Annotated[bool, typer.Option("--append", help="Add to a store that already has records (marks the fit stale).")] = False,
@@ -342,7 +347,7 @@ def forget(
         "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
     missing_ok: Annotated[bool, typer.Option(
-        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {EXIT_NOT_FOUND}, after applying the rest).")] = False,
+        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -390,7 +395,7 @@ def forget(
     if not missing_ok and any(i["status"] == "not_found" for i in result["ids"]):
         # Not 1: the batch was applied for the known ids; 1 keeps meaning that something failed.
         render.say("some ids were not found; the others were handled (pass --missing-ok to exit 0)")
-        raise typer.Exit(EXIT_NOT_FOUND)
+        raise typer.Exit(ExitStatus.NOT_FOUND)
 
 
 # --------------------------------------------------------------------------- ask
@@ -403,12 +408,11 @@ def ask(
         "--from-file", help="Questions, one per line or JSONL with input and optional choices ('-' = stdin); NDJSON out with --json.")] = None,
     choices: Annotated[Optional[list[str]], typer.Option(
         "--choices", help="A possible answer; repeat for each. Scores each by log-likelihood.")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    model: ModelOpt = None,
     n_gpu_layers: Annotated[int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")] = 0,
     n_ctx: Annotated[Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: ThreadsOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -462,11 +466,10 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the methods' randomness (never changes the split).")] = config.DEFAULT_SEED,
     k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt.")] = config.DEFAULT_K,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
+    model: ModelOpt = None,
     embedder: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_EMBEDDER", show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+        envvar=config.ENV_EMBEDDER, show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
+    threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Compare demonstration choices (erase, kmeans, random, zero-shot, knn) on a task."""
@@ -493,9 +496,8 @@ def cost(
     questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
     repeats: Annotated[int, typer.Option(help="Timed rounds over the questions, each asking every question with and without the demonstrations.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed queries on each prompt before timing.")] = 3,
-    model: Annotated[Optional[str], typer.Option(
-        envvar="ERASE_MODEL", show_envvar=True, help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
+    model: ModelOpt = None,
+    threads: ThreadsOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -610,7 +612,7 @@ def verify(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
         config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
         hooks=hooks)), show)
     if not result["identical"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILURE)
 
 
 @app.command()
@@ -691,7 +693,7 @@ def log(
         else:
             render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
         if not result["valid"]:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.FAILURE)
 
 
 def _short(value: object, n: int = 8) -> str:

@@ -17,15 +17,24 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STORE = "./erase-store"
 
+# The variables that stand in for a flag, named here only: cli.py declares them on its options
+# (so --help shows them), and the functions below resolve flag > variable > default.
+ENV_STORE = "ERASE_STORE"
+ENV_LOCK_TIMEOUT = "ERASE_LOCK_TIMEOUT"
+ENV_SECRET_FILE = "ERASE_SECRET_FILE"
+ENV_REDACT_IDS = "ERASE_REDACT_IDS"
+ENV_MODEL = "ERASE_MODEL"
+ENV_EMBEDDER = "ERASE_EMBEDDER"
+
 
 def store_path(flag: str | Path | None) -> Path:
-    return Path(flag or os.environ.get("ERASE_STORE") or DEFAULT_STORE)
+    return Path(flag or os.environ.get(ENV_STORE) or DEFAULT_STORE)
 
 
 def lock_timeout(flag: float | None) -> float:
     if flag is not None:
         return flag
-    raw = os.environ.get("ERASE_LOCK_TIMEOUT")
+    raw = os.environ.get(ENV_LOCK_TIMEOUT)
     if raw:
         try:
             return float(raw)
@@ -33,16 +42,16 @@ def lock_timeout(flag: float | None) -> float:
             from .errors import InvalidParameter
 
             raise InvalidParameter(
-                f"ERASE_LOCK_TIMEOUT={raw!r} is not a number of seconds; set it to e.g. 60"
+                f"{ENV_LOCK_TIMEOUT}={raw!r} is not a number of seconds; set it to e.g. 60"
             ) from None
     return DEFAULT_LOCK_TIMEOUT
 
 
 def embedder_name(flag: str | None) -> str | None:
     """None means the bundled all-MiniLM-L6-v2."""
-    return flag or os.environ.get("ERASE_EMBEDDER") or None
+    return flag or os.environ.get(ENV_EMBEDDER) or None
 
 
 def model_flag(flag: str | None) -> str | None:
     """None means the bundled SmolLM2 GGUF (resolved by llm.resolve_model)."""
-    return flag or os.environ.get("ERASE_MODEL") or None
+    return flag or os.environ.get(ENV_MODEL) or None

@@ -1,18 +1,36 @@
-"""Typed errors. The core raises them; only cli.py turns them into exit codes and messages.
+"""Typed errors and exit statuses. The core raises the errors; only cli.py turns them into exit
+codes (an `ExitStatus`) and messages.
 
 Each error also inherits the builtin it resembles, so library callers can catch either.
 A message names the thing that is wrong and the fix. `kind` is the machine-readable name in
 `--json` error objects: snake_case, like every other word erase prints for programs.
 """
 
+from enum import IntEnum
 from typing import Self
+
+
+class ExitStatus(IntEnum):
+    """Every exit code erase uses (README's table): 0 done, 1 an error, 2 a usage error (click's),
+    3 `forget` with ids the store never had (the rest applied), 75 (EX_TEMPFAIL) the store is
+    locked or changed under the command (try again), 128 + N interrupted by signal N."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    LOCKED = 75
+
+    @staticmethod
+    def signal(signum: int) -> int:
+        return 128 + signum
 
 
 class EraseError(Exception):
     """Base of every expected error: one readable line, exit code 1."""
 
     kind = "error"
-    exit_code = 1
+    exit_code: int = ExitStatus.FAILURE
     ids: tuple[str, ...] = ()  # record ids the message quotes (as repr), for --redact-ids
 
     def about(self, *ids: str) -> Self:
@@ -88,7 +106,7 @@ class PromptTooLong(EraseError, ValueError):
 
 class StoreLocked(EraseError, TimeoutError):
     kind = "store_locked"
-    exit_code = 75
+    exit_code = ExitStatus.LOCKED
 
 
 class StoreChanged(EraseError):
@@ -96,4 +114,4 @@ class StoreChanged(EraseError):
     like a lock timeout, running the command again is the fix."""
 
     kind = "store_changed"
-    exit_code = 75
+    exit_code = ExitStatus.LOCKED

@@ -20,6 +20,8 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .errors import ExitStatus
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -37,7 +39,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return ExitStatus.signal(self.signum)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class _Guard:
         if self.pending is not None:
             # Second signal while finishing: stop now. The committed journal stays on disk and
             # the next writing command completes it (the same state a SIGKILL leaves).
-            os._exit(128 + signum)
+            os._exit(ExitStatus.signal(signum))
         self.pending = signum
         if self.committed:
             self.say(

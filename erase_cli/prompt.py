@@ -7,7 +7,7 @@ same for every query and its KV state is cached; `query_text` is what each quest
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 CHOICE_PREFIX = "\n  choice: "
 
@@ -36,15 +36,6 @@ class PromptFormat:
             separator=task.get("few_shot_example_separator", default.separator),
             append_choices=bool(task.get("append_choices_to_input", default.append_choices)),
         )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> PromptFormat:
-        """Inverse of `to_dict`; unknown keys are ignored so older readers accept newer files."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 def _with_choices(fmt: PromptFormat, input: str, choices: Sequence[str] | None) -> str:

@@ -1,7 +1,7 @@
 """Ingest, fit, forget, export, verify, status and log over a store: the core that cli.py calls.
 
 Each function opens the store with the right lock, does its work through one Transaction and
-returns a JSON-ready dict. Progress and notices go through callbacks so the core never prints.
+returns a typed report (reports.py) whose to_json() is what --json prints. Progress and notices go through callbacks so the core never prints.
 """
 
 from __future__ import annotations
@@ -32,29 +32,28 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
+from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
+from .schema import FitParams
 from .store import (
     ACTIONS,
     AUDIT,
     CACHE_DIR,
-    FORGOTTEN,
     INDEX_DIR,
     INDEX_DTYPE,
     JOURNAL_DIR,
-    MANIFEST,
     STATE,
+    FitMeta,
+    Manifest,
     Store,
+    StoreMeta,
     Transaction,
     ensure_secret,
-    index_changes,
     key_fingerprint,
     new_meta,
-    npz_bytes,
     open_store,
     read_key_file,
-    stage_meta,
 )
 
-MANIFEST_FORMAT = "erase-manifest/1"
 # Records whose vectors a fit keeps in memory instead of streaming from zarr on every pass.
 IN_MEMORY_BYTES = 512 * 2**20
 CROSSING_SAMPLE = 1000
@@ -124,17 +123,17 @@ def _vectors(store: Store, rows: np.ndarray, projector: qk.Projector) -> np.ndar
 # --------------------------------------------------------------------------- manifest
 
 
-def _params_of(fit_meta: dict) -> qk.Params:
-    p = fit_meta["params"]
-    return qk.Params(k=p["k"], eps=p["eps"], dim=p["dim"], seed=p["seed"], max_iter=p["max_iter"])
+def _params_of(fit_meta: FitMeta) -> qk.Params:
+    p = fit_meta.params
+    return qk.Params(k=p.k, eps=p.eps, dim=p.dim, seed=p.seed, max_iter=p.max_iter)
 
 
-def _params_json(params: qk.Params) -> dict:
-    return {"k": params.k, "eps": params.eps, "dim": params.dim, "seed": params.seed,
-            "max_iter": params.max_iter}
+def _fit_params(params: qk.Params) -> FitParams:
+    return FitParams(k=params.k, eps=params.eps, dim=params.dim, seed=params.seed,
+                     max_iter=params.max_iter)
 
 
-def build_manifest(store: Store, state: qk.State) -> bytes:
+def build_manifest(store: Store, state: qk.State) -> Manifest:
     """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states."""
     examples = []
     ex = state.examples
@@ -149,22 +148,11 @@ def build_manifest(store: Store, state: qk.State) -> bytes:
                 item["choices"] = rec["choices"]
             examples.append(item)
     p = state.params
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "k": p.k,
-        "k_eff": int(state.k_eff),
-        "eps": p.eps_effective,
-        "dim": p.dim,
-        "seed": p.seed,
-        "max_iter": p.max_iter,
-        "n_records": int(state.n),
-        "embedder": store.meta["embedder"],
-        "examples": examples,
-        "centroids": state.centroids[-1].tolist() if state.k_eff else [],
-        "prompt_digest": prompt_digest(examples),
-        "state_digest": state.state_digest(),
-    }
-    return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+    return Manifest(k=p.k, k_eff=int(state.k_eff), eps=p.eps_effective, dim=p.dim, seed=p.seed,
+                    max_iter=p.max_iter, n_records=int(state.n), embedder=store.meta.embedder,
+                    examples=examples,
+                    centroids=state.centroids[-1].tolist() if state.k_eff else [],
+                    prompt_digest=prompt_digest(examples), state_digest=state.state_digest())
 
 
 def prompt_digest(examples: list[dict]) -> str:
@@ -197,7 +185,7 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
            target_field: str = "target", vector_field: str | None = None, embedder: str | None = None,
            batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
            allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> dict:
+           hooks: Hooks = Hooks()) -> IngestReport:
     """Add a JSONL file's records to the store.
 
     Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
@@ -242,33 +230,34 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
         rule = None if fresh else _vector_rule(st)
         if records:
             _check_vectors(rule, root, path, vectors.shape[1], name)
-        meta = new_meta(0, "") if fresh else dict(st.meta)
-        with Transaction(st, "ingest") as tx:
+        meta = new_meta(0, "") if fresh else st.meta
+        with st.transaction("ingest") as tx:
             ensure_secret(tx)
             if records:
                 if rule is None:
-                    meta["dim"], meta["embedder"] = vectors.shape[1], name
+                    meta = meta.with_(dim=vectors.shape[1], embedder=name)
                     if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
                         tx.create_arrays(vectors.shape[1])
-                _stage_new_rows(tx, st, meta, records, vectors)
+                meta = _stage_new_rows(tx, meta, records, vectors)
             elif fresh:
                 raise InvalidInput(f"{path}: no records left to ingest (every valid record was skipped)")
-            if meta.get("fit") and records:
-                meta["fit"] = dict(meta["fit"], stale=True)
-            files = index_changes(st, add=_new_index_entries(meta, records)) if records else {}
-            meta["n_records"] = st.n_records + len(records)
-            stage_meta(tx, meta, files)
+            if meta.fit and records:
+                meta = meta.with_(fit=meta.fit.with_(stale=True))
+            if records:
+                tx.update_index(add=_new_index_entries(meta, records))
+            meta = meta.with_(n_records=st.n_records + len(records))
+            tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
                        "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
-    return {
-        "store": str(root),
-        "ingested": len(records),
-        "skipped_invalid": [{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
-        "skipped_forgotten": skipped_forgotten,
-        "stale_fit": bool(meta.get("fit") and meta["fit"].get("stale")),
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return IngestReport(
+        store=str(root),
+        ingested=len(records),
+        skipped_invalid=[{"line": s.line, "message": s.message, "ids": list(s.ids)} for s in skipped],
+        skipped_forgotten=skipped_forgotten,
+        stale_fit=bool(meta.fit and meta.fit.stale),
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _admit(st: Store, root: Path, path: str, records, append: bool,
@@ -298,7 +287,7 @@ def _admit(st: Store, root: Path, path: str, records, append: bool,
 
 def _vector_rule(st: Store) -> tuple[int, str] | None:
     """The (dimension, embedder) new vectors must have; None while the store has no rows yet."""
-    return (st.meta["dim"], st.meta["embedder"]) if st.exists and st.n_slots else None
+    return (st.meta.dim, st.meta.embedder) if st.exists and st.n_slots else None
 
 
 def _check_vectors(rule: tuple[int, str] | None, root: Path, path: str, dim: int, name: str) -> None:
@@ -338,24 +327,19 @@ def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
     return np.concatenate(parts).astype(np.float32), model.name
 
 
-def _stage_new_rows(tx: Transaction, st: Store, meta: dict, records, vectors: np.ndarray) -> None:
-    start = int(meta["n_slots"])
-    n_new = start + len(records)
-    rows = np.arange(start, n_new, dtype=np.int64)
+def _stage_new_rows(tx: Transaction, meta: StoreMeta, records, vectors: np.ndarray) -> StoreMeta:
     ids = np.array([r.id for r in records], dtype=object)
     data = np.array([orjson.dumps({"input": r.input, "target": r.target, "choices": r.choices}).decode()
                      for r in records], dtype=object)
-    tx.write_rows("ids", n_new, rows, ids)
-    tx.write_rows("data", n_new, rows, data)
-    tx.write_rows("idh", n_new, rows, qk.id_hash64(list(ids)))
-    tx.write_rows("emb", n_new, rows, vectors)
-    meta["n_slots"] = n_new
+    n_slots = tx.append_rows(meta.n_slots, ids=ids, data=data, idh=qk.id_hash64(list(ids)),
+                             emb=vectors)
+    return meta.with_(n_slots=n_slots)
 
 
-def _new_index_entries(meta: dict, records) -> np.ndarray:
+def _new_index_entries(meta: StoreMeta, records) -> np.ndarray:
     new = np.zeros(len(records), dtype=INDEX_DTYPE)
     new["idh"] = qk.id_hash64([r.id for r in records])
-    new["row"] = np.arange(meta["n_slots"] - len(records), meta["n_slots"])
+    new["row"] = np.arange(meta.n_slots - len(records), meta.n_slots)
     return new
 
 
@@ -378,7 +362,7 @@ def id_hasher(root: Path, *, lock_timeout: float = 60.0,
 
 
 def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed: int, max_iter: int,
-        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> FitReport:
     """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
     from .config import DEFAULT_DIM
 
@@ -406,36 +390,35 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
                             "demonstration; lower -k or ingest more records")
         manifest = build_manifest(st, state)
         estimate = _crossing_estimate(st, state, rows, projector)
-        meta = dict(st.meta)
-        meta["fit"] = {"params": _params_json(params), "fit_rows": st.n_slots, "stale": False,
-                       "crossing_estimate": estimate}
-        meta["counters"] = dict(meta["counters"], refits=0)
-        new = orjson.loads(manifest)
-        changed = old_manifest is None or old_manifest.get("prompt_digest") != new["prompt_digest"]
-        with Transaction(st, "fit") as tx:
-            files = {STATE: npz_bytes(state.to_arrays()), MANIFEST: manifest}
-            if changed and (root / CACHE_DIR).exists():
-                tx.delete(CACHE_DIR)
-            stage_meta(tx, meta, files)
+        meta = st.meta.with_(fit=FitMeta(params=_fit_params(params), fit_rows=st.n_slots,
+                                         stale=False, crossing_estimate=estimate),
+                             counters=dict(st.meta.counters, refits=0))
+        new = manifest
+        changed = old_manifest is None or old_manifest.prompt_digest != new.prompt_digest
+        with st.transaction("fit") as tx:
+            tx.set_fit(state.to_arrays(), manifest)
+            if changed:
+                tx.delete_cache()
+            tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
-            tx.commit({"params": _params_json(params), "n_records": int(state.n), "k_eff": int(state.k_eff),
-                       "prompt_digest_before": old_manifest and old_manifest.get("prompt_digest"),
-                       "prompt_digest_after": new["prompt_digest"],
-                       "state_digest_before": old_manifest and old_manifest.get("state_digest"),
-                       "state_digest_after": new["state_digest"], "elapsed_ms": round(elapsed, 3)})
-    return {"store": str(root), "n_records": int(state.n), "k": k, "k_eff": int(state.k_eff),
-            "eps": params.eps_effective, "dim": dim, "seed": seed, "max_iter": max_iter,
-            "examples": [{"cluster": c, "id": i} for c, i in state.examples],
-            "prompt_digest": new["prompt_digest"], "state_digest": new["state_digest"],
-            "crossing_estimate": estimate, "warnings": warnings,
-            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+            tx.commit({"params": _fit_params(params).to_json(), "n_records": int(state.n), "k_eff": int(state.k_eff),
+                       "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
+                       "prompt_digest_after": new.prompt_digest,
+                       "state_digest_before": old_manifest and old_manifest.state_digest,
+                       "state_digest_after": new.state_digest, "elapsed_ms": round(elapsed, 3)})
+    return FitReport(store=str(root), n_records=int(state.n), k=k, k_eff=int(state.k_eff),
+                     eps=params.eps_effective, dim=dim, seed=seed, max_iter=max_iter,
+                     examples=[{"cluster": c, "id": i} for c, i in state.examples],
+                     prompt_digest=new.prompt_digest, state_digest=new.state_digest,
+                     crossing_estimate=estimate, warnings=warnings,
+                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
 
 
 # --------------------------------------------------------------------------- forget
 
 
 def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
-           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+           key_file: Path | None = None, hooks: Hooks = Hooks()) -> ForgetReport:
     """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
 
     Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
@@ -448,10 +431,9 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             # Loads store.json and the key: a damaged or mis-keyed store is reported even when
             # there is nothing to do, so a cron job learns of it on its next (empty) run.
             st.key()
-        return {"batch": {"crossings": [], "action": "none", "prompt_changed": False, "purged": [],
-                          "dry_run": dry_run, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-                          "n_forgotten": 0},
-                "ids": []}
+        return ForgetReport(ForgetBatch(
+            crossings=[], action="none", prompt_changed=False, purged=[], dry_run=dry_run,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000, 3), n_forgotten=0))
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         rows = st.lookup(ids)
@@ -468,12 +450,12 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
         kids = [i for i, k in zip(ids, known) if k]
         krows = rows[known]
         meta = st.meta
-        fit_meta = meta.get("fit")
+        fit_meta = meta.fit
         state = _load_state(st) if fit_meta else None
         old_manifest = st.manifest() if fit_meta else None
         cert, new_state = None, state
         if state is not None and len(krows):
-            covered = krows < fit_meta["fit_rows"]
+            covered = krows < fit_meta.fit_rows
             cids = [i for i, c in zip(kids, covered) if c]
             if cids:
                 projector = qk.Projector(state.d_in, state.params.dim, state.params.seed)
@@ -481,81 +463,62 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 if dry_run:
                     cert = qk.certify(state, cids, x)
                 else:
-                    survivors = StoreSource(st, projector, fit_meta["fit_rows"], exclude=krows[covered],
+                    survivors = StoreSource(st, projector, fit_meta.fit_rows, exclude=krows[covered],
                                             n=state.n - len(cids))
                     new_state, cert = qk.forget(state, cids, x, survivors, hooks.progress)
         refit = cert is not None and cert.action_needed == "refit"
         example_ids = {i for _, i in state.examples} if state is not None else set()
         hit_example = bool(example_ids & set(kids))
-        report = {
-            "batch": {
-                "crossings": [{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
-                "action": "refit" if refit else ("replace_example" if hit_example else "none"),
-                "prompt_changed": None,
-                "purged": [],
-                "dry_run": dry_run,
-                "elapsed_ms": None,
-                "n_forgotten": len(kids),
-            },
-            "ids": statuses,
-        }
+        batch = ForgetBatch(
+            crossings=[{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
+            action="refit" if refit else ("replace_example" if hit_example else "none"),
+            prompt_changed=None, purged=[], dry_run=dry_run, elapsed_ms=None, n_forgotten=len(kids))
+        report = ForgetReport(batch, statuses)
         if dry_run:
-            report["batch"]["prompt_changed"] = refit or hit_example
-            report["batch"]["prompt_changed_is_estimate"] = refit and not hit_example
-            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            batch.prompt_changed = refit or hit_example
+            batch.prompt_changed_is_estimate = refit and not hit_example
+            batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
         if not len(krows):
-            report["batch"]["prompt_changed"] = False
-            report["batch"]["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            batch.prompt_changed = False
+            batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
-        with Transaction(st, "forget") as tx:
-            n = st.n_slots
-            tx.write_rows("ids", n, krows, np.full(len(krows), "", dtype=object))
-            tx.write_rows("data", n, krows, np.full(len(krows), "", dtype=object))
-            tx.write_rows("idh", n, krows, np.zeros(len(krows), dtype=np.uint64))
-            tx.write_rows("emb", n, krows, np.zeros((len(krows), st.dim), dtype=np.float32))
-            purged = ["records.zarr/ids", "records.zarr/data", "records.zarr/idh", "records.zarr/emb", INDEX_DIR]
-            files = index_changes(st, remove_rows=krows, remove_idh=qk.id_hash64(kids))
-            meta = dict(meta, n_records=st.n_records - len(kids))
-            files[FORGOTTEN] = orjson.dumps(sorted(forgotten | {h for h, k in zip(hashes, known) if k}))
-            meta["n_forgotten"] = int(meta.get("n_forgotten", 0)) + len(kids)
-            counters = dict(meta["counters"])
-            counters["forget_batches"] += 1
+        with st.transaction("forget") as tx:
+            # The records' bytes go, then every trace of them: index entries, the fit, the cache.
+            purged = tx.purge_rows(krows) + [INDEX_DIR]
+            tx.update_index(remove_rows=krows, remove_idh=qk.id_hash64(kids))
+            tx.set_forgotten(forgotten | {h for h, k in zip(hashes, known) if k})
+            meta = meta.with_(n_records=st.n_records - len(kids),
+                              n_forgotten=meta.n_forgotten + len(kids)).counted(forget_batches=1)
             prompt_changed = False
             new_manifest = None
             if new_state is not None:
-                manifest = build_manifest(st, new_state)
-                new_manifest = orjson.loads(manifest)
-                prompt_changed = new_manifest["prompt_digest"] != old_manifest["prompt_digest"]
-                files[STATE] = npz_bytes(new_state.to_arrays())
-                files[MANIFEST] = manifest
-                purged += [STATE, MANIFEST]
+                new_manifest = build_manifest(st, new_state)
+                prompt_changed = new_manifest.prompt_digest != old_manifest.prompt_digest
+                purged += tx.set_fit(new_state.to_arrays(), new_manifest)
                 if refit:
-                    counters["crossing_batches"] += 1
-                    counters["refits"] += 1
                     projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
-                    meta["fit"] = dict(fit_meta, crossing_estimate=_crossing_estimate(
-                        st, new_state, survivors.rows, projector))
+                    meta = meta.counted(crossing_batches=1, refits=1).with_(
+                        fit=fit_meta.with_(crossing_estimate=_crossing_estimate(
+                            st, new_state, survivors.rows, projector)))
                 if hit_example and not refit:
-                    counters["examples_replaced"] += 1
+                    meta = meta.counted(examples_replaced=1)
                 if prompt_changed:
-                    counters["prompt_changes"] += 1
-                    if (root / CACHE_DIR).exists():
-                        tx.delete(CACHE_DIR)
+                    meta = meta.counted(prompt_changes=1)
+                    if tx.delete_cache():
                         purged.append(CACHE_DIR)
-            meta["counters"] = counters
-            stage_meta(tx, meta, files)
+            tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
-            report["batch"].update(prompt_changed=prompt_changed, purged=purged, elapsed_ms=elapsed)
+            batch.prompt_changed, batch.purged, batch.elapsed_ms = prompt_changed, purged, elapsed
             tx.commit({
                 "id_hashes": sorted(h for h, k in zip(hashes, known) if k),
-                "crossings": report["batch"]["crossings"],
-                "action_taken": report["batch"]["action"],
+                "crossings": batch.crossings,
+                "action_taken": batch.action,
                 "prompt_changed": prompt_changed,
-                "prompt_digest_before": old_manifest and old_manifest["prompt_digest"],
-                "prompt_digest_after": new_manifest and new_manifest["prompt_digest"],
-                "state_digest_before": old_manifest and old_manifest["state_digest"],
-                "state_digest_after": new_manifest and new_manifest["state_digest"],
+                "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
+                "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
+                "state_digest_before": old_manifest and old_manifest.state_digest,
+                "state_digest_after": new_manifest and new_manifest.state_digest,
                 "purged": purged,
                 "n_forgotten": len(kids),
                 "elapsed_ms": elapsed,
@@ -584,12 +547,12 @@ def _whitespace_hints(st: Store, statuses: list[dict]) -> None:
 # --------------------------------------------------------------------------- read-only
 
 
-def _fitted(st: Store, root: Path) -> dict:
+def _fitted(st: Store, root: Path) -> FitMeta:
     """The fit's metadata, after checking that the store has a fresh fit."""
-    fit_meta = st.meta.get("fit")
+    fit_meta = st.meta.fit
     if not fit_meta:
         raise NotFitted(f"store {root} has no fit yet; run 'erase fit'")
-    if fit_meta.get("stale"):
+    if fit_meta.stale:
         raise StaleFit(f"the fit of store {root} is stale (records were appended since); run 'erase fit'")
     return fit_meta
 
@@ -607,15 +570,15 @@ def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         if state is None:
             raise StoreDamaged(f"damaged store: {st.root / STATE} is missing; run 'erase fit'")
         params = _params_of(fit_meta)
-        rows = st.live_rows(fit_meta["fit_rows"])
+        rows = st.live_rows(fit_meta.fit_rows)
         projector = qk.Projector(state.d_in, params.dim, params.seed)
         if len(rows):
-            fresh = qk.fit(StoreSource(st, projector, fit_meta["fit_rows"]), params, state.d_in, hooks.progress)
+            fresh = qk.fit(StoreSource(st, projector, fit_meta.fit_rows), params, state.d_in, hooks.progress)
         else:
             fresh = qk.State.empty(params, state.d_in)
         differences = state.differences(fresh)
         stored_manifest = st.manifest_bytes()
-        if stored_manifest != build_manifest(st, fresh):
+        if stored_manifest != build_manifest(st, fresh).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
     return {"identical": not differences, "differences": differences, "n_records": int(fresh.n),
             "state_digest": fresh.state_digest(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
@@ -633,40 +596,41 @@ def _pending(st: Store) -> dict | None:
 
 
 def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> dict:
+           hooks: Hooks = Hooks()) -> StatusReport:
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
         meta = st.meta
         manifest = st.manifest()
-        fit_meta = meta.get("fit")
+        fit_meta = meta.fit
         cache = st.cache_dir()
         cache_files = sorted(p.name for p in cache.glob("*.kv")) if cache.is_dir() else []
-        out = {
-            "store": str(st.root),
-            "format": meta["format"],
-            "records": st.n_records,
-            "forgotten": len(st.forgotten()),  # distinct ids, not forget events
-            "embedder": meta.get("embedder"),
-            "dimension": meta.get("dim"),
-            "size_bytes": st.size_bytes(),
-            "fit": None,
-            "counters": meta.get("counters", {}),
-            "cache": {"files": len(cache_files),
-                      "prompt_digest": manifest["prompt_digest"] if manifest else None},
-            "pending": _pending(st),
-            "audit_head": meta.get("audit_head"),
-        }
+        out = StatusReport(
+            store=str(st.root),
+            format=meta.format,
+            records=st.n_records,
+            forgotten=len(st.forgotten()),  # distinct ids, not forget events
+            embedder=meta.embedder,
+            dimension=meta.dim,
+            size_bytes=st.size_bytes(),
+            fit=None,
+            counters=meta.counters,
+            cache={"files": len(cache_files),
+                   "prompt_digest": manifest.prompt_digest if manifest else None},
+            pending=_pending(st),
+            audit_head=meta.audit_head,
+        )
         if fit_meta:
-            out["fit"] = {
-                **fit_meta["params"],
-                "eps_effective": manifest["eps"] if manifest else None,
-                "stale": bool(fit_meta.get("stale")),
-                "n_records": manifest["n_records"] if manifest else None,
-                "k_eff": manifest["k_eff"] if manifest else None,
-                "examples": [{"cluster": e["cluster"], "id": e["id"]} for e in (manifest or {}).get("examples", [])],
-                "crossing_estimate": fit_meta.get("crossing_estimate"),
-                "prompt_digest": manifest and manifest["prompt_digest"],
-                "state_digest": manifest and manifest["state_digest"],
+            out.fit = {
+                **dict(sorted(fit_meta.params.to_json().items())),  # as store.json lists them
+                "eps_effective": manifest.eps if manifest else None,
+                "stale": fit_meta.stale,
+                "n_records": manifest.n_records if manifest else None,
+                "k_eff": manifest.k_eff if manifest else None,
+                "examples": [{"cluster": e["cluster"], "id": e["id"]}
+                             for e in (manifest.examples if manifest else [])],
+                "crossing_estimate": fit_meta.crossing_estimate,
+                "prompt_digest": manifest.prompt_digest if manifest else None,
+                "state_digest": manifest.state_digest if manifest else None,
             }
     return out
 
@@ -689,13 +653,13 @@ def log(root: Path, *, check: bool = False, expect_head: str | None = None,
                     key_file=key_file) as st:
         entries = st.audit_entries()
         meta = st.meta
-        head = meta.get("audit_head")
+        head = meta.audit_head
         keyed = st.format_version >= 2
         key = st.key() if check and keyed else None
         if check and head is not None and not entries and not (st.root / AUDIT).exists():
             hooks.say(f"the audit log {st.root / AUDIT} is missing")
     problems = (audit.verify_chain(entries, head=head, key=key,
-                                   keyed_from=int(meta.get("audit_keyed_from", 0)) if keyed else 0,
+                                   keyed_from=(meta.audit_keyed_from or 0) if keyed else 0,
                                    expect_head=expect_head)
                 if check else [])
     shown = [e for e in entries if (wanted is None or e.get("action") in wanted)
@@ -844,12 +808,6 @@ def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
             path.unlink()
 
 
-def _record_set(meta: dict) -> tuple[int, int]:
-    """Changes whenever the set of records does: ingest only adds slots, forget only adds to
-    the forgotten count; a fit or an upgrade leaves it alone."""
-    return int(meta.get("n_slots", 0)), int(meta.get("n_forgotten", 0))
-
-
 def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: float,
                      key_file: Path | None, hooks: Hooks) -> tuple[int, tuple[int, int]]:
     """Write every live record to `out`, chunk by chunk, under the shared lock; returns the
@@ -858,7 +816,7 @@ def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: flo
     n = 0
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
-        seen = _record_set(st.meta)
+        seen = st.meta.record_set
         rows = st.live_rows()
         for part, vals in st.iter_chunks(rows, names):
             lines = []
@@ -887,10 +845,10 @@ def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout
     gone now."""
     with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
                     key_file=key_file) as st:
-        if _record_set(st.meta) != seen:
+        if st.meta.record_set != seen:
             return None
-        with Transaction(st, "export") as tx:
-            stage_meta(tx, dict(st.meta), {})
+        with st.transaction("export") as tx:
+            tx.set_meta(st.meta)
             return tx.commit(details)
 
 
@@ -942,13 +900,13 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
         _fitted(st, root)
         manifest = st.manifest()
     model_path = resolve_model(model)
-    digest = manifest["prompt_digest"]
+    digest = manifest.prompt_digest
 
     def save_cache(write: Callable[[], None]) -> None:
         with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
                         key_file=key_file) as st:
             current = st.manifest()
-            if current is None or current.get("prompt_digest") != digest:
+            if current is None or current.prompt_digest != digest:
                 hooks.say("the prompt changed while answering (a forget ran); the prefix cache "
                           "was not saved")
                 return
@@ -956,10 +914,10 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
             write()
 
     options = {} if generator_factory is None else {"generator_factory": generator_factory}
-    answers = answer(questions, manifest=manifest, model_path=model_path, cache_dir=root / CACHE_DIR,
+    answers = answer(questions, manifest=manifest.to_json(), model_path=model_path, cache_dir=root / CACHE_DIR,
                      save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
                      n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, **options)
-    if manifest.get("examples"):
+    if manifest.examples:
         return answers
     note = (f"the fit of store {root} has no demonstrations (it was made with no records): this "
             "is a zero-shot answer; ingest records and run 'erase fit'")
@@ -1007,7 +965,7 @@ def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int =
         n_records = st.n_records
     if not questions:
         raise InvalidParameter(f"store {root} has no records to time queries on; ingest some first")
-    measured = measure_inference(manifest, None if generator_factory else resolve_model(model),
+    measured = measure_inference(manifest.to_json(), None if generator_factory else resolve_model(model),
                                  questions, n_threads=n_threads, repeats=repeats, warmup=warmup,
                                  generator_factory=generator_factory)
     extra, why = extra_query_cost(measured["extra_query_s"])

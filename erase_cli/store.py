@@ -51,9 +51,8 @@ from .errors import (
     StoreTooNew,
 )
 from .lock import StoreLock
-
-FORMAT = "erase-store/2"
-FORMAT_VERSION = 2
+from .schema import STORE_FORMAT as FORMAT, STORE_FORMAT_VERSION as FORMAT_VERSION
+from .schema import FitMeta, Manifest, StoreMeta  # noqa: F401  (the store's schema, re-exported)
 CHUNK_ROWS = 1024
 SYNCFS_OVER = 64  # files to make durable at once above which one syncfs replaces the fsyncs
 # Embedding chunks are smaller: a batch of scattered ids rewrites every chunk it touches, and
@@ -369,9 +368,9 @@ class Store:
         self.recovered: dict | None = None  # what opening for writing did with a found journal
         self._key: bytes | None = None
         self._checked: set[str] = set()  # directories known not to be symbolic links
-        self._reset()
+        self.reload()
 
-    def _reset(self) -> None:
+    def reload(self) -> None:
         """Forget what was read (after a commit changed the files)."""
         self._meta: dict | None = None
         self._index: np.ndarray | None = None
@@ -390,7 +389,9 @@ class Store:
                 return self.root / JOURNAL_DIR / "files" / rel
         return self.root / rel if _check_link_free(self.root, rel, self._checked) else None
 
-    def _raw(self, rel: str) -> bytes | None:
+    def raw_bytes(self, rel: str) -> bytes | None:
+        """A file's bytes as they are (through a pending journal, no link followed), unchecked:
+        for files store.json holds no checksum of (chunks) or that are being checksummed."""
         path = self.resolve(rel)
         if path is None:
             return None
@@ -404,8 +405,8 @@ class Store:
     def read_bytes(self, rel: str) -> bytes | None:
         """A small file's bytes, checked against the sha256 store.json records for it. A file the
         store records but that is gone is damage, never "absent"."""
-        data = self._raw(rel)
-        want = self.meta.get("checksums", {}).get(rel)
+        data = self.raw_bytes(rel)
+        want = self.meta.checksums.get(rel)
         if data is None:
             if want is not None:
                 raise _damaged_missing(self.root / rel)
@@ -417,10 +418,10 @@ class Store:
         return data
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> StoreMeta:
         if self._meta is None:
             path = self.root / STORE_JSON
-            raw = self._raw(STORE_JSON)
+            raw = self.raw_bytes(STORE_JSON)
             if raw is None:
                 raise StoreMissing(f"no store at {self.root}; create one with 'erase ingest FILE.jsonl'")
             try:
@@ -440,12 +441,12 @@ class Store:
                 if not isinstance(mac, str) or not hmac.compare_digest(mac, meta_mac(key, meta)):
                     raise StoreDamaged(f"damaged store: {path} does not match its keyed checksum "
                                        "(edited outside erase); restore the store from a backup")
-            self._meta = meta
+            self._meta = StoreMeta.parse(meta, path)
         return self._meta
 
     @property
     def format_version(self) -> int:
-        return int(self.meta["format_version"])
+        return self.meta.format_version
 
     @property
     def exists(self) -> bool:
@@ -454,7 +455,7 @@ class Store:
     def key(self) -> bytes:
         """The store's HMAC key (audit chain, id hashes, store.json), from its secret file or,
         for a store created with --secret-file, from that file, checked by fingerprint."""
-        return self._load_key(self.meta.get("key"))
+        return self._load_key(self.meta.key)
 
     def _load_key(self, info) -> bytes:
         if self._key is not None:
@@ -489,7 +490,7 @@ class Store:
         """The full scan `verify` does: every file store.json records is there and matches its
         checksum, and (format 2) every chunk of every array's written rows is on disk, not a link.
         Other commands check only the files they read."""
-        for rel in sorted(self.meta.get("checksums", {})):
+        for rel in sorted(self.meta.checksums):
             self.read_bytes(rel)
         if self.format_version < 2 or not self.n_slots:
             return
@@ -516,11 +517,11 @@ class Store:
     # ---- records
     @property
     def n_slots(self) -> int:
-        return int(self.meta.get("n_slots", 0))
+        return self.meta.n_slots
 
     @property
     def dim(self) -> int | None:
-        return self.meta.get("dim")
+        return self.meta.dim
 
     def index_shard(self, shard: int) -> np.ndarray:
         """Live rows of one index shard (ids whose hash starts with byte `shard`), sorted by
@@ -547,7 +548,7 @@ class Store:
 
     @property
     def n_records(self) -> int:
-        return int(self.meta.get("n_records", 0)) if self.exists else 0
+        return (self.meta.n_records or 0) if self.exists else 0
 
     def array(self, name: str):
         if name not in self._arrays:
@@ -571,12 +572,14 @@ class Store:
         if len(rows) == 0:
             return np.zeros((0,) + arr.shape[1:], dtype=_np_dtype(name))
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return self._read_rows_exact(arr, name, uniq)[inverse]
+        return self._read_exact(arr, name, uniq)[inverse]
 
-    def _read_chunk(self, arr, name: str, lo: int, hi: int) -> np.ndarray:
-        return self._read_rows_exact(arr, name, slice(lo, hi))
+    def read_sorted_rows(self, name: str, rows) -> np.ndarray:
+        """Values of `name` at `rows`, a slice or sorted distinct row numbers (no copy to undo
+        repeats): what a transaction patching whole chunks reads."""
+        return self._read_exact(self.array(name), name, rows)
 
-    def _read_rows_exact(self, arr, name: str, rows) -> np.ndarray:
+    def _read_exact(self, arr, name: str, rows) -> np.ndarray:
         """arr at `rows` (a slice or sorted row numbers); damage becomes StoreDamaged."""
         try:
             vals = arr[rows] if isinstance(rows, slice) else arr.oindex[rows]
@@ -599,7 +602,7 @@ class Store:
         for part in np.split(rows, bounds):
             lo = int(part[0] // CHUNK_ROWS) * CHUNK_ROWS
             hi = min(lo + CHUNK_ROWS, self.n_slots)
-            yield part, {n: self._read_chunk(a, n, lo, hi)[part - lo] for n, a in arrays.items()}
+            yield part, {n: self._read_exact(a, n, slice(lo, hi))[part - lo] for n, a in arrays.items()}
 
     def lookup(self, ids: list[str]) -> np.ndarray:
         """Row of each id, -1 where absent. Reads only the index shards the ids hash to, and
@@ -636,14 +639,10 @@ class Store:
     def manifest_bytes(self) -> bytes | None:
         return self.read_bytes(MANIFEST)
 
-    def manifest(self) -> dict | None:
+    def manifest(self) -> Manifest | None:
+        """The manifest, parsed: one of an unknown format, or incomplete, is damage."""
         data = self.manifest_bytes()
-        if data is None:
-            return None
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise StoreDamaged(f"{self.root / MANIFEST} is not valid JSON; run 'erase fit' to rewrite it") from None
+        return None if data is None else Manifest.parse(data, self.root / MANIFEST)
 
     def state_arrays(self) -> dict | None:
         data = self.read_bytes(STATE)
@@ -657,6 +656,10 @@ class Store:
 
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
+
+    def transaction(self, action: str) -> "Transaction":
+        """`with store.transaction("forget") as tx:` stage with tx's operations, then tx.commit."""
+        return Transaction(self, action)
 
     def audit_entries(self) -> list[dict]:
         path = self.resolve(AUDIT)
@@ -723,7 +726,7 @@ def _checked_store(store: Store):
         def _checked_get(self, key, prototype, byte_range):
             rel = f"records.zarr/{key}"
             if _IS_CHUNK.fullmatch(rel):
-                data = store._raw(rel)
+                data = store.raw_bytes(rel)
                 if data is None and store.format_version >= 2:
                     raise StoreDamaged(f"damaged store: chunk {store.root / rel} is missing (it would "
                                        "read as empty values); restore the store from a backup")
@@ -759,7 +762,7 @@ class Transaction:
         self.action = action
         self.staged_root = store.root / JOURNAL_DIR / "files"
         self.deletes: set[str] = set()
-        self.meta: dict | None = None  # store.json's content, set by stage_meta
+        self.meta: StoreMeta | None = None  # store.json's content, set by set_meta
         self.key: bytes | None = None  # a new store's key (ensure_secret)
         self.key_info: dict | None = None
         self.checksums: dict[str, str] = {}  # checksums of live files adopted as they are (upgrade)
@@ -790,6 +793,63 @@ class Transaction:
 
     def delete(self, rel: str) -> None:
         self.deletes.add(rel)
+
+    def set_meta(self, meta: StoreMeta) -> None:
+        """store.json's new content; commit adds the checksums, the audit head and the mac."""
+        self.meta = meta
+
+    # ---- typed operations: what the commands stage
+    def append_rows(self, start: int, *, ids: np.ndarray, data: np.ndarray, idh: np.ndarray,
+                    emb: np.ndarray) -> int:
+        """New records in slots start, start+1, ...; returns the new number of slots."""
+        n_slots = start + len(ids)
+        rows = np.arange(start, n_slots, dtype=np.int64)
+        for name, values in (("ids", ids), ("data", data), ("idh", idh), ("emb", emb)):
+            self.write_rows(name, n_slots, rows, values)
+        return n_slots
+
+    def purge_rows(self, rows: np.ndarray) -> list[str]:
+        """Empty the slots `rows` in every array (their chunks are rewritten, so the bytes are
+        gone once committed); returns the arrays purged."""
+        n, k = self.store.n_slots, len(rows)
+        empty = {"ids": np.full(k, "", dtype=object), "data": np.full(k, "", dtype=object),
+                 "idh": np.zeros(k, dtype=np.uint64),
+                 "emb": np.zeros((k, self.store.dim), dtype=np.float32)}
+        order = ("ids", "data", "idh", "emb")  # the order reports and the audit list them in
+        for name in order:
+            self.write_rows(name, n, rows, empty[name])
+        return [f"records.zarr/{name}" for name in order]
+
+    def update_index(self, *, add: np.ndarray | None = None, remove_rows: np.ndarray | None = None,
+                     remove_idh: np.ndarray | None = None) -> None:
+        """Stage the index shards that change (see index_changes)."""
+        self.write_files(index_changes(self.store, add=add, remove_rows=remove_rows,
+                                       remove_idh=remove_idh))
+
+    def set_forgotten(self, hashes: set[str]) -> None:
+        """forgotten.json: the keyed hashes of every id forgotten so far."""
+        self.write_file(FORGOTTEN, orjson.dumps(sorted(hashes)))
+
+    def set_fit(self, state_arrays: dict[str, np.ndarray], manifest: Manifest) -> list[str]:
+        """The fitted state and its manifest; returns the files replaced."""
+        self.write_file(STATE, npz_bytes(state_arrays))
+        self.write_file(MANIFEST, manifest.to_bytes())
+        return [STATE, MANIFEST]
+
+    def delete_cache(self) -> bool:
+        """Drop the prefix KV cache (built for a prompt that changed); whether there was one."""
+        if not (self.store.root / CACHE_DIR).exists():
+            return False
+        self.delete(CACHE_DIR)
+        return True
+
+    def write_files(self, files: dict[str, bytes | None]) -> None:
+        """Stage small files: bytes to write, None to delete."""
+        for rel, data in files.items():
+            if data is None:
+                self.delete(rel)
+            else:
+                self.write_file(rel, data)
 
     # ---- zarr
     def create_arrays(self, dim: int) -> None:
@@ -850,7 +910,6 @@ class Transaction:
     def _write_rows(self, name: str, n_slots: int, rows: np.ndarray, values: np.ndarray) -> None:
         staged = self._staged_array(name, n_slots)
         live_len = self.store.n_slots if self.store.exists else 0
-        live = self.store.array(name) if live_len else None
         rows = np.asarray(rows, dtype=np.int64)
         encode = staged.metadata.chunk_key_encoding.encode_chunk_key
         size = staged.chunks[0]
@@ -864,8 +923,8 @@ class Transaction:
             block = np.empty((len(span),) + staged.shape[1:], dtype=_np_dtype(name))
             block[...] = "" if name in ("ids", "data") else 0
             old = span[span < live_len]  # a prefix: span is sorted
-            if live is not None and len(old):
-                block[: len(old)] = self.store._read_rows_exact(live, name, old)
+            if live_len and len(old):
+                block[: len(old)] = self.store.read_sorted_rows(name, old)
             sel = np.isin(rows, span)
             block[np.searchsorted(span, rows[sel])] = values[sel]
             staged.oindex[span] = block
@@ -881,8 +940,8 @@ class Transaction:
         size = arr.chunks[0]
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key
         missing = [ci for ci in range(-(-self.store.n_slots // size))
-                   if not _check_link_free(self.store.root, f"records.zarr/{name}/"
-                                           + encode((ci,) + (0,) * (arr.ndim - 1)), self.store._checked)]
+                   if self.store.resolve(f"records.zarr/{name}/"
+                                         + encode((ci,) + (0,) * (arr.ndim - 1))) is None]
         if missing:
             rows = (np.asarray(missing)[:, None] * size + np.arange(size)[None, :]).ravel()
             rows = rows[rows < self.store.n_slots]
@@ -897,7 +956,7 @@ class Transaction:
         the format and the keyed mac, so nothing else can forget to update them."""
         root = self.store.root
         if self.meta is None:
-            raise RuntimeError("stage_meta() must run before commit()")
+            raise RuntimeError("set_meta() must run before commit()")
         try:
             replaces, written = [], []
             for dirpath, _, files in os.walk(self.staged_root):
@@ -911,8 +970,8 @@ class Transaction:
                     written.append(path)
                     replaces.append(rel)
             deletes = sorted(self.deletes - set(replaces))
-            meta = dict(self.meta)
-            sums = {rel: h for rel, h in meta.get("checksums", {}).items() if rel not in deletes}
+            meta = self.meta.to_json()
+            sums = {rel: h for rel, h in meta["checksums"].items() if rel not in deletes}
             for rel in replaces:
                 if rel != SECRET and not _IS_CHUNK.fullmatch(rel):
                     sums[rel] = hashlib.sha256((self.staged_root / rel).read_bytes()).hexdigest()
@@ -944,14 +1003,14 @@ class Transaction:
             raise _os_error(exc, root) from None
         _test_point("committed")
         Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root, key)
-        self.store._reset()
+        self.store.reload()
         return entry
 
     def _unchanged(self, rel: str, staged: Path) -> bool:
         """An array's zarr.json staged only so zarr could open the staged copy, same as live."""
         if not rel.endswith("zarr.json"):
             return False
-        return self.store._raw(rel) == staged.read_bytes()
+        return self.store.raw_bytes(rel) == staged.read_bytes()
 
     def abort(self) -> None:
         """Roll back what was staged. A journal that reached its commit point is never removed:
@@ -1035,7 +1094,7 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
                 say(f"rolled back an interrupted operation found in {root} (it had not committed)")
             if store.exists:
                 # Writers never build on a log that does not end where store.json says.
-                audit.check_head(root / AUDIT, store.meta.get("audit_head"))
+                audit.check_head(root / AUDIT, store.meta.audit_head)
                 if upgrade and store.format_version < FORMAT_VERSION:
                     _upgrade(store, say)
         elif journal is not None:
@@ -1072,39 +1131,25 @@ def _upgrade(store: Store, say: Message) -> None:
     """erase-store/1 -> 2 in one journaled step, logged as an `upgrade` audit entry: store.json
     gains its keyed mac and the checksums of the zarr metadata, the chunks an older erase left out
     are written, and the audit chain is keyed from this entry on."""
-    with Transaction(store, "upgrade") as tx:
+    with store.transaction("upgrade") as tx:
         key = store.key()
-        meta = dict(store.meta)
+        meta = store.meta
         filled = {name: tx.fill_missing_chunks(name) for name in ARRAYS} if store.n_slots else {}
         for rel in ["records.zarr/zarr.json"] + [f"records.zarr/{a}/zarr.json" for a in ARRAYS]:
-            data = store._raw(rel)
+            data = store.raw_bytes(rel)
             if data is not None:
                 tx.checksums[rel] = hashlib.sha256(data).hexdigest()
         last = store.last_audit_entry()
-        meta["audit_keyed_from"] = 0 if last is None else int(last["seq"]) + 1
         tx.key_info = {"location": "store", "fingerprint": key_fingerprint(key)}
-        tx.meta = meta
-        tx.commit({"from_format": str(meta.get("format")), "to_format": FORMAT,
+        tx.set_meta(meta.with_(audit_keyed_from=0 if last is None else int(last["seq"]) + 1))
+        tx.commit({"from_format": str(meta.format), "to_format": FORMAT,
                    "chunks_written": int(sum(filled.values()))})
     say(f"upgraded store {store.root} to {FORMAT} (one journaled step, logged as an 'upgrade' "
         "audit entry)")
 
 
-def new_meta(dim: int, embedder: str) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dim": dim,
-        "embedder": embedder,
-        "chunk_rows": CHUNK_ROWS,
-        "n_slots": 0,
-        "n_forgotten": 0,
-        "fit": None,
-        "counters": {"forget_batches": 0, "crossing_batches": 0, "prompt_changes": 0, "refits": 0,
-                     "examples_replaced": 0},
-        "checksums": {},
-        "audit_keyed_from": 0,
-    }
+def new_meta(dim: int, embedder: str) -> StoreMeta:
+    return StoreMeta.new(dim, embedder, CHUNK_ROWS)
 
 
 def shard_of(idh: np.ndarray) -> np.ndarray:
@@ -1135,17 +1180,6 @@ def index_changes(store: Store, *, add: np.ndarray | None = None,
         merged = merged[np.lexsort((merged["row"], merged["idh"]))]
         out[index_rel(b)] = npy_bytes(merged) if len(merged) else None
     return out
-
-
-def stage_meta(tx: Transaction, meta: dict, files: dict[str, bytes | None]) -> None:
-    """Stage the small files in `files` (None = delete) and the new store.json content; commit
-    adds their checksums, the audit head and the mac."""
-    for rel, data in files.items():
-        if data is None:
-            tx.delete(rel)
-        else:
-            tx.write_file(rel, data)
-    tx.meta = dict(meta)
 
 
 def ensure_secret(tx: Transaction) -> bytes:

@@ -88,6 +88,20 @@ def test_damaged_manifest(store, damage):
                 mentions=["manifest.json"])
 
 
+def test_manifest_of_unknown_format_is_damage(store):
+    """A manifest that checksums and macs fine but names a format this erase does not read (a
+    newer erase wrote it, or a bug did) is damage, never read as if it were erase-manifest/1."""
+    with store_mod.open_store(store, write=True) as st:
+        manifest = orjson.loads(st.manifest_bytes())
+        manifest["format"] = "erase-manifest/99"
+        with st.transaction("fit") as tx:
+            tx.write_file(store_mod.MANIFEST, orjson.dumps(manifest))
+            tx.set_meta(st.meta)
+            tx.commit({})
+    refused(["status", "--store", str(store)], store, kind="store_damaged",
+            mentions=["manifest.json", "erase-manifest/99", "erase fit"])
+
+
 @pytest.mark.parametrize("name", ["fit/state.npz", "index", "forgotten.json"])
 def test_damaged_checksummed_file(store, name):
     if name == "forgotten.json":  # exists after a first forget

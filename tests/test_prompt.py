@@ -108,8 +108,3 @@ def test_task_prefix_not_glued_to_first_input():
     )
     assert prefix_text(fmt, []) == "Do you return to the start?\n\n"
 
-
-def test_format_round_trips_through_dict():
-    fmt = PromptFormat(prefix="P", input_prefix="I", output_prefix="O", separator="S",
-                       append_choices=False)
-    assert PromptFormat.from_dict(fmt.to_dict() | {"future": 1}) == fmt

@@ -205,3 +205,13 @@ class StoreMachine(RuleBasedStateMachine):
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=8, stateful_step_count=8, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_status_fit_lists_the_parameters_as_store_json_does(tmp_path):
+    """status's `fit` object starts with the fit parameters in store.json's (sorted) order: the
+    typed FitParams must not reorder the --json output."""
+    store = tmp_path / "s"
+    ingest(store, make_records(12), tmp_path)
+    service.fit(store, **FIT)
+    assert list(service.status(store)["fit"])[:6] == ["dim", "eps", "k", "max_iter", "seed",
+                                                     "eps_effective"]

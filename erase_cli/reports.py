@@ -1,0 +1,102 @@
+"""What the core's commands return: typed results whose `to_json()` is exactly the JSON object
+`--json` prints (SPEC 3's forget report, and the other commands' objects), in the documented key
+order.
+
+Each report also reads as that mapping (`report["ids"]`, `"fit" in report`, `dict(report)`), so
+library callers written against the earlier dicts keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+
+class Report(Mapping):
+    """Base of the results: `to_json()` gives the fields in order, nested reports included."""
+
+    _OMIT_NONE: tuple[str, ...] = ()  # fields left out of the JSON while they are None
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in self._OMIT_NONE:
+                continue
+            out[f.name] = value.to_json() if isinstance(value, Report) else value
+        return out
+
+    def __getitem__(self, key: str):
+        return self.to_json()[key]
+
+    def __iter__(self):
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+@dataclass(eq=False)
+class IngestReport(Report):
+    store: str
+    ingested: int
+    skipped_invalid: list[dict]  # {"line", "message", "ids"}
+    skipped_forgotten: list[str]
+    stale_fit: bool
+    elapsed_ms: float
+
+
+@dataclass(eq=False)
+class FitReport(Report):
+    store: str
+    n_records: int
+    k: int
+    k_eff: int
+    eps: float
+    dim: int | None
+    seed: int
+    max_iter: int
+    examples: list[dict]  # {"cluster", "id"}
+    prompt_digest: str
+    state_digest: str
+    crossing_estimate: float | None
+    warnings: list[str]
+    elapsed_ms: float
+
+
+@dataclass(eq=False)
+class ForgetBatch(Report):
+    """SPEC 3's `batch`. `prompt_changed_is_estimate` is there for a dry run only."""
+
+    crossings: list[dict]  # {"iteration", "cluster"}
+    action: str  # "none", "replace_example" or "refit"
+    prompt_changed: bool | None
+    purged: list[str]
+    dry_run: bool
+    elapsed_ms: float | None
+    n_forgotten: int
+    prompt_changed_is_estimate: bool | None = None
+
+    _OMIT_NONE = ("prompt_changed_is_estimate",)
+
+
+@dataclass(eq=False)
+class ForgetReport(Report):
+    batch: ForgetBatch
+    ids: list[dict] = field(default_factory=list)  # {"id", "status"[, "hint"]}
+
+
+@dataclass(eq=False)
+class StatusReport(Report):
+    store: str
+    format: str
+    records: int
+    forgotten: int
+    embedder: str | None
+    dimension: int | None
+    size_bytes: int
+    fit: dict | None
+    counters: dict[str, int]
+    cache: dict
+    pending: dict | None
+    audit_head: str | None
