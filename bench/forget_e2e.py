@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 import orjson
-
 import synthstore
 from common import VENV_BIN, log, now_utc, rid, write_results
+
 from erase_cli import config
 from erase_cli import qkmeans as qk
 from erase_cli.store import open_store
@@ -61,8 +61,13 @@ def cli(*args: str) -> dict:
         data = orjson.loads(text) if text.strip() else None
     except orjson.JSONDecodeError:
         data = None
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
-            "rc": rc, "json": data}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "maxrss_mib": usage.ru_maxrss / 1024,
+        "rc": rc,
+        "json": data,
+    }
 
 
 def load(store) -> tuple[qk.State, dict]:
@@ -116,9 +121,17 @@ def forget_ids(store, rows: list[int], tag: str) -> dict:
         path.write_text("".join(rid(r) + "\n" for r in rows))
         res = cli("forget", "--store", str(store), "--json", "--from-file", str(path))
     b = res["json"]["batch"]
-    return {"op": tag, "ids": len(rows), "wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "elapsed_ms": b["elapsed_ms"],
-            "action": b["action"], "crossings": len(b["crossings"]), "prompt_changed": b["prompt_changed"],
-            "rc": res["rc"]}
+    return {
+        "op": tag,
+        "ids": len(rows),
+        "wall_s": res["wall_s"],
+        "cpu_s": res["cpu_s"],
+        "elapsed_ms": b["elapsed_ms"],
+        "action": b["action"],
+        "crossings": len(b["crossings"]),
+        "prompt_changed": b["prompt_changed"],
+        "rc": res["rc"],
+    }
 
 
 def run(n: int, singles: int, defaults_only: bool = False) -> tuple[list[dict], list[dict]]:
@@ -131,9 +144,17 @@ def run(n: int, singles: int, defaults_only: bool = False) -> tuple[list[dict], 
 
     log(f"n={n}: erase fit {' '.join(FIT_A)}")
     r = cli("fit", "--store", str(store), "--json", *FIT_A)
-    fits.append({"n": n, "params": "k16 eps0.1 T10 no-dim", "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-                 "maxrss_mib": r["maxrss_mib"],
-                 "fit_elapsed_ms": r["json"]["elapsed_ms"], "float32_matrix_mib": n * 384 * 4 / 2**20})
+    fits.append(
+        {
+            "n": n,
+            "params": "k16 eps0.1 T10 no-dim",
+            "wall_s": r["wall_s"],
+            "cpu_s": r["cpu_s"],
+            "maxrss_mib": r["maxrss_mib"],
+            "fit_elapsed_ms": r["json"]["elapsed_ms"],
+            "float32_matrix_mib": n * 384 * 4 / 2**20,
+        }
+    )
     log(f"n={n}: fit {r['wall_s']:.1f} s, peak RSS {r['maxrss_mib']:.0f} MiB")
     state, _ = load(store)
     for row in non_crossing_singles(state, n, live, singles, rng):
@@ -152,11 +173,20 @@ def _at_defaults(store, n: int, live: set[int], singles: int, rng, fits: list, o
     """`erase fit` at the defaults, single forgets, and at 1e6 a 1,000-id non-crossing batch."""
     log(f"n={n}: erase fit (defaults)")
     r = cli("fit", "--store", str(store), "--json")
-    defaults = (f"defaults k{config.DEFAULT_K} eps{config.DEFAULT_EPS} dim{config.DEFAULT_DIM} "
-                f"T{config.DEFAULT_MAX_ITER}")
-    fits.append({"n": len(live), "params": defaults, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-                 "maxrss_mib": r["maxrss_mib"],
-                 "fit_elapsed_ms": r["json"]["elapsed_ms"], "float32_matrix_mib": len(live) * 384 * 4 / 2**20})
+    defaults = (
+        f"defaults k{config.DEFAULT_K} eps{config.DEFAULT_EPS} dim{config.DEFAULT_DIM} T{config.DEFAULT_MAX_ITER}"
+    )
+    fits.append(
+        {
+            "n": len(live),
+            "params": defaults,
+            "wall_s": r["wall_s"],
+            "cpu_s": r["cpu_s"],
+            "maxrss_mib": r["maxrss_mib"],
+            "fit_elapsed_ms": r["json"]["elapsed_ms"],
+            "float32_matrix_mib": len(live) * 384 * 4 / 2**20,
+        }
+    )
     state, _ = load(store)
     for row in non_crossing_singles(state, n, live, singles, rng):
         ops.append({"n": n, "fit": defaults, **forget_ids(store, [row], "single")})
@@ -174,9 +204,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n = 1e4 and 1e5 only")
     ap.add_argument("--sizes", type=int, nargs="*")
-    ap.add_argument("--defaults-only", action="store_true",
-                    help="skip the k16/T10/no-projection fit and its 10,000-id crossing batch (minutes "
-                         "at 1e6); results go to forget_e2e_defaults.*")
+    ap.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="skip the k16/T10/no-projection fit and its 10,000-id crossing batch (minutes "
+        "at 1e6); results go to forget_e2e_defaults.*",
+    )
     args = ap.parse_args()
     started = now_utc()
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
@@ -207,7 +240,8 @@ def main() -> None:
             met[f"single at n={n}: CPU time <= 1 s ({fit})"] = med_cpu[(n, fit)] <= 1.0
             if (small, fit) in med_cpu:
                 met[f"single at n={n}: CPU time within 1.5x of n={small} ({fit})"] = (
-                    med_cpu[(n, fit)] / med_cpu[(small, fit)] <= 1.5)
+                    med_cpu[(n, fit)] / med_cpu[(small, fit)] <= 1.5
+                )
     for o in ops:
         if o["op"] == "batch-1000":
             met["batch 1000 non-crossing <= 10 s"] = o["wall_s"] <= 10 and o["action"] != "refit"
@@ -219,33 +253,79 @@ def main() -> None:
     table = []
     for o in ops:
         base = med.get((small, o["fit"])) if o["op"] == "single" else None
-        table.append([o["n"], o["fit"], o["op"], o["ids"], o["wall_s"], o["cpu_s"], o["elapsed_ms"], o["action"],
-                      o["crossings"],
-                      o["prompt_changed"], f"{o['wall_s'] / base:.2f}" if base else ""])
+        table.append(
+            [
+                o["n"],
+                o["fit"],
+                o["op"],
+                o["ids"],
+                o["wall_s"],
+                o["cpu_s"],
+                o["elapsed_ms"],
+                o["action"],
+                o["crossings"],
+                o["prompt_changed"],
+                f"{o['wall_s'] / base:.2f}" if base else "",
+            ]
+        )
     for f in fits:
-        table.append([f["n"], f["params"], "fit", f["n"], f["wall_s"], f["cpu_s"], f["fit_elapsed_ms"],
-                      f"peak RSS {f['maxrss_mib']:.0f} MiB", "", "",
-                      f"RSS / float32 matrix {f['maxrss_mib'] / f['float32_matrix_mib']:.2f}"])
+        table.append(
+            [
+                f["n"],
+                f["params"],
+                "fit",
+                f["n"],
+                f["wall_s"],
+                f["cpu_s"],
+                f["fit_elapsed_ms"],
+                f"peak RSS {f['maxrss_mib']:.0f} MiB",
+                "",
+                "",
+                f"RSS / float32 matrix {f['maxrss_mib'] / f['float32_matrix_mib']:.2f}",
+            ]
+        )
     write_results(
         "forget_e2e_defaults" if args.defaults_only else "forget_e2e",
-        summary=(f"`erase forget` / `erase fit` as subprocesses on synthetic 384-d stores. Targets: single forget "
-                 f"<= 1 s at 1e6 and within 1.5x of 1e4; batch of 1,000 non-crossing ids <= 10 s; batch of "
-                 f"10,000 ids (crossing) <= 60 s; fit peak RSS at 1e6 <= 0.5x the float32 matrix. Met: {met}. "
-                 f"`erase --help` start-up: median {np.median(help_wall):.2f} s wall, {np.median(help_cpu):.2f} s CPU."),
-        timed_region=("whole subprocess, spawn to exit (start-up, imports, lock, certificate, journal, chunk "
-                      "rewrite purge, fsyncs, audit): wall clock, and CPU time (user + sys) with peak RSS from "
-                      "wait4; elapsed_ms = the command's own report (from its start to the commit)"),
-        results={"fits": fits, "ops": ops, "single_median_wall_s": {f"{n} {fit}": v for (n, fit), v in med.items()},
-                 "single_median_cpu_s": {f"{n} {fit}": v for (n, fit), v in med_cpu.items()},
-                 "help_wall_s": help_wall, "help_cpu_s": help_cpu, "met": met},
-        header=["n", "fit", "op", "ids", "wall s", "CPU s", "elapsed_ms (reported)", "action", "crossings",
-                "prompt changed",
-                "vs n=1e4 / note"],
+        summary=(
+            f"`erase forget` / `erase fit` as subprocesses on synthetic 384-d stores. Targets: single forget "
+            f"<= 1 s at 1e6 and within 1.5x of 1e4; batch of 1,000 non-crossing ids <= 10 s; batch of "
+            f"10,000 ids (crossing) <= 60 s; fit peak RSS at 1e6 <= 0.5x the float32 matrix. Met: {met}. "
+            f"`erase --help` start-up: median {np.median(help_wall):.2f} s wall, {np.median(help_cpu):.2f} s CPU."
+        ),
+        timed_region=(
+            "whole subprocess, spawn to exit (start-up, imports, lock, certificate, journal, chunk "
+            "rewrite purge, fsyncs, audit): wall clock, and CPU time (user + sys) with peak RSS from "
+            "wait4; elapsed_ms = the command's own report (from its start to the commit)"
+        ),
+        results={
+            "fits": fits,
+            "ops": ops,
+            "single_median_wall_s": {f"{n} {fit}": v for (n, fit), v in med.items()},
+            "single_median_cpu_s": {f"{n} {fit}": v for (n, fit), v in med_cpu.items()},
+            "help_wall_s": help_wall,
+            "help_cpu_s": help_cpu,
+            "met": met,
+        },
+        header=[
+            "n",
+            "fit",
+            "op",
+            "ids",
+            "wall s",
+            "CPU s",
+            "elapsed_ms (reported)",
+            "action",
+            "crossings",
+            "prompt changed",
+            "vs n=1e4 / note",
+        ],
         table=table,
-        notes=["Stores are built by bench/synthstore.py through the store's Transaction API (what "
-               "`ingest --vector-field` writes), not from a 4 GB JSONL.",
-               "After the 10,000-id batch, the defaults fit runs on the remaining records (n - 10,005 at 1e6).",
-               "Shared 2-core machine: other engineers' tests and models were running; see load average."],
+        notes=[
+            "Stores are built by bench/synthstore.py through the store's Transaction API (what "
+            "`ingest --vector-field` writes), not from a 4 GB JSONL.",
+            "After the 10,000-id batch, the defaults fit runs on the remaining records (n - 10,005 at 1e6).",
+            "Shared 2-core machine: other engineers' tests and models were running; see load average.",
+        ],
         started=started,
     )
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
 from common import CACHE, clustered_unit, log, rid
+
 from erase_cli import qkmeans as qk
 from erase_cli.store import (
     INDEX_DTYPE,
@@ -43,8 +43,13 @@ def build(root: Path, n: int) -> None:
                 hi = lo + len(x)
                 rows = np.arange(lo, hi, dtype=np.int64)
                 ids = np.array([rid(i) for i in range(lo, hi)], dtype=object)
-                data = np.array([orjson.dumps({"input": f"synthetic record {i}", "target": "t", "choices": None})
-                                 .decode() for i in range(lo, hi)], dtype=object)
+                data = np.array(
+                    [
+                        orjson.dumps({"input": f"synthetic record {i}", "target": "t", "choices": None}).decode()
+                        for i in range(lo, hi)
+                    ],
+                    dtype=object,
+                )
                 idh = qk.id_hash64(list(ids))
                 tx.write_rows("ids", n, rows, ids)
                 tx.write_rows("data", n, rows, data)
@@ -55,8 +60,14 @@ def build(root: Path, n: int) -> None:
                 log(f"staged {hi}/{n} rows")
             tx.update_index(add=index)
             tx.set_meta(meta.with_(n_slots=n, n_records=n))
-            tx.commit({"n_added": n, "n_skipped_invalid": 0, "n_skipped_forgotten": 0,
-                       "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)})
+            tx.commit(
+                {
+                    "n_added": n,
+                    "n_skipped_invalid": 0,
+                    "n_skipped_forgotten": 0,
+                    "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+                }
+            )
     log(f"built {root} ({n} records) in {time.perf_counter() - t0:.1f} s")
 
 

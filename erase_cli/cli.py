@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -20,7 +21,7 @@ _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usage
 
 def _wants_json(argv: list[str]) -> bool:
     """--json among the options (an id after `--` that happens to read "--json" is no option)."""
-    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 @contextmanager
@@ -65,17 +66,30 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", envvar=config.ENV_STORE, show_envvar=True,
-    help="Store directory (default ./erase-store).")]
+StoreOpt = Annotated[
+    Optional[Path],
+    typer.Option("--store", envvar=config.ENV_STORE, show_envvar=True, help="Store directory (default ./erase-store)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", envvar=config.ENV_MODEL, show_envvar=True,
-    help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        envvar=config.ENV_MODEL,
+        show_envvar=True,
+        help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).",
+    ),
+]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
-LockOpt = Annotated[Optional[float], typer.Option(
-    "--lock-timeout", envvar=config.ENV_LOCK_TIMEOUT, show_envvar=True,
-    help="Seconds to wait for another erase command's lock (default 60); then exit 75.")]
+LockOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--lock-timeout",
+        envvar=config.ENV_LOCK_TIMEOUT,
+        show_envvar=True,
+        help="Seconds to wait for another erase command's lock (default 60); then exit 75.",
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -86,28 +100,42 @@ def _show_version(value: bool) -> None:
     try:
         render.show(f"erase {version('erase-cli')}")
     except PackageNotFoundError:
-        render.say("error: erase is not installed as a package, so it has no version; "
-                   "install it with 'pip install -e .'")
+        render.say(
+            "error: erase is not installed as a package, so it has no version; install it with 'pip install -e .'"
+        )
         raise typer.Exit(ExitStatus.FAILURE) from None
     raise typer.Exit(ExitStatus.OK)
 
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_show_version, is_eager=True, help="Print erase's version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print erase's version and exit.")
+    ] = False,
 ) -> None:
     """Adapt a local LLM to a dataset by in-context learning, and exactly unlearn any record."""
 
 
-RedactOpt = Annotated[bool, typer.Option(
-    "--redact-ids", envvar=config.ENV_REDACT_IDS, show_envvar=True,
-    help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
-         "log) in all output, so that logs keep no personal identifiers.")]
-SecretOpt = Annotated[Optional[Path], typer.Option(
-    "--secret-file", envvar=config.ENV_SECRET_FILE, show_envvar=True,
-    help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
-         "Given at the first ingest, the store records only its fingerprint.")]
+RedactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redact-ids",
+        envvar=config.ENV_REDACT_IDS,
+        show_envvar=True,
+        help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
+        "log) in all output, so that logs keep no personal identifiers.",
+    ),
+]
+SecretOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--secret-file",
+        envvar=config.ENV_SECRET_FILE,
+        show_envvar=True,
+        help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
+        "Given at the first ingest, the store records only its fingerprint.",
+    ),
+]
 
 
 REDACTED_PREFIX = "h:"
@@ -121,8 +149,13 @@ class _Ids:
     keep, so a redacted log can still be matched against them), so that cron logs hold no
     personal identifier. The core returns raw ids; this is the one place they are replaced."""
 
-    def __init__(self, redact: bool = False, store: Optional[Path] = None,
-                 key_file: Optional[Path] = None, lock_timeout: Optional[float] = None):
+    def __init__(
+        self,
+        redact: bool = False,
+        store: Optional[Path] = None,
+        key_file: Optional[Path] = None,
+        lock_timeout: Optional[float] = None,
+    ):
         self.redact = redact
         self._where = (store, key_file, lock_timeout)
         self._hasher: Optional[Callable[[str], str]] = None
@@ -141,8 +174,9 @@ class _Ids:
 
         store, key_file, lock_timeout = self._where
         try:
-            return service.id_hasher(config.store_path(store), key_file=key_file,
-                                     lock_timeout=config.lock_timeout(lock_timeout))
+            return service.id_hasher(
+                config.store_path(store), key_file=key_file, lock_timeout=config.lock_timeout(lock_timeout)
+            )
         except EraseError:  # no usable key (a damaged store, say): hide the ids all the same
             return None
 
@@ -183,8 +217,13 @@ def _handled(as_json: bool, ids: _Ids = _PLAIN) -> Iterator[None]:
             raise _fail(stopped, as_json) from None
 
 
-def _run(as_json: bool, work: Callable[[], object], show: Callable[[object], None],
-         ids: _Ids = _PLAIN, view: Optional[Callable[[dict, _Ids], dict]] = None) -> object:
+def _run(
+    as_json: bool,
+    work: Callable[[], object],
+    show: Callable[[object], None],
+    ids: _Ids = _PLAIN,
+    view: Optional[Callable[[dict, _Ids], dict]] = None,
+) -> object:
     """Run one core call, then render the result: `view` gives the result as shown, ids
     redacted when asked. Returns the raw result, as its JSON object."""
     with _handled(as_json, ids):
@@ -250,19 +289,34 @@ def _secs(x: float | None) -> str:
 
 @app.command()
 def ingest(
-    file: Annotated[Path, typer.Argument(help="JSONL file: one object per line with id, input, target, optional choices.")],
+    file: Annotated[
+        Path, typer.Argument(help="JSONL file: one object per line with id, input, target, optional choices.")
+    ],
     id_field: Annotated[str, typer.Option(help="Field holding the record id.")] = "id",
     input_field: Annotated[str, typer.Option(help="Field holding the input text.")] = "input",
     target_field: Annotated[str, typer.Option(help="Field holding the target (string or list).")] = "target",
-    vector_field: Annotated[Optional[str], typer.Option(
-        help="Take embeddings from this field instead of running the embedder (bring your own).")] = None,
-    embedder: Annotated[Optional[str], typer.Option(
-        envvar=config.ENV_EMBEDDER, show_envvar=True,
-        help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).")] = None,
+    vector_field: Annotated[
+        Optional[str],
+        typer.Option(help="Take embeddings from this field instead of running the embedder (bring your own)."),
+    ] = None,
+    embedder: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar=config.ENV_EMBEDDER,
+            show_envvar=True,
+            help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
-    append: Annotated[bool, typer.Option("--append", help="Add to a store that already has records (marks the fit stale).")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Ingest the valid lines and report the rest instead of failing.")] = False,
-    allow_relearn: Annotated[bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")] = False,
+    append: Annotated[
+        bool, typer.Option("--append", help="Add to a store that already has records (marks the fit stale).")
+    ] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Ingest the valid lines and report the rest instead of failing.")
+    ] = False,
+    allow_relearn: Annotated[
+        bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")
+    ] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -273,27 +327,46 @@ def ingest(
     from . import service
 
     def work():
-        return _with_progress(lambda hooks: service.ingest(
-            config.store_path(store), str(file), id_field=id_field, input_field=input_field,
-            target_field=target_field, vector_field=vector_field,
-            embedder=config.embedder_name(embedder), batch_size=batch_size, append=append,
-            skip_invalid=skip_invalid, allow_relearn=allow_relearn,
-            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
+        return _with_progress(
+            lambda hooks: service.ingest(
+                config.store_path(store),
+                str(file),
+                id_field=id_field,
+                input_field=input_field,
+                target_field=target_field,
+                vector_field=vector_field,
+                embedder=config.embedder_name(embedder),
+                batch_size=batch_size,
+                append=append,
+                skip_invalid=skip_invalid,
+                allow_relearn=allow_relearn,
+                lock_timeout=config.lock_timeout(lock_timeout),
+                key_file=secret_file,
+                hooks=hooks,
+            )
+        )
 
     def show(r):
         render.show(f"ingested {r['ingested']} records into {r['store']} ({r['elapsed_ms'] / 1000:.1f} s)")
         for s in r["skipped_invalid"]:
             render.say(f"skipped line {s['line']}: {s['message']}")
         if r["skipped_forgotten"]:
-            render.say(f"skipped {len(r['skipped_forgotten'])} record(s) whose ids were forgotten "
-                       "before (pass --allow-relearn to ingest them)")
+            render.say(
+                f"skipped {len(r['skipped_forgotten'])} record(s) whose ids were forgotten "
+                "before (pass --allow-relearn to ingest them)"
+            )
         if r["stale_fit"]:
             render.say("the fit is now stale: run 'erase fit'")
 
     def view(r, ids):
-        return {**r, "skipped_forgotten": [ids(i) for i in r["skipped_forgotten"]],
-                "skipped_invalid": [{**s, "message": ids.text(s["message"], s["ids"]),
-                                     "ids": [ids(i) for i in s["ids"]]} for s in r["skipped_invalid"]]}
+        return {
+            **r,
+            "skipped_forgotten": [ids(i) for i in r["skipped_forgotten"]],
+            "skipped_invalid": [
+                {**s, "message": ids.text(s["message"], s["ids"]), "ids": [ids(i) for i in s["ids"]]}
+                for s in r["skipped_invalid"]
+            ],
+        }
 
     _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), view)
 
@@ -304,11 +377,19 @@ def ingest(
 @app.command()
 def fit(
     k: Annotated[int, typer.Option("-k", "--k", help="Number of clusters = in-context examples.")] = config.DEFAULT_K,
-    eps: Annotated[float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")] = config.DEFAULT_EPS,
-    dim: Annotated[Optional[int], typer.Option(
-        help=f"Seeded +-1 projection to this many dimensions; data-independent, so exact. "
-             f"Default {config.DEFAULT_DIM} for wider embeddings; 0 = no projection.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")] = config.DEFAULT_SEED,
+    eps: Annotated[
+        float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")
+    ] = config.DEFAULT_EPS,
+    dim: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"Seeded +-1 projection to this many dimensions; data-independent, so exact. "
+            f"Default {config.DEFAULT_DIM} for wider embeddings; 0 = no projection."
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")
+    ] = config.DEFAULT_SEED,
     max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
@@ -320,10 +401,21 @@ def fit(
     from . import service
 
     def work():
-        return _warned(_with_progress(lambda hooks: service.fit(
-            config.store_path(store), k=k, eps=eps, dim="auto" if dim is None else (dim or None),
-            seed=seed, max_iter=max_iter, lock_timeout=config.lock_timeout(lock_timeout),
-            key_file=secret_file, hooks=hooks)))
+        return _warned(
+            _with_progress(
+                lambda hooks: service.fit(
+                    config.store_path(store),
+                    k=k,
+                    eps=eps,
+                    dim="auto" if dim is None else (dim or None),
+                    seed=seed,
+                    max_iter=max_iter,
+                    lock_timeout=config.lock_timeout(lock_timeout),
+                    key_file=secret_file,
+                    hooks=hooks,
+                )
+            )
+        )
 
     def show(r):
         est = r["crossing_estimate"]
@@ -332,7 +424,8 @@ def fit(
             f"T {r['max_iter']}, seed {r['seed']} ({r['elapsed_ms'] / 1000:.2f} s)\n"
             f"examples: {', '.join(e['id'] for e in r['examples']) or '(none)'}\n"
             f"estimated chance that the next single deletion crosses: "
-            f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}")
+            f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}"
+        )
 
     _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), _examples_view)
 
@@ -342,12 +435,20 @@ def fit(
 
 @app.command()
 def forget(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids to forget (put a negative or option-like id after --).")] = None,
-    from_file: Annotated[Optional[str], typer.Option(
-        "--from-file", help="Read ids from FILE, one per line ('-' for stdin).")] = None,
+    ids: Annotated[
+        Optional[list[str]], typer.Argument(help="Ids to forget (put a negative or option-like id after --).")
+    ] = None,
+    from_file: Annotated[
+        Optional[str], typer.Option("--from-file", help="Read ids from FILE, one per line ('-' for stdin).")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would happen; change nothing.")] = False,
-    missing_ok: Annotated[bool, typer.Option(
-        "--missing-ok", help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).")] = False,
+    missing_ok: Annotated[
+        bool,
+        typer.Option(
+            "--missing-ok",
+            help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).",
+        ),
+    ] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -366,9 +467,16 @@ def forget(
         batch = list(ids or [])
         if from_file is not None:
             batch += read_ids(from_file)  # an empty file is an empty batch: nothing to do
-        return _with_progress(lambda hooks: service.forget(
-            config.store_path(store), batch, dry_run=dry_run,
-            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks))
+        return _with_progress(
+            lambda hooks: service.forget(
+                config.store_path(store),
+                batch,
+                dry_run=dry_run,
+                lock_timeout=config.lock_timeout(lock_timeout),
+                key_file=secret_file,
+                hooks=hooks,
+            )
+        )
 
     def show(r):
         b = r["batch"]
@@ -385,8 +493,10 @@ def forget(
         verb = "would forget" if b["dry_run"] else "forgot"
         crossings = ", ".join(f"t{c['iteration']}/c{c['cluster']}" for c in b["crossings"]) or "none"
         render.show(
-            f"{verb} {counts.get('would_forget' if b['dry_run'] else 'forgotten', 0)} record(s); action {b['action']}; crossings {crossings}; "
-            f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)")
+            f"{verb} {counts.get('would_forget' if b['dry_run'] else 'forgotten', 0)} record(s); "
+            f"action {b['action']}; crossings {crossings}; "
+            f"prompt {'changed' if b['prompt_changed'] else 'unchanged'} ({b['elapsed_ms']:.1f} ms)"
+        )
 
     def view(r, ids):
         return {**r, "ids": [{**item, "id": ids(item["id"])} for item in r["ids"]]}
@@ -404,13 +514,25 @@ def forget(
 @app.command()
 def ask(
     question: Annotated[Optional[str], typer.Argument(help="The question (or use --from-file).")] = None,
-    from_file: Annotated[Optional[str], typer.Option(
-        "--from-file", help="Questions, one per line or JSONL with input and optional choices ('-' = stdin); NDJSON out with --json.")] = None,
-    choices: Annotated[Optional[list[str]], typer.Option(
-        "--choices", help="A possible answer; repeat for each. Scores each by log-likelihood.")] = None,
+    from_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from-file",
+            help="Questions, one per line or JSONL with input and optional choices ('-' = stdin); "
+            "NDJSON out with --json.",
+        ),
+    ] = None,
+    choices: Annotated[
+        Optional[list[str]],
+        typer.Option("--choices", help="A possible answer; repeat for each. Scores each by log-likelihood."),
+    ] = None,
     model: ModelOpt = None,
-    n_gpu_layers: Annotated[int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")] = 0,
-    n_ctx: Annotated[Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")] = None,
+    n_gpu_layers: Annotated[
+        int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
+    ] = 0,
+    n_ctx: Annotated[
+        Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
     store: StoreOpt = None,
@@ -427,14 +549,25 @@ def ask(
             from .errors import InvalidInput
 
             raise InvalidInput("no question; pass one as an argument or use --from-file FILE")
-        qs = ([Question(question, check_choices(list(choices), "--choices") if choices else None)]
-              if question is not None else [])
+        qs = (
+            [Question(question, check_choices(list(choices), "--choices") if choices else None)]
+            if question is not None
+            else []
+        )
         if from_file is not None:
             qs += read_questions(from_file)
-        return service.ask(config.store_path(store), qs, model=config.model_flag(model), n_ctx=n_ctx,
-                           n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                           lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
-                           hooks=_hooks())
+        return service.ask(
+            config.store_path(store),
+            qs,
+            model=config.model_flag(model),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_gpu_layers=n_gpu_layers,
+            max_tokens=max_tokens,
+            lock_timeout=config.lock_timeout(lock_timeout),
+            key_file=secret_file,
+            hooks=_hooks(),
+        )
 
     answered = 0
     with _handled(json):
@@ -459,16 +592,31 @@ def ask(
 
 @app.command("eval")
 def eval_(
-    task: Annotated[list[str], typer.Argument(
-        help="A BIG-bench task.json, a directory with train/test JSONL files, a train and a test JSONL file, or one JSONL file to split.")],
-    method: Annotated[Optional[list[str]], typer.Option(
-        "--method", help="erase, kmeans, random, zero or knn; repeat for several (default: all five).")] = None,
+    task: Annotated[
+        list[str],
+        typer.Argument(
+            help="A BIG-bench task.json, a directory with train/test JSONL files, a train and a test "
+            "JSONL file, or one JSONL file to split."
+        ),
+    ],
+    method: Annotated[
+        Optional[list[str]],
+        typer.Option("--method", help="erase, kmeans, random, zero or knn; repeat for several (default: all five)."),
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the methods' randomness (never changes the split).")] = config.DEFAULT_SEED,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the methods' randomness (never changes the split).")
+    ] = config.DEFAULT_SEED,
     k: Annotated[int, typer.Option("-k", "--k", help="Demonstrations per prompt.")] = config.DEFAULT_K,
     model: ModelOpt = None,
-    embedder: Annotated[Optional[str], typer.Option(
-        envvar=config.ENV_EMBEDDER, show_envvar=True, help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).")] = None,
+    embedder: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar=config.ENV_EMBEDDER,
+            show_envvar=True,
+            help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).",
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -477,9 +625,17 @@ def eval_(
 
     def work():
         with render.progress_bar() as progress:
-            return run_eval(task if len(task) > 1 else task[0], method, limit, seed, k,
-                            config.model_flag(model), config.embedder_name(embedder), progress,
-                            n_threads=threads)
+            return run_eval(
+                task if len(task) > 1 else task[0],
+                method,
+                limit,
+                seed,
+                k,
+                config.model_flag(model),
+                config.embedder_name(embedder),
+                progress,
+                n_threads=threads,
+            )
 
     _run(json, work, lambda r: render.out.print(render_table(r)))
 
@@ -489,12 +645,25 @@ def cost(
     queries_per_deletion: Annotated[float, typer.Option(help="R: queries served per deletion request.")] = 1000.0,
     sisa_shards: Annotated[int, typer.Option(help="S: shards of the modelled SISA fine-tune.")] = 5,
     sisa_epochs: Annotated[float, typer.Option(help="Epochs of the modelled SISA retraining.")] = 3.0,
-    train_multiplier: Annotated[float, typer.Option(help="Training cost per token / inference cost per token (forward+backward ~ 3).")] = 3.0,
-    tokens_per_example: Annotated[Optional[float], typer.Option(help="Tokens per training example (default: measured from the demonstrations).")] = None,
-    per_token_s: Annotated[Optional[float], typer.Option(help="Inference seconds per token (default: measured).")] = None,
-    finetuned_query_s: Annotated[Optional[float], typer.Option(help="Query seconds of one fine-tuned model (default: the zero-shot time).")] = None,
+    train_multiplier: Annotated[
+        float, typer.Option(help="Training cost per token / inference cost per token (forward+backward ~ 3).")
+    ] = 3.0,
+    tokens_per_example: Annotated[
+        Optional[float], typer.Option(help="Tokens per training example (default: measured from the demonstrations).")
+    ] = None,
+    per_token_s: Annotated[
+        Optional[float], typer.Option(help="Inference seconds per token (default: measured).")
+    ] = None,
+    finetuned_query_s: Annotated[
+        Optional[float], typer.Option(help="Query seconds of one fine-tuned model (default: the zero-shot time).")
+    ] = None,
     questions: Annotated[int, typer.Option(help="Records used as timing queries.")] = 20,
-    repeats: Annotated[int, typer.Option(help="Timed rounds over the questions, each asking every question with and without the demonstrations.")] = 3,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Timed rounds over the questions, each asking every question with and without the demonstrations."
+        ),
+    ] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed queries on each prompt before timing.")] = 3,
     model: ModelOpt = None,
     threads: ThreadsOpt = None,
@@ -507,13 +676,26 @@ def cost(
     from . import service
 
     def work():
-        return _warned(service.cost(
-            config.store_path(store), queries_per_deletion=queries_per_deletion,
-            sisa_shards=sisa_shards, sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
-            n_questions=questions, repeats=repeats, warmup=warmup,
-            tokens_per_example=tokens_per_example, per_token_s=per_token_s,
-            finetuned_query_s=finetuned_query_s, model=config.model_flag(model), n_threads=threads,
-            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=_hooks()))
+        return _warned(
+            service.cost(
+                config.store_path(store),
+                queries_per_deletion=queries_per_deletion,
+                sisa_shards=sisa_shards,
+                sisa_epochs=sisa_epochs,
+                train_multiplier=train_multiplier,
+                n_questions=questions,
+                repeats=repeats,
+                warmup=warmup,
+                tokens_per_example=tokens_per_example,
+                per_token_s=per_token_s,
+                finetuned_query_s=finetuned_query_s,
+                model=config.model_flag(model),
+                n_threads=threads,
+                lock_timeout=config.lock_timeout(lock_timeout),
+                key_file=secret_file,
+                hooks=_hooks(),
+            )
+        )
 
     _run(json, work, _show_cost)
 
@@ -521,13 +703,17 @@ def cost(
 def _show_cost(r: dict) -> None:
     from rich.table import Table
 
-    table = Table("method", "U (per deletion)", "I (per query)", "I − I0 (counted)",
-                  "H (per request)",
-                  title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:,.4g}, "
-                        f"I0 = {_secs(r['inputs']['zero_shot_query_s'])}")
+    table = Table(
+        "method",
+        "U (per deletion)",
+        "I (per query)",
+        "I − I0 (counted)",
+        "H (per request)",
+        title=f"H(M) = U(M) + R·(I(M) − I0), R = {r['queries_per_deletion']:,.4g}, "
+        f"I0 = {_secs(r['inputs']['zero_shot_query_s'])}",
+    )
     for name, m in r["methods"].items():
-        table.add_row(f"{name} ({m['label']})", _secs(m["U_s"]), _secs(m["I_s"]),
-                      _secs(m["dI_s"]), _secs(m["H_s"]))
+        table.add_row(f"{name} ({m['label']})", _secs(m["U_s"]), _secs(m["I_s"]), _secs(m["dI_s"]), _secs(m["H_s"]))
     render.out.print(table)
     x = r["extra_query"]
     sample = f"n = {x['n']} {x['unit']}{'s' if x['n'] != 1 else ''}"
@@ -539,23 +725,31 @@ def _show_cost(r: dict) -> None:
         if x["low_s"] > 0:
             line = f"{_secs(x['mean_s'])} ({interval})"
         elif x["high_s"] < 0:
-            line = (f"{_secs(x['mean_s'])} ({interval}): erase's queries are cheaper than "
-                    "zero-shot here (its demonstrations can make generated answers shorter)")
+            line = (
+                f"{_secs(x['mean_s'])} ({interval}): erase's queries are cheaper than "
+                "zero-shot here (its demonstrations can make generated answers shorter)"
+            )
         else:
             line = f"not distinguishable from 0 ({interval}), counted as 0"
     render.show(f"erase's extra query cost I − I0: {line}")
     be = r["break_even_queries_per_deletion"]
     render.show(f"break-even R: {'never' if be is None else f'{be:,.0f}'}")
-    render.show("inputs: " + ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["inputs"].items()))
+    render.show(
+        "inputs: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["inputs"].items())
+    )
 
 
 # --------------------------------------------------------------------------- read-only
 
 
 @app.command()
-def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
-           redact_ids: RedactOpt = False, json: JsonOpt = False) -> None:
+def status(
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
+    json: JsonOpt = False,
+) -> None:
     """Records, fit, crossings and prompt changes so far, cache, pending recovery."""
     from . import service
 
@@ -563,11 +757,14 @@ def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
         lines = []
         p = r["pending"]
         if p and p.get("forgotten_data_on_disk"):
-            lines.append("WARNING: an interrupted forget committed but did not finish: forgotten data "
-                         "is still on disk; run 'erase recover' (or any writing command) now")
-        lines += [f"store {r['store']} ({r['size_bytes'] / 2**20:.1f} MiB)",
-                  f"records {r['records']} ({r['forgotten']} forgotten), embedder {r['embedder']} "
-                  f"({r['dimension']}-d)"]
+            lines.append(
+                "WARNING: an interrupted forget committed but did not finish: forgotten data "
+                "is still on disk; run 'erase recover' (or any writing command) now"
+            )
+        lines += [
+            f"store {r['store']} ({r['size_bytes'] / 2**20:.1f} MiB)",
+            f"records {r['records']} ({r['forgotten']} forgotten), embedder {r['embedder']} ({r['dimension']}-d)",
+        ]
         f = r["fit"]
         if f is None:
             lines.append("fit: none yet (run 'erase fit')")
@@ -577,47 +774,69 @@ def status(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: Se
                 f"fit: k {f['k']} (k_eff {f['k_eff']}), eps {f['eps_effective']}, dim {f['dim']}, "
                 f"T {f['max_iter']}, seed {f['seed']}{' - STALE, run erase fit' if f['stale'] else ''}",
                 f"examples: {', '.join(e['id'] for e in f['examples']) or '(none)'}",
-                f"next single deletion crosses with estimated probability "
-                f"{'n/a' if est is None else f'{est:.1%}'}",
+                f"next single deletion crosses with estimated probability {'n/a' if est is None else f'{est:.1%}'}",
             ]
         c = r["counters"]
-        lines.append(f"forget batches {c.get('forget_batches', 0)}: {c.get('crossing_batches', 0)} crossed, "
-                     f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
-                     "replaced an example")
+        lines.append(
+            f"forget batches {c.get('forget_batches', 0)}: {c.get('crossing_batches', 0)} crossed, "
+            f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
+            "replaced an example"
+        )
         lines.append(f"prefix cache files: {r['cache']['files']}")
         if p:
             lines.append(f"pending interrupted operation: {p} (run 'erase recover')")
         render.show("\n".join(lines))
 
-    _run(json, lambda: service.status(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
-                                      key_file=secret_file, hooks=_hooks()), show,
-         _Ids(redact_ids, store, secret_file, lock_timeout),
-         lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)})
+    _run(
+        json,
+        lambda: service.status(
+            config.store_path(store),
+            lock_timeout=config.lock_timeout(lock_timeout),
+            key_file=secret_file,
+            hooks=_hooks(),
+        ),
+        show,
+        _Ids(redact_ids, store, secret_file, lock_timeout),
+        lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)},
+    )
 
 
 @app.command()
-def verify(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
-           json: JsonOpt = False) -> None:
+def verify(
+    store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None, json: JsonOpt = False
+) -> None:
     """Check every file of the store, refit from scratch on the remaining records and compare."""
     from . import service
 
     def show(r):
         if r["identical"]:
-            render.show(f"identical: the fit equals a fresh fit on the {r['n_records']} remaining "
-                        f"records ({r['elapsed_ms'] / 1000:.2f} s)")
+            render.show(
+                f"identical: the fit equals a fresh fit on the {r['n_records']} remaining "
+                f"records ({r['elapsed_ms'] / 1000:.2f} s)"
+            )
         else:
             render.show("DIFFERENT:\n" + "\n".join(f"  {d}" for d in r["differences"]))
 
-    result = _run(json, lambda: _with_progress(lambda hooks: service.verify(
-        config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
-        hooks=hooks)), show)
+    result = _run(
+        json,
+        lambda: _with_progress(
+            lambda hooks: service.verify(
+                config.store_path(store),
+                lock_timeout=config.lock_timeout(lock_timeout),
+                key_file=secret_file,
+                hooks=hooks,
+            )
+        ),
+        show,
+    )
     if not result["identical"]:
         raise typer.Exit(ExitStatus.FAILURE)
 
 
 @app.command()
-def recover(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None,
-            json: JsonOpt = False) -> None:
+def recover(
+    store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None, json: JsonOpt = False
+) -> None:
     """Complete an interrupted operation that committed (purging what a forget removed), or roll
     back one that did not; changes nothing else."""
     from . import service
@@ -631,22 +850,53 @@ def recover(store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: S
         else:
             render.show(f"rolled back an interrupted operation in {r['store']} (it had not committed)")
 
-    _run(json, lambda: service.recover(config.store_path(store), lock_timeout=config.lock_timeout(lock_timeout),
-                                       key_file=secret_file, hooks=_hooks()), show)
+    _run(
+        json,
+        lambda: service.recover(
+            config.store_path(store),
+            lock_timeout=config.lock_timeout(lock_timeout),
+            key_file=secret_file,
+            hooks=_hooks(),
+        ),
+        show,
+    )
 
 
 @app.command()
 def log(
-    check: Annotated[bool, typer.Option("--verify", help="Check the whole keyed hash chain; print the verdict and any problems; exit 1 if broken.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Check the whole keyed hash chain; print the verdict and any problems; exit 1 if broken."
+        ),
+    ] = False,
     show_entries: Annotated[bool, typer.Option("--show", help="With --verify: print the entries too.")] = False,
-    head: Annotated[bool, typer.Option("--head", help="Print only the hash of the newest entry (record it elsewhere).")] = False,
-    expect_head: Annotated[Optional[str], typer.Option(
-        "--expect-head", help="With --verify: a head hash recorded earlier; the chain must still contain it.")] = None,
-    last: Annotated[Optional[int], typer.Option("-n", "--last", help="Show only the newest N entries (after --action and --since).")] = None,
-    since: Annotated[Optional[str], typer.Option(
-        "--since", help="Show only entries from this ISO date or datetime on (UTC unless an offset is given), e.g. 2026-01-31 or 2026-01-31T09:30Z.")] = None,
-    action: Annotated[Optional[list[str]], typer.Option(
-        "--action", help="Show only this action (ingest, fit, forget, upgrade, export); repeat for several.")] = None,
+    head: Annotated[
+        bool, typer.Option("--head", help="Print only the hash of the newest entry (record it elsewhere).")
+    ] = False,
+    expect_head: Annotated[
+        Optional[str],
+        typer.Option(
+            "--expect-head", help="With --verify: a head hash recorded earlier; the chain must still contain it."
+        ),
+    ] = None,
+    last: Annotated[
+        Optional[int], typer.Option("-n", "--last", help="Show only the newest N entries (after --action and --since).")
+    ] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option(
+            "--since",
+            help="Show only entries from this ISO date or datetime on (UTC unless an offset is given), "
+            "e.g. 2026-01-31 or 2026-01-31T09:30Z.",
+        ),
+    ] = None,
+    action: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--action", help="Show only this action (ingest, fit, forget, upgrade, export); repeat for several."
+        ),
+    ] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -663,12 +913,21 @@ def log(
         if expect_head is not None and not check:
             raise InvalidParameter("--expect-head needs --verify; run 'erase log --verify --expect-head HASH'")
         if show_entries and not check:
-            raise InvalidParameter("--show goes with --verify (without --verify the entries are "
-                                   "always shown); run 'erase log --verify --show'")
-        result = service.log(config.store_path(store), check=check, expect_head=expect_head,
-                             last=last, since=since, actions=action,
-                             lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file,
-                             hooks=_hooks())
+            raise InvalidParameter(
+                "--show goes with --verify (without --verify the entries are "
+                "always shown); run 'erase log --verify --show'"
+            )
+        result = service.log(
+            config.store_path(store),
+            check=check,
+            expect_head=expect_head,
+            last=last,
+            since=since,
+            actions=action,
+            lock_timeout=config.lock_timeout(lock_timeout),
+            key_file=secret_file,
+            hooks=_hooks(),
+        )
     if head:
         if json:
             render.emit_json({"head": result["head"]})
@@ -685,11 +944,18 @@ def log(
             render.say(f"{len(result['entries'])} of {result['total']} entries shown")
     if check:
         if json:
-            render.emit_json({"verify": {"valid": result["valid"], "problems": result["problems"],
-                                         "entries": result["total"], "head": result["head"]}})
+            render.emit_json(
+                {
+                    "verify": {
+                        "valid": result["valid"],
+                        "problems": result["problems"],
+                        "entries": result["total"],
+                        "head": result["head"],
+                    }
+                }
+            )
         elif result["valid"]:
-            render.show(f"audit chain valid: {result['total']} entries, head "
-                        f"{(result['head'] or '(none)')[:12]}")
+            render.show(f"audit chain valid: {result['total']} entries, head {(result['head'] or '(none)')[:12]}")
         else:
             render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
         if not result["valid"]:
@@ -724,33 +990,49 @@ def log_line(e: dict) -> str:
             details.append(f"skipped {e['n_skipped_forgotten']} forgotten")
     elif action == "fit":
         p = e.get("params") if isinstance(e.get("params"), dict) else {}
-        details += [f"records {_count(e.get('n_records'))}",
-                    f"k {_count(p.get('k'))} (k_eff {_count(e.get('k_eff'))})",
-                    f"eps {_count(p.get('eps'))}, dim {_count(p.get('dim'))}, "
-                    f"T {_count(p.get('max_iter'))}, seed {_count(p.get('seed'))}",
-                    _digests(e, "prompt"), _digests(e, "state")]
+        details += [
+            f"records {_count(e.get('n_records'))}",
+            f"k {_count(p.get('k'))} (k_eff {_count(e.get('k_eff'))})",
+            f"eps {_count(p.get('eps'))}, dim {_count(p.get('dim'))}, "
+            f"T {_count(p.get('max_iter'))}, seed {_count(p.get('seed'))}",
+            _digests(e, "prompt"),
+            _digests(e, "state"),
+        ]
     elif action == "forget":
         crossings = e.get("crossings")
-        details += [f"ids {_count(e.get('id_hashes'))}",
-                    f"crossings {_count(crossings if crossings is not None else [])}",
-                    f"action {e.get('action_taken')}", _digests(e, "prompt")]
+        details += [
+            f"ids {_count(e.get('id_hashes'))}",
+            f"crossings {_count(crossings if crossings is not None else [])}",
+            f"action {e.get('action_taken')}",
+            _digests(e, "prompt"),
+        ]
     elif action == "upgrade":
-        details += [f"{e.get('from_format')} -> {e.get('to_format')}",
-                    f"chunks written {_count(e.get('chunks_written'))}"]
+        details += [
+            f"{e.get('from_format')} -> {e.get('to_format')}",
+            f"chunks written {_count(e.get('chunks_written'))}",
+        ]
     elif action == "export":
-        details += [f"records {_count(e.get('n_records'))}",
-                    "with vectors" if e.get("vectors") else "without vectors", f"to {e.get('to')}"]
+        details += [
+            f"records {_count(e.get('n_records'))}",
+            "with vectors" if e.get("vectors") else "without vectors",
+            f"to {e.get('to')}",
+        ]
     else:
-        details += [f"{k}={v}" for k, v in sorted(e.items())
-                    if k not in ("seq", "time", "action", "prev", "hash") and isinstance(v, (str, int, float, bool))]
+        details += [
+            f"{k}={v}"
+            for k, v in sorted(e.items())
+            if k not in ("seq", "time", "action", "prev", "hash") and isinstance(v, (str, int, float, bool))
+        ]
     if isinstance(e.get("elapsed_ms"), (int, float)):
         details.append(f"{e['elapsed_ms']:.0f} ms")
     when = str(e.get("time", "?"))
     if len(when) >= 20 and when[10:11] == "T":
         when = when[:10] + " " + when[11:19] + "Z"  # to the second, UTC
     seq = e.get("seq")
-    return (f"{seq if isinstance(seq, int) else '?':>4}  {when}  {action:<7}  {', '.join(details)}"
-            f"  hash {_short(e.get('hash'), 12)}")
+    return (
+        f"{seq if isinstance(seq, int) else '?':>4}  {when}  {action:<7}  {', '.join(details)}"
+        f"  hash {_short(e.get('hash'), 12)}"
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -758,10 +1040,21 @@ def log_line(e: dict) -> str:
 
 @app.command()
 def export(
-    output: Annotated[str, typer.Option(
-        "--output", "-o", help="File to create, owner-only (0600); an existing file is refused unless --force. "
-                               "'-' writes to stdout.")],
-    vectors: Annotated[bool, typer.Option("--vectors", help="Include each record's stored embedding as 'vector' (exact), to reproduce a fit elsewhere.")] = False,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to create, owner-only (0600); an existing file is refused unless --force. '-' writes to stdout.",
+        ),
+    ],
+    vectors: Annotated[
+        bool,
+        typer.Option(
+            "--vectors",
+            help="Include each record's stored embedding as 'vector' (exact), to reproduce a fit elsewhere.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")] = False,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
@@ -779,19 +1072,31 @@ def export(
         if to_stdout and json:
             from .errors import InvalidParameter
 
-            raise InvalidParameter("--json and --output - would both write to stdout; write the "
-                                   "export to a file with --output FILE")
-        return _warned(_with_progress(lambda hooks: service.export(
-            config.store_path(store), None if to_stdout else Path(output),
-            stream=sys.stdout.buffer if to_stdout else None, vectors=vectors, force=force,
-            lock_timeout=config.lock_timeout(lock_timeout), key_file=secret_file, hooks=hooks)))
+            raise InvalidParameter(
+                "--json and --output - would both write to stdout; write the export to a file with --output FILE"
+            )
+        return _warned(
+            _with_progress(
+                lambda hooks: service.export(
+                    config.store_path(store),
+                    None if to_stdout else Path(output),
+                    stream=sys.stdout.buffer if to_stdout else None,
+                    vectors=vectors,
+                    force=force,
+                    lock_timeout=config.lock_timeout(lock_timeout),
+                    key_file=secret_file,
+                    hooks=hooks,
+                )
+            )
+        )
 
     def show(r):
         # With --output - stdout holds the records: the report goes to stderr.
         say = render.say if to_stdout else render.show
-        say(f"exported {r['records']} records ({'with' if r['vectors'] else 'without'} vectors) to "
-            f"{'stdout' if to_stdout else r['output']}; audit entry {r['audit_hash'][:12]}")
-        render.say("this copy is outside the store: 'erase forget' can never purge it; delete it "
-                   "when it has served")
+        say(
+            f"exported {r['records']} records ({'with' if r['vectors'] else 'without'} vectors) to "
+            f"{'stdout' if to_stdout else r['output']}; audit entry {r['audit_hash'][:12]}"
+        )
+        render.say("this copy is outside the store: 'erase forget' can never purge it; delete it when it has served")
 
     _run(json, work, show)

@@ -19,7 +19,7 @@ class Report(Mapping):
 
     def to_json(self) -> dict:
         out = {}
-        for f in fields(self):
+        for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
             value = getattr(self, f.name)
             if value is None and f.name in self._OMIT_NONE:
                 continue

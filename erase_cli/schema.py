@@ -46,8 +46,7 @@ class FitParams:
     max_iter: int
 
     def to_json(self) -> dict:
-        return {"k": self.k, "eps": self.eps, "dim": self.dim, "seed": self.seed,
-                "max_iter": self.max_iter}
+        return {"k": self.k, "eps": self.eps, "dim": self.dim, "seed": self.seed, "max_iter": self.max_iter}
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,16 @@ class FitMeta:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw, path: Path) -> "FitMeta":
+    def parse(cls, raw, path: Path) -> FitMeta:
         if not isinstance(raw, dict):
             raise _damaged(path, "has a fit that is not an object")
         p = raw.get("params")
-        if (not isinstance(p, dict) or not all(_int(p.get(n)) for n in ("k", "seed", "max_iter"))
-                or not _num(p.get("eps")) or not (p.get("dim") is None or _int(p.get("dim")))):
+        if (
+            not isinstance(p, dict)
+            or not all(_int(p.get(n)) for n in ("k", "seed", "max_iter"))
+            or not _num(p.get("eps"))
+            or not (p.get("dim") is None or _int(p.get("dim")))
+        ):
             raise _damaged(path, "has fit parameters that are not numbers")
         if not _int(raw.get("fit_rows")) or raw["fit_rows"] < 0:
             raise _damaged(path, "has a fit without the number of rows it covers")
@@ -76,15 +79,24 @@ class FitMeta:
             raise _damaged(path, "has a crossing estimate that is not a number")
         params = FitParams(k=p["k"], eps=p["eps"], dim=p["dim"], seed=p["seed"], max_iter=p["max_iter"])
         known = ("params", "fit_rows", "stale", "crossing_estimate")
-        return cls(params=params, fit_rows=raw["fit_rows"], stale=bool(raw.get("stale")),
-                   crossing_estimate=estimate,
-                   extra={k: v for k, v in raw.items() if k not in known})
+        return cls(
+            params=params,
+            fit_rows=raw["fit_rows"],
+            stale=bool(raw.get("stale")),
+            crossing_estimate=estimate,
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
 
     def to_json(self) -> dict:
-        return {**self.extra, "params": self.params.to_json(), "fit_rows": self.fit_rows,
-                "stale": self.stale, "crossing_estimate": self.crossing_estimate}
+        return {
+            **self.extra,
+            "params": self.params.to_json(),
+            "fit_rows": self.fit_rows,
+            "stale": self.stale,
+            "crossing_estimate": self.crossing_estimate,
+        }
 
-    def with_(self, **changes) -> "FitMeta":
+    def with_(self, **changes) -> FitMeta:
         return replace(self, **changes)
 
 
@@ -116,13 +128,23 @@ class StoreMeta:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def new(cls, dim: int, embedder: str, chunk_rows: int) -> "StoreMeta":
-        return cls(format=STORE_FORMAT, format_version=STORE_FORMAT_VERSION, dim=dim,
-                   embedder=embedder, chunk_rows=chunk_rows, n_slots=0, n_forgotten=0, fit=None,
-                   counters={name: 0 for name in COUNTERS}, checksums={}, audit_keyed_from=0)
+    def new(cls, dim: int, embedder: str, chunk_rows: int) -> StoreMeta:
+        return cls(
+            format=STORE_FORMAT,
+            format_version=STORE_FORMAT_VERSION,
+            dim=dim,
+            embedder=embedder,
+            chunk_rows=chunk_rows,
+            n_slots=0,
+            n_forgotten=0,
+            fit=None,
+            counters={name: 0 for name in COUNTERS},
+            checksums={},
+            audit_keyed_from=0,
+        )
 
     @classmethod
-    def parse(cls, raw, path: Path) -> "StoreMeta":
+    def parse(cls, raw, path: Path) -> StoreMeta:
         """store.json's decoded content, checked (its mac is checked before, on `raw`)."""
         if not isinstance(raw, dict) or not _int(raw.get("format_version")):
             raise _damaged(path, "is not an erase store file", "restore it from a backup")
@@ -143,38 +165,63 @@ class StoreMeta:
             raise _damaged(path, "has counters that are not numbers")
         checksums = raw.get("checksums", {})
         if not isinstance(checksums, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()
+        ):
             raise _damaged(path, "has checksums that are not text")
         if raw.get("key") is not None and not isinstance(raw["key"], dict):
             raise _damaged(path, "describes its key with something that is not an object")
         fit = raw.get("fit")
-        known = ("format", "format_version", "dim", "embedder", "chunk_rows", "n_slots",
-                 "n_forgotten", "fit", "counters", "checksums") + _OPTIONAL
+        known = (
+            "format",
+            "format_version",
+            "dim",
+            "embedder",
+            "chunk_rows",
+            "n_slots",
+            "n_forgotten",
+            "fit",
+            "counters",
+            "checksums",
+        ) + _OPTIONAL
         return cls(
-            format=raw["format"], format_version=raw["format_version"], dim=raw.get("dim"),
-            embedder=raw.get("embedder"), chunk_rows=raw.get("chunk_rows", 0),
-            n_slots=raw.get("n_slots", 0), n_forgotten=raw.get("n_forgotten", 0),
+            format=raw["format"],
+            format_version=raw["format_version"],
+            dim=raw.get("dim"),
+            embedder=raw.get("embedder"),
+            chunk_rows=raw.get("chunk_rows", 0),
+            n_slots=raw.get("n_slots", 0),
+            n_forgotten=raw.get("n_forgotten", 0),
             fit=None if not fit else FitMeta.parse(fit, path),
-            counters=dict(counters), checksums=dict(checksums),
+            counters=dict(counters),
+            checksums=dict(checksums),
             **{name: raw.get(name) for name in _OPTIONAL},
-            extra={k: v for k, v in raw.items() if k not in known})
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
 
     def to_json(self) -> dict:
-        out = {**self.extra, "format": self.format, "format_version": self.format_version,
-               "dim": self.dim, "embedder": self.embedder, "chunk_rows": self.chunk_rows,
-               "n_slots": self.n_slots, "n_forgotten": self.n_forgotten,
-               "fit": None if self.fit is None else self.fit.to_json(),
-               "counters": dict(self.counters), "checksums": dict(self.checksums)}
+        out = {
+            **self.extra,
+            "format": self.format,
+            "format_version": self.format_version,
+            "dim": self.dim,
+            "embedder": self.embedder,
+            "chunk_rows": self.chunk_rows,
+            "n_slots": self.n_slots,
+            "n_forgotten": self.n_forgotten,
+            "fit": None if self.fit is None else self.fit.to_json(),
+            "counters": dict(self.counters),
+            "checksums": dict(self.checksums),
+        }
         for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
         return out
 
-    def with_(self, **changes) -> "StoreMeta":
+    def with_(self, **changes) -> StoreMeta:
         return replace(self, **changes)
 
-    def counted(self, **increments: int) -> "StoreMeta":
+    def counted(self, **increments: int) -> StoreMeta:
         """These counters raised by the given amounts."""
         counters = dict(self.counters)
         for name, n in increments.items():
@@ -211,7 +258,7 @@ class Manifest:
     format: str = MANIFEST_FORMAT
 
     @classmethod
-    def parse(cls, data: bytes, path: Path) -> "Manifest":
+    def parse(cls, data: bytes, path: Path) -> Manifest:
         fix = "run 'erase fit' to rewrite it"
         try:
             raw = orjson.loads(data)
@@ -220,28 +267,52 @@ class Manifest:
         if not isinstance(raw, dict):
             raise _damaged(path, "is not a manifest", fix)
         if raw.get("format") != MANIFEST_FORMAT:
-            raise _damaged(path, f"has the unknown format {raw.get('format')!r} (this erase "
-                           f"reads {MANIFEST_FORMAT})", fix)
-        if (not all(_int(raw.get(n)) for n in ("k", "k_eff", "seed", "max_iter", "n_records"))
-                or not _num(raw.get("eps")) or not (raw.get("dim") is None or _int(raw["dim"]))
-                or not isinstance(raw.get("examples"), list)
-                or not all(isinstance(e, dict) for e in raw["examples"])
-                or not isinstance(raw.get("centroids"), list)
-                or not isinstance(raw.get("prompt_digest"), str)
-                or not isinstance(raw.get("state_digest"), str)):
+            raise _damaged(
+                path, f"has the unknown format {raw.get('format')!r} (this erase reads {MANIFEST_FORMAT})", fix
+            )
+        if (
+            not all(_int(raw.get(n)) for n in ("k", "k_eff", "seed", "max_iter", "n_records"))
+            or not _num(raw.get("eps"))
+            or not (raw.get("dim") is None or _int(raw["dim"]))
+            or not isinstance(raw.get("examples"), list)
+            or not all(isinstance(e, dict) for e in raw["examples"])
+            or not isinstance(raw.get("centroids"), list)
+            or not isinstance(raw.get("prompt_digest"), str)
+            or not isinstance(raw.get("state_digest"), str)
+        ):
             raise _damaged(path, "is not a complete manifest", fix)
-        return cls(k=raw["k"], k_eff=raw["k_eff"], eps=raw["eps"], dim=raw["dim"], seed=raw["seed"],
-                   max_iter=raw["max_iter"], n_records=raw["n_records"], embedder=raw.get("embedder"),
-                   examples=raw["examples"], centroids=raw["centroids"],
-                   prompt_digest=raw["prompt_digest"], state_digest=raw["state_digest"],
-                   format=raw["format"])
+        return cls(
+            k=raw["k"],
+            k_eff=raw["k_eff"],
+            eps=raw["eps"],
+            dim=raw["dim"],
+            seed=raw["seed"],
+            max_iter=raw["max_iter"],
+            n_records=raw["n_records"],
+            embedder=raw.get("embedder"),
+            examples=raw["examples"],
+            centroids=raw["centroids"],
+            prompt_digest=raw["prompt_digest"],
+            state_digest=raw["state_digest"],
+            format=raw["format"],
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": self.format, "k": self.k, "k_eff": self.k_eff, "eps": self.eps,
-                "dim": self.dim, "seed": self.seed, "max_iter": self.max_iter,
-                "n_records": self.n_records, "embedder": self.embedder, "examples": self.examples,
-                "centroids": self.centroids, "prompt_digest": self.prompt_digest,
-                "state_digest": self.state_digest}
+        return {
+            "format": self.format,
+            "k": self.k,
+            "k_eff": self.k_eff,
+            "eps": self.eps,
+            "dim": self.dim,
+            "seed": self.seed,
+            "max_iter": self.max_iter,
+            "n_records": self.n_records,
+            "embedder": self.embedder,
+            "examples": self.examples,
+            "centroids": self.centroids,
+            "prompt_digest": self.prompt_digest,
+            "state_digest": self.state_digest,
+        }
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"

@@ -1,7 +1,8 @@
 """Ingest, fit, forget, export, verify, status and log over a store: the core that cli.py calls.
 
 Each function opens the store with the right lock, does its work through one Transaction and
-returns a typed report (reports.py) whose to_json() is what --json prints. Progress and notices go through callbacks so the core never prints.
+returns a typed report (reports.py) whose to_json() is what --json prints. Progress and notices
+go through callbacks so the core never prints.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import orjson
 
-from . import audit, qkmeans as qk
+from . import audit
+from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
     InvalidInput,
@@ -41,6 +44,7 @@ from .store import (
     INDEX_DIR,
     INDEX_DTYPE,
     JOURNAL_DIR,
+    MANIFEST,
     STATE,
     FitMeta,
     Manifest,
@@ -80,8 +84,9 @@ class Hooks:
 class StoreSource:
     """A qkmeans.Source over the store's live rows (those a fit covers), chunk by chunk."""
 
-    def __init__(self, store: Store, projector: qk.Projector, limit: int,
-                 exclude: np.ndarray | None = None, n: int | None = None):
+    def __init__(
+        self, store: Store, projector: qk.Projector, limit: int, exclude: np.ndarray | None = None, n: int | None = None
+    ):
         """Rows below `limit` minus `exclude`; pass `n` when it is known, so that a forget that
         never streams does not read the whole index to count."""
         self.store = store
@@ -105,10 +110,14 @@ class StoreSource:
         if self._cached is not None:
             yield from self._cached
             return
-        kept = [] if self._cache_ok else None
+        kept: list[qk.Block] | None = [] if self._cache_ok else None
         for part, vals in self.store.iter_chunks(self.rows, ("ids", "idh", "emb")):
-            block = qk.Block(rows=part, ids=vals["ids"], idh=vals["idh"].astype(np.uint64),
-                             x=self.projector(qk.to_fixed(vals["emb"])))
+            block = qk.Block(
+                rows=part,
+                ids=vals["ids"],
+                idh=vals["idh"].astype(np.uint64),
+                x=self.projector(qk.to_fixed(vals["emb"])),
+            )
             if kept is not None:
                 kept.append(block)
             yield block
@@ -129,8 +138,7 @@ def _params_of(fit_meta: FitMeta) -> qk.Params:
 
 
 def _fit_params(params: qk.Params) -> FitParams:
-    return FitParams(k=params.k, eps=params.eps, dim=params.dim, seed=params.seed,
-                     max_iter=params.max_iter)
+    return FitParams(k=params.k, eps=params.eps, dim=params.dim, seed=params.seed, max_iter=params.max_iter)
 
 
 def build_manifest(store: Store, state: qk.State) -> Manifest:
@@ -148,11 +156,20 @@ def build_manifest(store: Store, state: qk.State) -> Manifest:
                 item["choices"] = rec["choices"]
             examples.append(item)
     p = state.params
-    return Manifest(k=p.k, k_eff=int(state.k_eff), eps=p.eps_effective, dim=p.dim, seed=p.seed,
-                    max_iter=p.max_iter, n_records=int(state.n), embedder=store.meta.embedder,
-                    examples=examples,
-                    centroids=state.centroids[-1].tolist() if state.k_eff else [],
-                    prompt_digest=prompt_digest(examples), state_digest=state.state_digest())
+    return Manifest(
+        k=p.k,
+        k_eff=int(state.k_eff),
+        eps=p.eps_effective,
+        dim=p.dim,
+        seed=p.seed,
+        max_iter=p.max_iter,
+        n_records=int(state.n),
+        embedder=store.meta.embedder,
+        examples=examples,
+        centroids=state.centroids[-1].tolist() if state.k_eff else [],
+        prompt_digest=prompt_digest(examples),
+        state_digest=state.state_digest(),
+    )
 
 
 def prompt_digest(examples: list[dict]) -> str:
@@ -181,11 +198,23 @@ def _crossing_estimate(store: Store, state: qk.State, rows: np.ndarray, projecto
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "input",
-           target_field: str = "target", vector_field: str | None = None, embedder: str | None = None,
-           batch_size: int = 64, append: bool = False, skip_invalid: bool = False,
-           allow_relearn: bool = False, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> IngestReport:
+def ingest(
+    root: Path,
+    path: str,
+    *,
+    id_field: str = "id",
+    input_field: str = "input",
+    target_field: str = "target",
+    vector_field: str | None = None,
+    embedder: str | None = None,
+    batch_size: int = 64,
+    append: bool = False,
+    skip_invalid: bool = False,
+    allow_relearn: bool = False,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> IngestReport:
     """Add a JSONL file's records to the store.
 
     Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
@@ -197,15 +226,19 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     t0 = time.perf_counter()
     if batch_size < 1:
         raise InvalidParameter(f"--batch-size {batch_size} must be at least 1")
-    records, skipped = read_jsonl(path, id_field=id_field, input_field=input_field,
-                                  target_field=target_field, vector_field=vector_field,
-                                  skip_invalid=skip_invalid)
+    records, skipped = read_jsonl(
+        path,
+        id_field=id_field,
+        input_field=input_field,
+        target_field=target_field,
+        vector_field=vector_field,
+        skip_invalid=skip_invalid,
+    )
     seen_key = None  # fingerprint of the key of the store seen before embedding; None: no store yet
     rule = None  # (dim, embedder) the new vectors must match; None: the first vectors set them
     skipped_forgotten: list[str] = []
     try:
-        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                        key_file=key_file) as st:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
             keep, skipped_forgotten = _admit(st, root, path, records, append, allow_relearn)
             records = [r for r, k in zip(records, keep) if k]
             seen_key, rule = key_fingerprint(st.key()), _vector_rule(st)
@@ -213,27 +246,38 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
         pass  # a first ingest: nothing to check against yet (the exclusive step says if it is worse)
     vectors, name = None, None
     if records:
-        vectors, name = _embed(records, vector_field, embedder, batch_size, hooks,
-                               check=lambda dim, name: _check_vectors(rule, root, path, dim, name))
-    with open_store(root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+        vectors, name = _embed(
+            records,
+            vector_field,
+            embedder,
+            batch_size,
+            hooks,
+            check=lambda dim, name: _check_vectors(rule, root, path, dim, name),
+        )
+    with open_store(
+        root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file
+    ) as st:
         fresh = not st.exists
         if seen_key is not None and (fresh or key_fingerprint(st.key()) != seen_key):
-            raise StoreChanged(f"store {root} was replaced by another store while {path} was being "
-                               "embedded; run the ingest again")
+            raise StoreChanged(
+                f"store {root} was replaced by another store while {path} was being embedded; run the ingest again"
+            )
         if not fresh:
             keep, more = _admit(st, root, path, records, append, allow_relearn)
             if more:
                 records = [r for r, k in zip(records, keep) if k]
+                assert vectors is not None  # embedded: the file had records
                 vectors = vectors[keep]
                 skipped_forgotten += more
         rule = None if fresh else _vector_rule(st)
         if records:
+            assert vectors is not None and name is not None
             _check_vectors(rule, root, path, vectors.shape[1], name)
         meta = new_meta(0, "") if fresh else st.meta
         with st.transaction("ingest") as tx:
             ensure_secret(tx)
             if records:
+                assert vectors is not None
                 if rule is None:
                     meta = meta.with_(dim=vectors.shape[1], embedder=name)
                     if fresh or st.resolve("records.zarr/emb/zarr.json") is None:
@@ -248,8 +292,14 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
             meta = meta.with_(n_records=st.n_records + len(records))
             tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
-            tx.commit({"n_added": len(records), "n_skipped_invalid": len(skipped),
-                       "n_skipped_forgotten": len(skipped_forgotten), "elapsed_ms": round(elapsed, 3)})
+            tx.commit(
+                {
+                    "n_added": len(records),
+                    "n_skipped_invalid": len(skipped),
+                    "n_skipped_forgotten": len(skipped_forgotten),
+                    "elapsed_ms": round(elapsed, 3),
+                }
+            )
     return IngestReport(
         store=str(root),
         ingested=len(records),
@@ -260,13 +310,15 @@ def ingest(root: Path, path: str, *, id_field: str = "id", input_field: str = "i
     )
 
 
-def _admit(st: Store, root: Path, path: str, records, append: bool,
-           allow_relearn: bool) -> tuple[np.ndarray, list[str]]:
+def _admit(
+    st: Store, root: Path, path: str, records, append: bool, allow_relearn: bool
+) -> tuple[np.ndarray, list[str]]:
     """Which of `records` may go into the existing store `st` (a mask), and the ids left out
     because they were forgotten before; raises for what refuses the whole file."""
     if st.n_records and not append:
-        raise InvalidInput(f"store {root} already has {st.n_records} records; pass --append to add "
-                           f"{path}, or use another --store")
+        raise InvalidInput(
+            f"store {root} already has {st.n_records} records; pass --append to add {path}, or use another --store"
+        )
     keep = np.ones(len(records), dtype=bool)
     skipped_forgotten = []
     forgotten = st.forgotten()
@@ -280,30 +332,40 @@ def _admit(st: Store, root: Path, path: str, records, append: bool,
     present = st.lookup([r.id for r in kept])
     if (present >= 0).any():
         dup = kept[int(np.flatnonzero(present >= 0)[0])].id
-        raise InvalidInput(f"{path}: id {dup!r} is already in store {root}; ids must be "
-                           "unique (remove it from the file or forget it first)").about(dup)
+        raise InvalidInput(
+            f"{path}: id {dup!r} is already in store {root}; ids must be "
+            "unique (remove it from the file or forget it first)"
+        ).about(dup)
     return keep, skipped_forgotten
 
 
 def _vector_rule(st: Store) -> tuple[int, str] | None:
     """The (dimension, embedder) new vectors must have; None while the store has no rows yet."""
-    return (st.meta.dim, st.meta.embedder) if st.exists and st.n_slots else None
+    if not (st.exists and st.n_slots):
+        return None
+    assert st.meta.dim is not None and st.meta.embedder is not None  # set with the first rows
+    return st.meta.dim, st.meta.embedder
 
 
 def _check_vectors(rule: tuple[int, str] | None, root: Path, path: str, dim: int, name: str) -> None:
     if rule is None:
         return
     if dim != rule[0]:
-        raise InvalidInput(f"{path}: vectors have dimension {dim} but store {root} holds "
-                           f"{rule[0]}-d vectors; use the same embedder or another --store")
+        raise InvalidInput(
+            f"{path}: vectors have dimension {dim} but store {root} holds "
+            f"{rule[0]}-d vectors; use the same embedder or another --store"
+        )
     if name != rule[1]:
-        raise InvalidInput(f"{path}: embedded with {name} but store {root} uses {rule[1]}; mixing "
-                           "embedders breaks the clustering (use the same --embedder / "
-                           "--vector-field, or another --store)")
+        raise InvalidInput(
+            f"{path}: embedded with {name} but store {root} uses {rule[1]}; mixing "
+            "embedders breaks the clustering (use the same --embedder / "
+            "--vector-field, or another --store)"
+        )
 
 
-def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
-           check: Callable[[int, str], None]) -> tuple[np.ndarray, str]:
+def _embed(
+    records, vector_field, embedder, batch_size, hooks: Hooks, check: Callable[[int, str], None]
+) -> tuple[np.ndarray, str]:
     """The records' vectors and the embedder's name; `check(dim, name)` runs before any text is
     embedded, so an incompatible embedder is refused after loading it, not after the whole file."""
     if vector_field:
@@ -329,10 +391,11 @@ def _embed(records, vector_field, embedder, batch_size, hooks: Hooks,
 
 def _stage_new_rows(tx: Transaction, meta: StoreMeta, records, vectors: np.ndarray) -> StoreMeta:
     ids = np.array([r.id for r in records], dtype=object)
-    data = np.array([orjson.dumps({"input": r.input, "target": r.target, "choices": r.choices}).decode()
-                     for r in records], dtype=object)
-    n_slots = tx.append_rows(meta.n_slots, ids=ids, data=data, idh=qk.id_hash64(list(ids)),
-                             emb=vectors)
+    data = np.array(
+        [orjson.dumps({"input": r.input, "target": r.target, "choices": r.choices}).decode() for r in records],
+        dtype=object,
+    )
+    n_slots = tx.append_rows(meta.n_slots, ids=ids, data=data, idh=qk.id_hash64(list(ids)), emb=vectors)
     return meta.with_(n_slots=n_slots)
 
 
@@ -343,8 +406,7 @@ def _new_index_entries(meta: StoreMeta, records) -> np.ndarray:
     return new
 
 
-def id_hasher(root: Path, *, lock_timeout: float = 60.0,
-              key_file: Path | None = None) -> Callable[[str], str] | None:
+def id_hasher(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None) -> Callable[[str], str] | None:
     """The keyed hash of an id under the store's key (audit.id_hash: what forgotten.json and the
     audit log hold), for output that must not show ids (--redact-ids). Before the store exists
     the key is that of --secret-file; None when there is no key at all yet."""
@@ -361,17 +423,27 @@ def id_hasher(root: Path, *, lock_timeout: float = 60.0,
 # --------------------------------------------------------------------------- fit
 
 
-def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed: int, max_iter: int,
-        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> FitReport:
+def fit(
+    root: Path,
+    *,
+    k: int,
+    eps: float,
+    dim: int | None | str = "auto",
+    seed: int,
+    max_iter: int,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> FitReport:
     """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
     from .config import DEFAULT_DIM
 
     t0 = time.perf_counter()
-    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         d_in = st.dim or 1
         if dim == "auto":
             dim = DEFAULT_DIM if d_in > DEFAULT_DIM else None
+        assert not isinstance(dim, str), f"dim must be an int, None or 'auto', not {dim!r}"
         params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
         params.validate(d_in)
         projector = qk.Projector(d_in, dim, seed)
@@ -380,19 +452,24 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
         warnings = []
         if len(rows) == 0:
             state = qk.State.empty(params, d_in)
-            warnings.append(f"store {root} has no records: wrote the empty fit, so 'erase ask' "
-                            "answers zero-shot; ingest records, then fit again")
+            warnings.append(
+                f"store {root} has no records: wrote the empty fit, so 'erase ask' "
+                "answers zero-shot; ingest records, then fit again"
+            )
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
         if 0 < len(rows) < k:
-            warnings.append(f"-k {k} is more than the {len(rows)} records in the store: the fit has "
-                            f"{state.k_eff} clusters, one per record, so every record is a "
-                            "demonstration; lower -k or ingest more records")
+            warnings.append(
+                f"-k {k} is more than the {len(rows)} records in the store: the fit has "
+                f"{state.k_eff} clusters, one per record, so every record is a "
+                "demonstration; lower -k or ingest more records"
+            )
         manifest = build_manifest(st, state)
         estimate = _crossing_estimate(st, state, rows, projector)
-        meta = st.meta.with_(fit=FitMeta(params=_fit_params(params), fit_rows=st.n_slots,
-                                         stale=False, crossing_estimate=estimate),
-                             counters=dict(st.meta.counters, refits=0))
+        meta = st.meta.with_(
+            fit=FitMeta(params=_fit_params(params), fit_rows=st.n_slots, stale=False, crossing_estimate=estimate),
+            counters=dict(st.meta.counters, refits=0),
+        )
         new = manifest
         changed = old_manifest is None or old_manifest.prompt_digest != new.prompt_digest
         with st.transaction("fit") as tx:
@@ -401,24 +478,48 @@ def fit(root: Path, *, k: int, eps: float, dim: int | None | str = "auto", seed:
                 tx.delete_cache()
             tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
-            tx.commit({"params": _fit_params(params).to_json(), "n_records": int(state.n), "k_eff": int(state.k_eff),
-                       "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
-                       "prompt_digest_after": new.prompt_digest,
-                       "state_digest_before": old_manifest and old_manifest.state_digest,
-                       "state_digest_after": new.state_digest, "elapsed_ms": round(elapsed, 3)})
-    return FitReport(store=str(root), n_records=int(state.n), k=k, k_eff=int(state.k_eff),
-                     eps=params.eps_effective, dim=dim, seed=seed, max_iter=max_iter,
-                     examples=[{"cluster": c, "id": i} for c, i in state.examples],
-                     prompt_digest=new.prompt_digest, state_digest=new.state_digest,
-                     crossing_estimate=estimate, warnings=warnings,
-                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
+            tx.commit(
+                {
+                    "params": _fit_params(params).to_json(),
+                    "n_records": int(state.n),
+                    "k_eff": int(state.k_eff),
+                    "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
+                    "prompt_digest_after": new.prompt_digest,
+                    "state_digest_before": old_manifest and old_manifest.state_digest,
+                    "state_digest_after": new.state_digest,
+                    "elapsed_ms": round(elapsed, 3),
+                }
+            )
+    return FitReport(
+        store=str(root),
+        n_records=int(state.n),
+        k=k,
+        k_eff=int(state.k_eff),
+        eps=params.eps_effective,
+        dim=dim,
+        seed=seed,
+        max_iter=max_iter,
+        examples=[{"cluster": c, "id": i} for c, i in state.examples],
+        prompt_digest=new.prompt_digest,
+        state_digest=new.state_digest,
+        crossing_estimate=estimate,
+        warnings=warnings,
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 # --------------------------------------------------------------------------- forget
 
 
-def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: float = 60.0,
-           key_file: Path | None = None, hooks: Hooks = Hooks()) -> ForgetReport:
+def forget(
+    root: Path,
+    ids: list[str],
+    *,
+    dry_run: bool = False,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> ForgetReport:
     """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
 
     Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
@@ -426,16 +527,22 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
     t0 = time.perf_counter()
     ids = list(dict.fromkeys(ids))  # one batch is a set; keep the caller's order for the report
     if not ids:
-        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                        key_file=key_file) as st:
+        with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
             # Loads store.json and the key: a damaged or mis-keyed store is reported even when
             # there is nothing to do, so a cron job learns of it on its next (empty) run.
             st.key()
-        return ForgetReport(ForgetBatch(
-            crossings=[], action="none", prompt_changed=False, purged=[], dry_run=dry_run,
-            elapsed_ms=round((time.perf_counter() - t0) * 1000, 3), n_forgotten=0))
-    with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+        return ForgetReport(
+            ForgetBatch(
+                crossings=[],
+                action="none",
+                prompt_changed=False,
+                purged=[],
+                dry_run=dry_run,
+                elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+                n_forgotten=0,
+            )
+        )
+    with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         rows = st.lookup(ids)
         secret = st.key()
         forgotten = st.forgotten()
@@ -455,6 +562,7 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
         old_manifest = st.manifest() if fit_meta else None
         cert, new_state = None, state
         if state is not None and len(krows):
+            assert fit_meta is not None  # a state exists only with a fit
             covered = krows < fit_meta.fit_rows
             cids = [i for i, c in zip(kids, covered) if c]
             if cids:
@@ -463,8 +571,9 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
                 if dry_run:
                     cert = qk.certify(state, cids, x)
                 else:
-                    survivors = StoreSource(st, projector, fit_meta.fit_rows, exclude=krows[covered],
-                                            n=state.n - len(cids))
+                    survivors = StoreSource(
+                        st, projector, fit_meta.fit_rows, exclude=krows[covered], n=state.n - len(cids)
+                    )
                     new_state, cert = qk.forget(state, cids, x, survivors, hooks.progress)
         refit = cert is not None and cert.action_needed == "refit"
         example_ids = {i for _, i in state.examples} if state is not None else set()
@@ -472,7 +581,12 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
         batch = ForgetBatch(
             crossings=[{"iteration": int(t), "cluster": int(j)} for t, j in (cert.crossings if cert else [])],
             action="refit" if refit else ("replace_example" if hit_example else "none"),
-            prompt_changed=None, purged=[], dry_run=dry_run, elapsed_ms=None, n_forgotten=len(kids))
+            prompt_changed=None,
+            purged=[],
+            dry_run=dry_run,
+            elapsed_ms=None,
+            n_forgotten=len(kids),
+        )
         report = ForgetReport(batch, statuses)
         if dry_run:
             batch.prompt_changed = refit or hit_example
@@ -488,19 +602,23 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             purged = tx.purge_rows(krows) + [INDEX_DIR]
             tx.update_index(remove_rows=krows, remove_idh=qk.id_hash64(kids))
             tx.set_forgotten(forgotten | {h for h, k in zip(hashes, known) if k})
-            meta = meta.with_(n_records=st.n_records - len(kids),
-                              n_forgotten=meta.n_forgotten + len(kids)).counted(forget_batches=1)
+            meta = meta.with_(n_records=st.n_records - len(kids), n_forgotten=meta.n_forgotten + len(kids)).counted(
+                forget_batches=1
+            )
             prompt_changed = False
             new_manifest = None
             if new_state is not None:
                 new_manifest = build_manifest(st, new_state)
+                assert old_manifest is not None and fit_meta is not None  # the state came from a fit
                 prompt_changed = new_manifest.prompt_digest != old_manifest.prompt_digest
                 purged += tx.set_fit(new_state.to_arrays(), new_manifest)
                 if refit:
                     projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
                     meta = meta.counted(crossing_batches=1, refits=1).with_(
-                        fit=fit_meta.with_(crossing_estimate=_crossing_estimate(
-                            st, new_state, survivors.rows, projector)))
+                        fit=fit_meta.with_(
+                            crossing_estimate=_crossing_estimate(st, new_state, survivors.rows, projector)
+                        )
+                    )
                 if hit_example and not refit:
                     meta = meta.counted(examples_replaced=1)
                 if prompt_changed:
@@ -510,33 +628,42 @@ def forget(root: Path, ids: list[str], *, dry_run: bool = False, lock_timeout: f
             tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
             batch.prompt_changed, batch.purged, batch.elapsed_ms = prompt_changed, purged, elapsed
-            tx.commit({
-                "id_hashes": sorted(h for h, k in zip(hashes, known) if k),
-                "crossings": batch.crossings,
-                "action_taken": batch.action,
-                "prompt_changed": prompt_changed,
-                "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
-                "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
-                "state_digest_before": old_manifest and old_manifest.state_digest,
-                "state_digest_after": new_manifest and new_manifest.state_digest,
-                "purged": purged,
-                "n_forgotten": len(kids),
-                "elapsed_ms": elapsed,
-            })
+            tx.commit(
+                {
+                    "id_hashes": sorted(h for h, k in zip(hashes, known) if k),
+                    "crossings": batch.crossings,
+                    "action_taken": batch.action,
+                    "prompt_changed": prompt_changed,
+                    "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
+                    "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
+                    "state_digest_before": old_manifest and old_manifest.state_digest,
+                    "state_digest_after": new_manifest and new_manifest.state_digest,
+                    "purged": purged,
+                    "n_forgotten": len(kids),
+                    "elapsed_ms": elapsed,
+                }
+            )
     return report
 
 
-WHITESPACE_HINT = ("the store has this id without its leading or trailing whitespace; ids are "
-                   "matched exactly (erase never strips them), so fix the id list")
+WHITESPACE_HINT = (
+    "the store has this id without its leading or trailing whitespace; ids are "
+    "matched exactly (erase never strips them), so fix the id list"
+)
 
 
 def _whitespace_hints(st: Store, statuses: list[dict]) -> None:
     """A hint on each unknown id whose stripped form is in the store: an id file written with
     stray spaces would otherwise silently forget nothing. Only a hint: the id is never changed."""
     batch = {item["id"] for item in statuses}
-    suspects = [item for item in statuses if item["status"] == "not_found"
-                and item["id"].strip() != item["id"] and item["id"].strip()
-                and item["id"].strip() not in batch]  # that one has its own status
+    suspects = [
+        item
+        for item in statuses
+        if item["status"] == "not_found"
+        and item["id"].strip() != item["id"]
+        and item["id"].strip()
+        and item["id"].strip() not in batch
+    ]  # that one has its own status
     if not suspects:
         return
     for item, row in zip(suspects, st.lookup([item["id"].strip() for item in suspects])):
@@ -557,13 +684,20 @@ def _fitted(st: Store, root: Path) -> FitMeta:
     return fit_meta
 
 
-def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> dict:
+def _fitted_manifest(st: Store, root: Path) -> Manifest:
+    """The manifest of a fresh fit (a fit without its manifest is damage)."""
+    _fitted(st, root)
+    manifest = st.manifest()
+    if manifest is None:
+        raise StoreDamaged(f"damaged store: {st.root / MANIFEST} is missing; run 'erase fit' to rewrite it")
+    return manifest
+
+
+def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """Check every file the store must have, then refit from scratch on the stored embeddings of
     the remaining records and compare."""
     t0 = time.perf_counter()
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         st.check_files()
         fit_meta = _fitted(st, root)
         state = _load_state(st)
@@ -580,8 +714,13 @@ def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         stored_manifest = st.manifest_bytes()
         if stored_manifest != build_manifest(st, fresh).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
-    return {"identical": not differences, "differences": differences, "n_records": int(fresh.n),
-            "state_digest": fresh.state_digest(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+    return {
+        "identical": not differences,
+        "differences": differences,
+        "n_records": int(fresh.n),
+        "state_digest": fresh.state_digest(),
+        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+    }
 
 
 def _pending(st: Store) -> dict | None:
@@ -595,10 +734,10 @@ def _pending(st: Store) -> dict | None:
     return None
 
 
-def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
-           hooks: Hooks = Hooks()) -> StatusReport:
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+def status(
+    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+) -> StatusReport:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         meta = st.meta
         manifest = st.manifest()
         fit_meta = meta.fit
@@ -614,8 +753,7 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
             size_bytes=st.size_bytes(),
             fit=None,
             counters=meta.counters,
-            cache={"files": len(cache_files),
-                   "prompt_digest": manifest.prompt_digest if manifest else None},
+            cache={"files": len(cache_files), "prompt_digest": manifest.prompt_digest if manifest else None},
             pending=_pending(st),
             audit_head=meta.audit_head,
         )
@@ -626,8 +764,7 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
                 "stale": fit_meta.stale,
                 "n_records": manifest.n_records if manifest else None,
                 "k_eff": manifest.k_eff if manifest else None,
-                "examples": [{"cluster": e["cluster"], "id": e["id"]}
-                             for e in (manifest.examples if manifest else [])],
+                "examples": [{"cluster": e["cluster"], "id": e["id"]} for e in (manifest.examples if manifest else [])],
                 "crossing_estimate": fit_meta.crossing_estimate,
                 "prompt_digest": manifest.prompt_digest if manifest else None,
                 "state_digest": manifest.state_digest if manifest else None,
@@ -635,9 +772,18 @@ def status(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
     return out
 
 
-def log(root: Path, *, check: bool = False, expect_head: str | None = None,
-        last: int | None = None, since: str | None = None, actions: list[str] | None = None,
-        lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def log(
+    root: Path,
+    *,
+    check: bool = False,
+    expect_head: str | None = None,
+    last: int | None = None,
+    since: str | None = None,
+    actions: list[str] | None = None,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> dict:
     """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
     verified with its key from `audit_keyed_from` on, against the head that store.json (itself
     under the key) records, and against `expect_head`, a hash an operator kept elsewhere.
@@ -649,8 +795,7 @@ def log(root: Path, *, check: bool = False, expect_head: str | None = None,
     after = parse_since(since) if since is not None else None
     if last is not None and last < 0:
         raise InvalidParameter(f"-n {last} must be 0 or more (the number of newest entries to show)")
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         entries = st.audit_entries()
         meta = st.meta
         head = meta.audit_head
@@ -658,16 +803,31 @@ def log(root: Path, *, check: bool = False, expect_head: str | None = None,
         key = st.key() if check and keyed else None
         if check and head is not None and not entries and not (st.root / AUDIT).exists():
             hooks.say(f"the audit log {st.root / AUDIT} is missing")
-    problems = (audit.verify_chain(entries, head=head, key=key,
-                                   keyed_from=(meta.audit_keyed_from or 0) if keyed else 0,
-                                   expect_head=expect_head)
-                if check else [])
-    shown = [e for e in entries if (wanted is None or e.get("action") in wanted)
-             and (after is None or _entry_after(e, after))]
+    problems = (
+        audit.verify_chain(
+            entries,
+            head=head,
+            key=key,
+            keyed_from=(meta.audit_keyed_from or 0) if keyed else 0,
+            expect_head=expect_head,
+        )
+        if check
+        else []
+    )
+    shown = [
+        e
+        for e in entries
+        if (wanted is None or e.get("action") in wanted) and (after is None or _entry_after(e, after))
+    ]
     if last is not None:
-        shown = shown[len(shown) - last:] if last else []
-    return {"entries": shown, "total": len(entries), "problems": problems,
-            "valid": not problems if check else None, "head": head}
+        shown = shown[len(shown) - last :] if last else []
+    return {
+        "entries": shown,
+        "total": len(entries),
+        "problems": problems,
+        "valid": not problems if check else None,
+        "head": head,
+    }
 
 
 def _check_actions(actions: list[str] | None) -> set[str] | None:
@@ -675,8 +835,9 @@ def _check_actions(actions: list[str] | None) -> set[str] | None:
         return None
     unknown = sorted(set(actions) - ACTIONS)
     if unknown:
-        raise InvalidParameter(f"--action {unknown[0]!r} is not an audit action; use one of "
-                               f"{', '.join(sorted(ACTIONS))}")
+        raise InvalidParameter(
+            f"--action {unknown[0]!r} is not an audit action; use one of {', '.join(sorted(ACTIONS))}"
+        )
     return set(actions)
 
 
@@ -685,9 +846,11 @@ def parse_since(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidParameter(f"--since {text!r} is not an ISO date or datetime; use e.g. 2026-01-31 "
-                               "or 2026-01-31T09:30:00Z (UTC unless an offset is given)") from None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+        raise InvalidParameter(
+            f"--since {text!r} is not an ISO date or datetime; use e.g. 2026-01-31 "
+            "or 2026-01-31T09:30:00Z (UTC unless an offset is given)"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _entry_after(entry: dict, after: datetime) -> bool:
@@ -698,16 +861,16 @@ def _entry_after(entry: dict, after: datetime) -> bool:
     except ValueError:
         return True
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when >= after
 
 
-def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None,
-            hooks: Hooks = Hooks()) -> dict:
+def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
     """Complete a committed interrupted operation or roll back an uncommitted one, and nothing
     else (no upgrade, no other change)."""
-    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file, upgrade=False) as st:
+    with open_store(
+        root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file, upgrade=False
+    ) as st:
         recovered = st.recovered
     return {"store": str(st.root), "recovered": recovered}
 
@@ -717,9 +880,17 @@ def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = N
 EXPORT_ATTEMPTS = 3
 
 
-def export(root: Path, output: Path | None, *, stream: BinaryIO | None = None,
-           vectors: bool = False, force: bool = False, lock_timeout: float = 60.0,
-           key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def export(
+    root: Path,
+    output: Path | None,
+    *,
+    stream: BinaryIO | None = None,
+    vectors: bool = False,
+    force: bool = False,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> dict:
     """Write the surviving records as JSONL (id, input, target, choices if any, and with
     `vectors` the stored embedding as `vector`, exact as float64 text) to the new file `output`,
     or, when `output` is None, to `stream`.
@@ -745,17 +916,28 @@ def export(root: Path, output: Path | None, *, stream: BinaryIO | None = None,
             n, seen = _spool_survivors(root, spool[0], vectors, lock_timeout, key_file, hooks)
             if output is not None:
                 _check_export_path(root, output, force)  # fail before auditing if it appeared
-            entry = _audit_export(root, seen, {
-                "n_records": n, "vectors": vectors, "to": "stdout" if output is None else "file",
-                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)},
-                lock_timeout, key_file, hooks)
+            entry = _audit_export(
+                root,
+                seen,
+                {
+                    "n_records": n,
+                    "vectors": vectors,
+                    "to": "stdout" if output is None else "file",
+                    "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+                },
+                lock_timeout,
+                key_file,
+                hooks,
+            )
             if entry is not None:
                 break
             hooks.say(f"store {root} changed while it was read for the export; reading it again")
         else:
-            raise StoreLocked(f"store {root} kept changing while the export was read (other erase "
-                              "commands are adding or forgetting records); nothing was exported, "
-                              "run 'erase export' again later")
+            raise StoreLocked(
+                f"store {root} kept changing while the export was read (other erase "
+                "commands are adding or forgetting records); nothing was exported, "
+                "run 'erase export' again later"
+            )
         size = _publish(spool, output, stream, force)
         spool = None
     finally:
@@ -764,25 +946,36 @@ def export(root: Path, output: Path | None, *, stream: BinaryIO | None = None,
     warnings = []
     if n == 0:
         warnings.append(f"store {root} has no records: the export is empty")
-    return {"store": str(root), "output": "-" if output is None else str(output), "records": n,
-            "vectors": vectors, "bytes": size, "audit_hash": entry["hash"], "warnings": warnings,
-            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+    return {
+        "store": str(root),
+        "output": "-" if output is None else str(output),
+        "records": n,
+        "vectors": vectors,
+        "bytes": size,
+        "audit_hash": entry["hash"],
+        "warnings": warnings,
+        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+    }
 
 
 def _check_export_path(root: Path, output: Path, force: bool) -> Path:
     parent = output.parent
     if not parent.is_dir():
-        raise InvalidParameter(f"--output {output}: directory {parent} does not exist; create it or "
-                               "choose another --output")
+        raise InvalidParameter(
+            f"--output {output}: directory {parent} does not exist; create it or choose another --output"
+        )
     if output.is_dir():
         raise InvalidParameter(f"--output {output} is a directory; name a file to create")
     store_dir = root.resolve() if root.exists() else None
     if store_dir is not None and (parent.resolve() == store_dir or store_dir in parent.resolve().parents):
-        raise InvalidParameter(f"--output {output} is inside store {root}, where no forget would ever "
-                               "purge it; write the export outside the store")
+        raise InvalidParameter(
+            f"--output {output} is inside store {root}, where no forget would ever "
+            "purge it; write the export outside the store"
+        )
     if os.path.lexists(output) and not force:
-        raise InvalidParameter(f"--output {output} already exists; pass --force to replace it, or "
-                               "choose another --output")
+        raise InvalidParameter(
+            f"--output {output} already exists; pass --force to replace it, or choose another --output"
+        )
     return output
 
 
@@ -796,8 +989,9 @@ def _new_spool(output: Path | None) -> tuple[BinaryIO, Path | None]:
         os.fchmod(fd, 0o600)
         return os.fdopen(fd, "w+b"), Path(name)
     except OSError as exc:
-        raise InvalidParameter(f"cannot create a file beside --output {output}: {exc.strerror}; "
-                               "choose a writable directory") from None
+        raise InvalidParameter(
+            f"cannot create a file beside --output {output}: {exc.strerror}; choose a writable directory"
+        ) from None
 
 
 def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
@@ -808,14 +1002,14 @@ def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
             path.unlink()
 
 
-def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: float,
-                     key_file: Path | None, hooks: Hooks) -> tuple[int, tuple[int, int]]:
+def _spool_survivors(
+    root: Path, out: BinaryIO, vectors: bool, lock_timeout: float, key_file: Path | None, hooks: Hooks
+) -> tuple[int, tuple[int, int]]:
     """Write every live record to `out`, chunk by chunk, under the shared lock; returns the
     count and the record-set marker it was read at."""
     names = ("ids", "data", "emb") if vectors else ("ids", "data")
     n = 0
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         seen = st.meta.record_set
         rows = st.live_rows()
         for part, vals in st.iter_chunks(rows, names):
@@ -838,13 +1032,13 @@ def _spool_survivors(root: Path, out: BinaryIO, vectors: bool, lock_timeout: flo
     return n, seen
 
 
-def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout: float,
-                  key_file: Path | None, hooks: Hooks) -> dict | None:
+def _audit_export(
+    root: Path, seen: tuple[int, int], details: dict, lock_timeout: float, key_file: Path | None, hooks: Hooks
+) -> dict | None:
     """Commit the `export` audit entry (store.json with the new head, no data file), or None if
     records were added or forgotten since `seen`: the spooled copy might hold a record that is
     gone now."""
-    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
+    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         if st.meta.record_set != seen:
             return None
         with st.transaction("export") as tx:
@@ -852,27 +1046,30 @@ def _audit_export(root: Path, seen: tuple[int, int], details: dict, lock_timeout
             return tx.commit(details)
 
 
-def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None,
-             force: bool) -> int:
+def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None, force: bool) -> int:
     """Make the spooled export visible; returns its size in bytes."""
     handle, path = spool
     size = handle.seek(0, os.SEEK_END)
     if output is None:
+        assert stream is not None  # --output - writes to the given stream
         handle.seek(0)
         shutil.copyfileobj(handle, stream)
         stream.flush()
         handle.close()
         return size
     handle.close()
+    assert path is not None  # a file output was spooled to a file
     if force:
         os.replace(path, output)
     else:
         try:
             os.link(path, output)  # fails if the name exists: never replaces a file by surprise
         except FileExistsError:
-            raise InvalidParameter(f"--output {output} appeared while exporting; nothing was "
-                                   "written there (the audit trail records the export anyway); "
-                                   "pass --force or choose another --output") from None
+            raise InvalidParameter(
+                f"--output {output} appeared while exporting; nothing was "
+                "written there (the audit trail records the export anyway); "
+                "pass --force or choose another --output"
+            ) from None
         path.unlink()
     fsync_path(output.parent)
     return size
@@ -881,10 +1078,20 @@ def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: B
 # --------------------------------------------------------------------------- ask
 
 
-def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = None,
-        n_threads: int | None = None, n_gpu_layers: int = 0, max_tokens: int = 64,
-        lock_timeout: float = 60.0, key_file: Path | None = None,
-        hooks: Hooks = Hooks(), generator_factory=None) -> Iterator[dict]:
+def ask(
+    root: Path,
+    questions,
+    *,
+    model: str | None = None,
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    max_tokens: int = 64,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+    generator_factory=None,
+) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
     When the fit has no demonstrations (it was made on an empty store) every answer carries a
     `warning`: it is a zero-shot answer, whatever the store was meant to teach.
@@ -895,106 +1102,152 @@ def ask(root: Path, questions, *, model: str | None = None, n_ctx: int | None = 
     from .answer import ask as answer
     from .llm import resolve_model
 
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
-        _fitted(st, root)
-        manifest = st.manifest()
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
+        manifest = _fitted_manifest(st, root)
     model_path = resolve_model(model)
     digest = manifest.prompt_digest
 
     def save_cache(write: Callable[[], None]) -> None:
-        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say,
-                        key_file=key_file) as st:
+        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
             current = st.manifest()
             if current is None or current.prompt_digest != digest:
-                hooks.say("the prompt changed while answering (a forget ran); the prefix cache "
-                          "was not saved")
+                hooks.say("the prompt changed while answering (a forget ran); the prefix cache was not saved")
                 return
             st.cache_dir().mkdir(mode=0o700, exist_ok=True)
             write()
 
     options = {} if generator_factory is None else {"generator_factory": generator_factory}
-    answers = answer(questions, manifest=manifest.to_json(), model_path=model_path, cache_dir=root / CACHE_DIR,
-                     save_cache=save_cache, n_ctx=n_ctx, n_threads=n_threads,
-                     n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, **options)
+    answers = answer(
+        questions,
+        manifest=manifest.to_json(),
+        model_path=model_path,
+        cache_dir=root / CACHE_DIR,
+        save_cache=save_cache,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        max_tokens=max_tokens,
+        **options,
+    )
     if manifest.examples:
         return answers
-    note = (f"the fit of store {root} has no demonstrations (it was made with no records): this "
-            "is a zero-shot answer; ingest records and run 'erase fit'")
+    note = (
+        f"the fit of store {root} has no demonstrations (it was made with no records): this "
+        "is a zero-shot answer; ingest records and run 'erase fit'"
+    )
     return ({**item, "warning": note} for item in answers)
 
 
 # --------------------------------------------------------------------------- cost
 
 
-def cost(root: Path, *, queries_per_deletion: float = 1000.0, sisa_shards: int = 5,
-         sisa_epochs: float = 3.0, train_multiplier: float = 3.0, n_questions: int = 20,
-         repeats: int = 3, warmup: int = 3, tokens_per_example: float | None = None,
-         per_token_s: float | None = None, finetuned_query_s: float | None = None,
-         model: str | None = None, n_threads: int | None = None, lock_timeout: float = 60.0,
-         key_file: Path | None = None, hooks: Hooks = Hooks(), generator_factory=None) -> dict:
+def cost(
+    root: Path,
+    *,
+    queries_per_deletion: float = 1000.0,
+    sisa_shards: int = 5,
+    sisa_epochs: float = 3.0,
+    train_multiplier: float = 3.0,
+    n_questions: int = 20,
+    repeats: int = 3,
+    warmup: int = 3,
+    tokens_per_example: float | None = None,
+    per_token_s: float | None = None,
+    finetuned_query_s: float | None = None,
+    model: str | None = None,
+    n_threads: int | None = None,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+    generator_factory=None,
+) -> dict:
     """SPEC 3c for this store: deletion costs from the audit trail, query costs measured now.
 
     Measured and derived numbers come back rounded to 4 significant digits (the timings are not
     worth more); the parameters the caller gave are echoed exactly. `generator_factory` replaces
     the model (tests)."""
-    from .cost import (CostInputs, cost_inputs_from_audit, extra_query_cost, holistic_cost,
-                       measure_inference, round_sig)
+    from .cost import CostInputs, cost_inputs_from_audit, extra_query_cost, holistic_cost, measure_inference, round_sig
     from .llm import resolve_model
 
     # Before the store is opened or a model loaded: a bad parameter costs nothing to report.
-    CostInputs(n_records=0, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
-               sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
-               tokens_per_example=0.0 if tokens_per_example is None else tokens_per_example,
-               per_token_inference_s=0.0 if per_token_s is None else per_token_s,
-               finetuned_query_s=finetuned_query_s).validate()
+    CostInputs(
+        n_records=0,
+        queries_per_deletion=queries_per_deletion,
+        sisa_shards=sisa_shards,
+        sisa_epochs=sisa_epochs,
+        train_multiplier=train_multiplier,
+        tokens_per_example=0.0 if tokens_per_example is None else tokens_per_example,
+        per_token_inference_s=0.0 if per_token_s is None else per_token_s,
+        finetuned_query_s=finetuned_query_s,
+    ).validate()
     if n_questions < 1:
         raise InvalidParameter(f"--questions {n_questions} must be at least 1")
     if repeats < 1:
         raise InvalidParameter(f"--repeats {repeats} must be at least 1")
     if warmup < 0:
         raise InvalidParameter(f"--warmup {warmup} must be 0 or more")
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say,
-                    key_file=key_file) as st:
-        _fitted(st, root)
-        manifest = st.manifest()
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
+        manifest = _fitted_manifest(st, root)
         entries = st.audit_entries()
         rows = np.sort(st.index()["row"][:n_questions])  # a hash-chosen sample of records
-        questions = [{"input": d["input"], "choices": d.get("choices")}
-                     for d in map(orjson.loads, st.read_rows("data", rows))]
+        questions = [
+            {"input": d["input"], "choices": d.get("choices")} for d in map(orjson.loads, st.read_rows("data", rows))
+        ]
         n_records = st.n_records
     if not questions:
         raise InvalidParameter(f"store {root} has no records to time queries on; ingest some first")
-    measured = measure_inference(manifest.to_json(), None if generator_factory else resolve_model(model),
-                                 questions, n_threads=n_threads, repeats=repeats, warmup=warmup,
-                                 generator_factory=generator_factory)
+    measured = measure_inference(
+        manifest.to_json(),
+        None if generator_factory else resolve_model(model),
+        questions,
+        n_threads=n_threads,
+        repeats=repeats,
+        warmup=warmup,
+        generator_factory=generator_factory,
+    )
     extra, why = extra_query_cost(measured["extra_query_s"])
     base = CostInputs(
-        n_records=n_records, queries_per_deletion=queries_per_deletion, sisa_shards=sisa_shards,
-        sisa_epochs=sisa_epochs, train_multiplier=train_multiplier,
+        n_records=n_records,
+        queries_per_deletion=queries_per_deletion,
+        sisa_shards=sisa_shards,
+        sisa_epochs=sisa_epochs,
+        train_multiplier=train_multiplier,
         per_token_inference_s=measured["per_token_inference_s"] if per_token_s is None else per_token_s,
-        tokens_per_example=(measured["tokens_per_example"] if tokens_per_example is None
-                            else tokens_per_example),
-        prefix_rebuild_s=measured["prefix_rebuild_s"], erase_query_s=measured["erase_query_s"],
-        zero_shot_query_s=measured["zero_shot_query_s"], finetuned_query_s=finetuned_query_s,
+        tokens_per_example=(measured["tokens_per_example"] if tokens_per_example is None else tokens_per_example),
+        prefix_rebuild_s=measured["prefix_rebuild_s"],
+        erase_query_s=measured["erase_query_s"],
+        zero_shot_query_s=measured["zero_shot_query_s"],
+        finetuned_query_s=finetuned_query_s,
         extra_query_s=extra,
     )
     result = holistic_cost(cost_inputs_from_audit(entries, base))
     interval = measured["extra_query_s"]
     result["extra_query"] = {
-        "mean_s": interval["mean"], "low_s": interval["low"], "high_s": interval["high"],
-        "n": interval["n"], "unit": interval["unit"], "confidence": 0.95,
+        "mean_s": interval["mean"],
+        "low_s": interval["low"],
+        "high_s": interval["high"],
+        "n": interval["n"],
+        "unit": interval["unit"],
+        "confidence": 0.95,
         "spans_zero": interval["low"] is not None and interval["low"] <= 0.0 <= interval["high"],
-        "counted_s": extra, "note": why,
+        "counted_s": extra,
+        "note": why,
     }
     result["measured"] = measured
     result["warnings"] = []
     if not result["inputs"]["forget_samples"]:
-        result["warnings"].append("the audit trail has no forget yet: erase's U counts only the "
-                                  "prefix rebuild; run some forgets for a measured deletion cost")
-    given = {"queries_per_deletion": queries_per_deletion, "sisa_epochs": sisa_epochs,
-             "train_multiplier": train_multiplier, "tokens_per_example": tokens_per_example,
-             "per_token_inference_s": per_token_s, "finetuned_query_s": finetuned_query_s}
+        result["warnings"].append(
+            "the audit trail has no forget yet: erase's U counts only the "
+            "prefix rebuild; run some forgets for a measured deletion cost"
+        )
+    given = {
+        "queries_per_deletion": queries_per_deletion,
+        "sisa_epochs": sisa_epochs,
+        "train_multiplier": train_multiplier,
+        "tokens_per_example": tokens_per_example,
+        "per_token_inference_s": per_token_s,
+        "finetuned_query_s": finetuned_query_s,
+    }
     rounded = round_sig(result)
     rounded["queries_per_deletion"] = queries_per_deletion
     rounded["inputs"].update({k: v for k, v in given.items() if v is not None})

@@ -31,9 +31,9 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import orjson
@@ -51,8 +51,10 @@ from .errors import (
     StoreTooNew,
 )
 from .lock import StoreLock
-from .schema import STORE_FORMAT as FORMAT, STORE_FORMAT_VERSION as FORMAT_VERSION
+from .schema import STORE_FORMAT as FORMAT
+from .schema import STORE_FORMAT_VERSION as FORMAT_VERSION
 from .schema import FitMeta, Manifest, StoreMeta  # noqa: F401  (the store's schema, re-exported)
+
 CHUNK_ROWS = 1024
 SYNCFS_OVER = 64  # files to make durable at once above which one syncfs replaces the fsyncs
 # Embedding chunks are smaller: a batch of scattered ids rewrites every chunk it touches, and
@@ -82,15 +84,29 @@ _CHUNK = rf"records\.zarr/{_ARRAY}/c(?:/[0-9]{{1,12}}){{1,2}}"
 _INDEX_FILE = r"index/[0-9a-f]{2}\.npy"
 _REPLACEABLE = re.compile(
     rf"(?:store\.json|secret|manifest\.json|forgotten\.json|fit/state\.npz|{_INDEX_FILE}"
-    rf"|records\.zarr/zarr\.json|records\.zarr/{_ARRAY}/zarr\.json|{_CHUNK})")
+    rf"|records\.zarr/zarr\.json|records\.zarr/{_ARRAY}/zarr\.json|{_CHUNK})"
+)
 _DELETABLE = re.compile(rf"(?:cache|{_INDEX_FILE}|{_CHUNK})")
 _IS_CHUNK = re.compile(_CHUNK)
 # Known places checked for symbolic links when a store is opened (a few lstat calls); deeper
 # paths (chunk directories) are checked as they are used.
-_LAYOUT = (STORE_JSON, SECRET, MANIFEST, FORGOTTEN, AUDIT, "fit", STATE, INDEX_DIR, CACHE_DIR,
-           JOURNAL_DIR, f"{JOURNAL_DIR}/files", f"{JOURNAL_DIR}/journal.json", "records.zarr",
-           "records.zarr/zarr.json",
-           *(f"records.zarr/{a}{sub}" for a in ARRAYS for sub in ("", "/zarr.json", "/c")))
+_LAYOUT = (
+    STORE_JSON,
+    SECRET,
+    MANIFEST,
+    FORGOTTEN,
+    AUDIT,
+    "fit",
+    STATE,
+    INDEX_DIR,
+    CACHE_DIR,
+    JOURNAL_DIR,
+    f"{JOURNAL_DIR}/files",
+    f"{JOURNAL_DIR}/journal.json",
+    "records.zarr",
+    "records.zarr/zarr.json",
+    *(f"records.zarr/{a}{sub}" for a in ARRAYS for sub in ("", "/zarr.json", "/c")),
+)
 
 Message = Callable[[str], None]
 _test_point = interrupts.test_point
@@ -117,8 +133,10 @@ def _damaged_missing(path: Path) -> StoreDamaged:
 
 
 def _link_error(path: Path) -> StoreDamaged:
-    return StoreDamaged(f"damaged store: {path} is a symbolic link; erase never follows links inside "
-                        "a store (replace it with the real file or directory from a backup)")
+    return StoreDamaged(
+        f"damaged store: {path} is a symbolic link; erase never follows links inside "
+        "a store (replace it with the real file or directory from a backup)"
+    )
 
 
 def _check_link_free(root: Path, rel: str, checked: set[str] | None = None) -> bool:
@@ -182,16 +200,20 @@ def _os_error(exc: OSError, path: Path) -> EraseError:
     if isinstance(exc, EraseError):
         return exc
     if exc.errno == errno.ENOSPC:
-        return DiskFull(f"no space left on the device while writing {path}; free space and retry "
-                        "(the store was left unchanged)")
+        return DiskFull(
+            f"no space left on the device while writing {path}; free space and retry (the store was left unchanged)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreNotWritable(f"cannot write {path}: {exc.strerror}; fix the permissions "
-                                "(the store was left unchanged)")
+        return StoreNotWritable(
+            f"cannot write {path}: {exc.strerror}; fix the permissions (the store was left unchanged)"
+        )
     if exc.errno == errno.ELOOP:
         return _link_error(path)
     if exc.errno in (errno.EISDIR, errno.ENOTDIR):
-        return StoreDamaged(f"damaged store: {path} is not what the store format expects "
-                            f"({exc.strerror}); restore the store from a backup")
+        return StoreDamaged(
+            f"damaged store: {path} is not what the store format expects "
+            f"({exc.strerror}); restore the store from a backup"
+        )
     return StoreDamaged(f"cannot access {path}: {exc.strerror or exc}; restore the store from a backup")
 
 
@@ -209,7 +231,7 @@ def _os_errors(path: Path) -> Iterator[None]:
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
     return buf.getvalue()
 
 
@@ -232,7 +254,7 @@ class Journal:
     audit_entry: dict | None
 
     @classmethod
-    def read(cls, root: Path) -> "Journal | None":
+    def read(cls, root: Path) -> Journal | None:
         path = root / JOURNAL_DIR / "journal.json"
         try:
             raw = orjson.loads(_read_nofollow(path))
@@ -240,20 +262,24 @@ class Journal:
             return None
         except orjson.JSONDecodeError as exc:
             # journal.json is written atomically, so a torn one means outside damage.
-            raise StoreDamaged(f"damaged store: the journal {path} is unreadable ({exc}); restore "
-                               "the store from a backup") from None
+            raise StoreDamaged(
+                f"damaged store: the journal {path} is unreadable ({exc}); restore the store from a backup"
+            ) from None
         except OSError as exc:
             raise _os_error(exc, path) from None
         return cls.validated(raw, path)
 
     @classmethod
-    def validated(cls, raw, path: Path) -> "Journal":
+    def validated(cls, raw, path: Path) -> Journal:
         """Only what the format allows: a known action, and relative names of the store's own
         files (so a planted journal can neither write nor delete anything outside the store)."""
+
         def bad(what: str) -> StoreDamaged:
-            return StoreDamaged(f"damaged store: the journal {path} {what}; nothing was changed "
-                                "(remove the journal directory only if you know it was planted, "
-                                "or restore the store from a backup)")
+            return StoreDamaged(
+                f"damaged store: the journal {path} {what}; nothing was changed "
+                "(remove the journal directory only if you know it was planted, "
+                "or restore the store from a backup)"
+            )
 
         if not isinstance(raw, dict) or raw.get("action") not in ACTIONS:
             raise bad("has no known action")
@@ -266,6 +292,7 @@ class Journal:
                     raise bad(f"names {rel!r}, which is not a file of the store format")
         if entry is not None and not isinstance(entry, dict):
             raise bad("holds an audit entry that is not an object")
+        assert isinstance(replaces, list) and isinstance(deletes, list)  # checked above
         return cls(raw["action"], list(replaces), list(deletes), entry)
 
     def apply(self, root: Path, key: bytes | None) -> None:
@@ -278,9 +305,11 @@ class Journal:
             except (TypeError, ValueError):
                 genuine = False
             if not genuine:
-                raise StoreDamaged(f"damaged store: the journal in {root / JOURNAL_DIR} holds an audit "
-                                   "entry that does not verify with the store's key; nothing was "
-                                   "changed (restore the store from a backup)")
+                raise StoreDamaged(
+                    f"damaged store: the journal in {root / JOURNAL_DIR} holds an audit "
+                    "entry that does not verify with the store's key; nothing was "
+                    "changed (restore the store from a backup)"
+                )
         staged_root = root / JOURNAL_DIR / "files"
         dirs: set[Path] = set()
         checked: set[str] = set()
@@ -326,8 +355,11 @@ def _read_key(path: Path, *, follow: bool) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
     except FileNotFoundError:
-        raise (KeyMismatch(f"key file {path} does not exist; pass the key file the store was "
-                           "created with") if follow else _damaged_missing(path)) from None
+        raise (
+            KeyMismatch(f"key file {path} does not exist; pass the key file the store was created with")
+            if follow
+            else _damaged_missing(path)
+        ) from None
     except OSError as exc:
         raise _os_error(exc, path) from None
     try:
@@ -335,8 +367,10 @@ def _read_key(path: Path, *, follow: bool) -> bytes:
         if not stat.S_ISREG(mode):
             raise KeyMismatch(f"key file {path} is not a regular file")
         if mode & 0o077:
-            raise InsecureKey(f"key file {path} is accessible by group or others (mode "
-                              f"{stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'")
+            raise InsecureKey(
+                f"key file {path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+            )
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read(4096)
     finally:
@@ -353,8 +387,9 @@ def read_key_file(path: Path) -> bytes:
             return bytes.fromhex(text.decode("ascii"))
     if len(data) == 32:
         return data
-    raise KeyMismatch(f"key file {path} must hold 32 random bytes or 64 hex digits; create one "
-                      f"with 'openssl rand -hex 32 > {path}'")
+    raise KeyMismatch(
+        f"key file {path} must hold 32 random bytes or 64 hex digits; create one with 'openssl rand -hex 32 > {path}'"
+    )
 
 
 class Store:
@@ -372,7 +407,7 @@ class Store:
 
     def reload(self) -> None:
         """Forget what was read (after a commit changed the files)."""
-        self._meta: dict | None = None
+        self._meta: StoreMeta | None = None
         self._index: np.ndarray | None = None
         self._shards: dict[int, np.ndarray] = {}
         self._arrays: dict = {}
@@ -385,7 +420,8 @@ class Store:
             if rel in self.pending.deletes or any(rel.startswith(d + "/") for d in self.pending.deletes):
                 return None
             if rel in self.pending.replaces and _check_link_free(
-                    self.root, f"{JOURNAL_DIR}/files/{rel}", self._checked):
+                self.root, f"{JOURNAL_DIR}/files/{rel}", self._checked
+            ):
                 return self.root / JOURNAL_DIR / "files" / rel
         return self.root / rel if _check_link_free(self.root, rel, self._checked) else None
 
@@ -412,9 +448,11 @@ class Store:
                 raise _damaged_missing(self.root / rel)
             return None
         if want is not None and hashlib.sha256(data).hexdigest() != want:
-            raise StoreDamaged(f"damaged store: {self.root / rel} does not match its checksum (edited "
-                               "or damaged); restore the store from a backup, or run 'erase fit' if "
-                               "only the fit is affected")
+            raise StoreDamaged(
+                f"damaged store: {self.root / rel} does not match its checksum (edited "
+                "or damaged); restore the store from a backup, or run 'erase fit' if "
+                "only the fit is affected"
+            )
         return data
 
     @property
@@ -427,20 +465,22 @@ class Store:
             try:
                 meta = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                raise StoreDamaged(f"damaged store: {path} is unreadable; restore the store from a "
-                                   "backup") from None
+                raise StoreDamaged(f"damaged store: {path} is unreadable; restore the store from a backup") from None
             if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
-                raise StoreDamaged(f"damaged store: {path} is not an erase store file; restore it "
-                                   "from a backup")
+                raise StoreDamaged(f"damaged store: {path} is not an erase store file; restore it from a backup")
             if meta["format_version"] > FORMAT_VERSION:
-                raise StoreTooNew(f"store {self.root} has format version {meta['format_version']}, "
-                                  f"newer than this erase understands ({FORMAT_VERSION}); upgrade erase")
+                raise StoreTooNew(
+                    f"store {self.root} has format version {meta['format_version']}, "
+                    f"newer than this erase understands ({FORMAT_VERSION}); upgrade erase"
+                )
             if meta["format_version"] >= 2:
                 key = self._load_key(meta.get("key"))
                 mac = meta.get("mac")
                 if not isinstance(mac, str) or not hmac.compare_digest(mac, meta_mac(key, meta)):
-                    raise StoreDamaged(f"damaged store: {path} does not match its keyed checksum "
-                                       "(edited outside erase); restore the store from a backup")
+                    raise StoreDamaged(
+                        f"damaged store: {path} does not match its keyed checksum "
+                        "(edited outside erase); restore the store from a backup"
+                    )
             self._meta = StoreMeta.parse(meta, path)
         return self._meta
 
@@ -463,26 +503,35 @@ class Store:
         external = isinstance(info, dict) and info.get("location") == "external"
         if external:
             if self.key_file is None:
-                raise KeyMismatch(f"store {self.root} keeps its key outside the store; pass "
-                                  "--secret-file FILE or set ERASE_SECRET_FILE")
+                raise KeyMismatch(
+                    f"store {self.root} keeps its key outside the store; pass "
+                    "--secret-file FILE or set ERASE_SECRET_FILE"
+                )
             key = read_key_file(self.key_file)
         else:
             if self.key_file is not None:
-                raise KeyMismatch(f"store {self.root} keeps its key inside the store ({SECRET}); "
-                                  "drop --secret-file / ERASE_SECRET_FILE for this store")
+                raise KeyMismatch(
+                    f"store {self.root} keeps its key inside the store ({SECRET}); "
+                    "drop --secret-file / ERASE_SECRET_FILE for this store"
+                )
             path = self.resolve(SECRET)
             if path is None:
                 raise _damaged_missing(self.root / SECRET)
             key = _read_key(path, follow=False)
             if len(key) != 32:
-                raise StoreDamaged(f"damaged store: the store secret {path} is not 32 bytes; "
-                                   "restore the store from a backup")
+                raise StoreDamaged(
+                    f"damaged store: the store secret {path} is not 32 bytes; restore the store from a backup"
+                )
         if isinstance(info, dict) and info.get("fingerprint") != key_fingerprint(key):
             if external:
-                raise KeyMismatch(f"{self.key_file} is not the key of store {self.root} (its "
-                                  "fingerprint differs); pass the key file the store was created with")
-            raise StoreDamaged(f"damaged store: the secret {self.root / SECRET} is not the store's "
-                               "key (it was replaced); restore the store from a backup")
+                raise KeyMismatch(
+                    f"{self.key_file} is not the key of store {self.root} (its "
+                    "fingerprint differs); pass the key file the store was created with"
+                )
+            raise StoreDamaged(
+                f"damaged store: the secret {self.root / SECRET} is not the store's "
+                "key (it was replaced); restore the store from a backup"
+            )
         self._key = key
         return key
 
@@ -498,13 +547,16 @@ class Store:
             arr = self.array(name)
             size = arr.chunks[0]
             encode = arr.metadata.chunk_key_encoding.encode_chunk_key
-            missing = [f"records.zarr/{name}/{encode((ci,) + (0,) * (arr.ndim - 1))}"
-                       for ci in range(-(-self.n_slots // size))]
+            missing = [
+                f"records.zarr/{name}/{encode((ci,) + (0,) * (arr.ndim - 1))}" for ci in range(-(-self.n_slots // size))
+            ]
             missing = [rel for rel in missing if self.resolve(rel) is None]
             if missing:
                 more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-                raise StoreDamaged(f"damaged store: chunk {self.root / missing[0]}{more} missing (they "
-                                   "would read as empty values); restore the store from a backup")
+                raise StoreDamaged(
+                    f"damaged store: chunk {self.root / missing[0]}{more} missing (they "
+                    "would read as empty values); restore the store from a backup"
+                )
 
     def size_bytes(self) -> int:
         total = 0
@@ -559,9 +611,11 @@ class Store:
             except EraseError:
                 raise
             except Exception as exc:  # zarr raises many types for a damaged array
-                raise StoreDamaged(f"damaged store: array {name} in {self.root / 'records.zarr'} is "
-                                   f"unreadable ({type(exc).__name__}); restore the store from a "
-                                   "backup") from None
+                raise StoreDamaged(
+                    f"damaged store: array {name} in {self.root / 'records.zarr'} is "
+                    f"unreadable ({type(exc).__name__}); restore the store from a "
+                    "backup"
+                ) from None
         return self._arrays[name]
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -586,8 +640,10 @@ class Store:
         except EraseError:
             raise
         except Exception as exc:
-            raise StoreDamaged(f"a chunk of {name} in {self.root / 'records.zarr'} is damaged "
-                               f"({type(exc).__name__}); restore the store from a backup") from None
+            raise StoreDamaged(
+                f"a chunk of {name} in {self.root / 'records.zarr'} is damaged "
+                f"({type(exc).__name__}); restore the store from a backup"
+            ) from None
         if name in ("ids", "data"):
             vals = np.asarray(vals, dtype=object)
         return vals
@@ -614,7 +670,7 @@ class Store:
             return rows
         h = id_hash64(ids)
         cands: list[np.ndarray] = []
-        for i, (hi, shard) in enumerate(zip(h, shard_of(h))):
+        for hi, shard in zip(h, shard_of(h)):
             part = self.index_shard(int(shard))
             lo, up = np.searchsorted(part["idh"], hi, side="left"), np.searchsorted(part["idh"], hi, side="right")
             cands.append(part["row"][lo:up])
@@ -657,7 +713,7 @@ class Store:
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
 
-    def transaction(self, action: str) -> "Transaction":
+    def transaction(self, action: str) -> Transaction:
         """`with store.transaction("forget") as tx:` stage with tx's operations, then tx.commit."""
         return Transaction(self, action)
 
@@ -690,14 +746,15 @@ class Store:
         """The log's complete lines: the pending journal re-appends the entry that was cut off."""
         data = path.read_bytes()
         try:
-            entries = [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()
-                       if line.strip()]
+            entries = [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
         except orjson.JSONDecodeError:
-            raise StoreDamaged(f"audit log {path} has a line that is not valid JSON (edited); "
-                               "restore the log from a backup") from None
+            raise StoreDamaged(
+                f"audit log {path} has a line that is not valid JSON (edited); restore the log from a backup"
+            ) from None
         if not all(isinstance(e, dict) for e in entries):
-            raise StoreDamaged(f"audit log {path} has a line that is not an entry (edited); "
-                               "restore the log from a backup")
+            raise StoreDamaged(
+                f"audit log {path} has a line that is not an entry (edited); restore the log from a backup"
+            )
         return entries
 
     def last_audit_entry(self) -> dict | None:
@@ -728,8 +785,10 @@ def _checked_store(store: Store):
             if _IS_CHUNK.fullmatch(rel):
                 data = store.raw_bytes(rel)
                 if data is None and store.format_version >= 2:
-                    raise StoreDamaged(f"damaged store: chunk {store.root / rel} is missing (it would "
-                                       "read as empty values); restore the store from a backup")
+                    raise StoreDamaged(
+                        f"damaged store: chunk {store.root / rel} is missing (it would "
+                        "read as empty values); restore the store from a backup"
+                    )
             else:
                 data = store.read_bytes(rel)
             if data is None:
@@ -743,10 +802,10 @@ def _checked_store(store: Store):
 
 def _byte_range(data: bytes, req) -> bytes:
     if hasattr(req, "suffix"):
-        return data[-req.suffix:]
+        return data[-req.suffix :]
     if hasattr(req, "offset"):
-        return data[req.offset:]
-    return data[req.start:req.end]
+        return data[req.offset :]
+    return data[req.start : req.end]
 
 
 # --------------------------------------------------------------------------- transactions
@@ -768,7 +827,7 @@ class Transaction:
         self.checksums: dict[str, str] = {}  # checksums of live files adopted as they are (upgrade)
         self._staged_arrays: dict = {}
 
-    def __enter__(self) -> "Transaction":
+    def __enter__(self) -> Transaction:
         """Start staging. Any exception or signal before the commit point rolls back on exit."""
         try:
             with _os_errors(self.store.root):
@@ -799,8 +858,7 @@ class Transaction:
         self.meta = meta
 
     # ---- typed operations: what the commands stage
-    def append_rows(self, start: int, *, ids: np.ndarray, data: np.ndarray, idh: np.ndarray,
-                    emb: np.ndarray) -> int:
+    def append_rows(self, start: int, *, ids: np.ndarray, data: np.ndarray, idh: np.ndarray, emb: np.ndarray) -> int:
         """New records in slots start, start+1, ...; returns the new number of slots."""
         n_slots = start + len(ids)
         rows = np.arange(start, n_slots, dtype=np.int64)
@@ -812,19 +870,26 @@ class Transaction:
         """Empty the slots `rows` in every array (their chunks are rewritten, so the bytes are
         gone once committed); returns the arrays purged."""
         n, k = self.store.n_slots, len(rows)
-        empty = {"ids": np.full(k, "", dtype=object), "data": np.full(k, "", dtype=object),
-                 "idh": np.zeros(k, dtype=np.uint64),
-                 "emb": np.zeros((k, self.store.dim), dtype=np.float32)}
+        empty: dict[str, np.ndarray] = {
+            "ids": np.full(k, "", dtype=object),
+            "data": np.full(k, "", dtype=object),
+            "idh": np.zeros(k, dtype=np.uint64),
+            "emb": np.zeros((k, int(self.store.dim or 0)), dtype=np.float32),
+        }
         order = ("ids", "data", "idh", "emb")  # the order reports and the audit list them in
         for name in order:
             self.write_rows(name, n, rows, empty[name])
         return [f"records.zarr/{name}" for name in order]
 
-    def update_index(self, *, add: np.ndarray | None = None, remove_rows: np.ndarray | None = None,
-                     remove_idh: np.ndarray | None = None) -> None:
+    def update_index(
+        self,
+        *,
+        add: np.ndarray | None = None,
+        remove_rows: np.ndarray | None = None,
+        remove_idh: np.ndarray | None = None,
+    ) -> None:
         """Stage the index shards that change (see index_changes)."""
-        self.write_files(index_changes(self.store, add=add, remove_rows=remove_rows,
-                                       remove_idh=remove_idh))
+        self.write_files(index_changes(self.store, add=add, remove_rows=remove_rows, remove_idh=remove_idh))
 
     def set_forgotten(self, hashes: set[str]) -> None:
         """forgotten.json: the keyed hashes of every id forgotten so far."""
@@ -862,14 +927,14 @@ class Transaction:
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
         group = zarr.open_group(store=zarr.storage.LocalStore(root), mode="w")
-        text = dict(compressors=[ZstdCodec(level=3, checksum=True)])
-        group.create_array("ids", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, **text)
-        group.create_array("data", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, **text)
-        group.create_array("idh", shape=(0,), chunks=(CHUNK_ROWS,), dtype="uint64",
-                           compressors=[Crc32cCodec()])
+        text = [ZstdCodec(level=3, checksum=True)]
+        group.create_array("ids", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, compressors=text)
+        group.create_array("data", shape=(0,), chunks=(CHUNK_ROWS,), dtype=str, compressors=text)
+        group.create_array("idh", shape=(0,), chunks=(CHUNK_ROWS,), dtype="uint64", compressors=[Crc32cCodec()])
         # Embeddings barely compress; a checksum alone keeps reads at memory speed.
-        group.create_array("emb", shape=(0, dim), chunks=(EMB_CHUNK_ROWS, dim), dtype="float32",
-                           compressors=[Crc32cCodec()])
+        group.create_array(
+            "emb", shape=(0, dim), chunks=(EMB_CHUNK_ROWS, dim), dtype="float32", compressors=[Crc32cCodec()]
+        )
 
     def _staged_array(self, name: str, n_slots: int):
         """The staged copy of array `name` with `n_slots` rows: same codecs as the live one.
@@ -887,12 +952,15 @@ class Transaction:
                 meta = orjson.loads(raw)
                 meta["shape"] = [n_slots] + list(meta["shape"][1:])
             except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
-                raise StoreDamaged(f"damaged store: {self.store.root / rel} is unreadable; restore "
-                                   "the store from a backup") from None
+                raise StoreDamaged(
+                    f"damaged store: {self.store.root / rel} is unreadable; restore the store from a backup"
+                ) from None
             path.mkdir(parents=True, exist_ok=True)
             (path / "zarr.json").write_bytes(orjson.dumps(meta))
             self._staged_arrays[name] = zarr.open_array(
-                store=zarr.storage.LocalStore(self.staged_root / "records.zarr"), path=name, mode="r+",
+                store=zarr.storage.LocalStore(self.staged_root / "records.zarr"),
+                path=name,
+                mode="r+",
             ).with_config({"write_empty_chunks": True})
         return self._staged_arrays[name]
 
@@ -939,9 +1007,11 @@ class Transaction:
         arr = self.store.array(name)
         size = arr.chunks[0]
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key
-        missing = [ci for ci in range(-(-self.store.n_slots // size))
-                   if self.store.resolve(f"records.zarr/{name}/"
-                                         + encode((ci,) + (0,) * (arr.ndim - 1))) is None]
+        missing = [
+            ci
+            for ci in range(-(-self.store.n_slots // size))
+            if self.store.resolve(f"records.zarr/{name}/" + encode((ci,) + (0,) * (arr.ndim - 1))) is None
+        ]
         if missing:
             rows = (np.asarray(missing)[:, None] * size + np.arange(size)[None, :]).ravel()
             rows = rows[rows < self.store.n_slots]
@@ -989,8 +1059,8 @@ class Transaction:
             written.append(self.staged_root / STORE_JSON)
             if STORE_JSON not in replaces:
                 replaces.append(STORE_JSON)
-            journal = {"action": self.action, "replaces": _order(replaces), "deletes": deletes,
-                       "audit": entry}
+            ordered = _order(replaces)
+            journal = {"action": self.action, "replaces": ordered, "deletes": deletes, "audit": entry}
             _sync_all(root, written)
             _test_point("staged")
             interrupts.committing()
@@ -1002,7 +1072,7 @@ class Transaction:
             self.abort()
             raise _os_error(exc, root) from None
         _test_point("committed")
-        Journal(journal["action"], journal["replaces"], journal["deletes"], entry).apply(root, key)
+        Journal(self.action, ordered, deletes, entry).apply(root, key)
         self.store.reload()
         return entry
 
@@ -1027,8 +1097,9 @@ class Transaction:
 
 def _check_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
-        raise StoreMissing(f"store path {root} is a file, not a directory; pass --store DIR "
-                           "(or set ERASE_STORE) to a directory")
+        raise StoreMissing(
+            f"store path {root} is a file, not a directory; pass --store DIR (or set ERASE_STORE) to a directory"
+        )
 
 
 def _check_layout(root: Path) -> None:
@@ -1042,9 +1113,16 @@ def _check_layout(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_store(root: str | Path, *, write: bool, create: bool = False, lock_timeout: float = 60.0,
-               on_message: Message | None = None, key_file: Path | None = None,
-               upgrade: bool = True) -> Iterator[Store]:
+def open_store(
+    root: str | Path,
+    *,
+    write: bool,
+    create: bool = False,
+    lock_timeout: float = 60.0,
+    on_message: Message | None = None,
+    key_file: Path | None = None,
+    upgrade: bool = True,
+) -> Iterator[Store]:
     """Open with the lock held: exclusive for writers (which first recover a pending journal,
     check the audit log and upgrade an older format), shared for readers (which read through a
     pending journal and write nothing). `create` makes the directory for a first ingest.
@@ -1055,8 +1133,7 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
     _check_root(root)
     if not root.exists():
         if not create:
-            raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl' "
-                               "or pass --store DIR")
+            raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl' or pass --store DIR")
         try:
             root.mkdir(parents=True, mode=0o700)
         except OSError as exc:
@@ -1071,11 +1148,9 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
             with _os_errors(root):
                 os.chmod(root, 0o700)
         if not os.access(root, os.W_OK):
-            raise StoreNotWritable(f"store {root} is not writable; fix its permissions or pass "
-                                   "another --store")
+            raise StoreNotWritable(f"store {root} is not writable; fix its permissions or pass another --store")
     if os.stat(root).st_mode & stat.S_IWOTH:
-        say(f"warning: store {root} is writable by every user, who could plant or damage files; "
-            f"run 'chmod 700 {root}'")
+        say(f"warning: store {root} is writable by every user, who could plant or damage files; run 'chmod 700 {root}'")
     with StoreLock(root / LOCK, shared=not write, timeout=lock_timeout, on_wait=say):
         _check_layout(root)
         store = Store(root, writable=write, key_file=key_file)
@@ -1099,19 +1174,28 @@ def open_store(root: str | Path, *, write: bool, create: bool = False, lock_time
                     _upgrade(store, say)
         elif journal is not None:
             store.pending = journal
-            say(f"an interrupted {journal.action} is pending in {root}; showing the state it "
-                "committed (the next writing command, or 'erase recover', completes it)")
+            say(
+                f"an interrupted {journal.action} is pending in {root}; showing the state it "
+                "committed (the next writing command, or 'erase recover', completes it)"
+            )
         elif (root / JOURNAL_DIR).exists():
-            say(f"an interrupted operation that never committed is pending in {root}; the next "
-                "writing command, or 'erase recover', rolls it back")
+            say(
+                f"an interrupted operation that never committed is pending in {root}; the next "
+                "writing command, or 'erase recover', rolls it back"
+            )
         if not store.exists:
-            remains = [rel for rel in (SECRET, "records.zarr", INDEX_DIR, MANIFEST, FORGOTTEN, AUDIT)
-                       if os.path.lexists(root / rel)]
+            remains = [
+                rel
+                for rel in (SECRET, "records.zarr", INDEX_DIR, MANIFEST, FORGOTTEN, AUDIT)
+                if os.path.lexists(root / rel)
+            ]
             if remains:
                 # A store whose store.json is gone is damaged, not new: starting afresh over its
                 # files would mix old records and history into a new store.
-                raise StoreDamaged(f"damaged store: {root / STORE_JSON} is missing but {root} holds "
-                                   f"store files ({', '.join(remains)}); restore the store from a backup")
+                raise StoreDamaged(
+                    f"damaged store: {root / STORE_JSON} is missing but {root} holds "
+                    f"store files ({', '.join(remains)}); restore the store from a backup"
+                )
             if not create:
                 raise StoreMissing(f"no store at {root}; create one with 'erase ingest FILE.jsonl'")
         yield store
@@ -1142,10 +1226,8 @@ def _upgrade(store: Store, say: Message) -> None:
         last = store.last_audit_entry()
         tx.key_info = {"location": "store", "fingerprint": key_fingerprint(key)}
         tx.set_meta(meta.with_(audit_keyed_from=0 if last is None else int(last["seq"]) + 1))
-        tx.commit({"from_format": str(meta.format), "to_format": FORMAT,
-                   "chunks_written": int(sum(filled.values()))})
-    say(f"upgraded store {store.root} to {FORMAT} (one journaled step, logged as an 'upgrade' "
-        "audit entry)")
+        tx.commit({"from_format": str(meta.format), "to_format": FORMAT, "chunks_written": int(sum(filled.values()))})
+    say(f"upgraded store {store.root} to {FORMAT} (one journaled step, logged as an 'upgrade' audit entry)")
 
 
 def new_meta(dim: int, embedder: str) -> StoreMeta:
@@ -1160,9 +1242,13 @@ def index_rel(shard: int) -> str:
     return f"{INDEX_DIR}/{shard:02x}.npy"
 
 
-def index_changes(store: Store, *, add: np.ndarray | None = None,
-                  remove_rows: np.ndarray | None = None, remove_idh: np.ndarray | None = None
-                  ) -> dict[str, bytes | None]:
+def index_changes(
+    store: Store,
+    *,
+    add: np.ndarray | None = None,
+    remove_rows: np.ndarray | None = None,
+    remove_idh: np.ndarray | None = None,
+) -> dict[str, bytes | None]:
     """The index shard files that change when entries `add` (INDEX_DTYPE) come in and the rows
     `remove_rows` (with their id hashes `remove_idh`) go: {relpath: bytes, or None to delete}."""
     add = np.zeros(0, dtype=INDEX_DTYPE) if add is None else add

@@ -43,8 +43,7 @@ class Rec:
 
     def needles(self) -> dict[str, bytes]:
         emb = normalise_vector(self.vector).astype("<f4").tobytes()
-        return {"id": self.id.encode(), "input": self.input.encode(), "target": self.target.encode(),
-                "embedding": emb}
+        return {"id": self.id.encode(), "input": self.input.encode(), "target": self.target.encode(), "embedding": emb}
 
 
 def make_records(n: int, dim: int = 16, seed: int = 0, prefix: str = "rec") -> list[Rec]:
@@ -55,8 +54,14 @@ def make_records(n: int, dim: int = 16, seed: int = 0, prefix: str = "rec") -> l
     out = []
     for i in range(n):
         v = centres[i % 6] + 0.35 * rng.normal(size=dim)
-        out.append(Rec(id=f"{prefix}-{i:06d}-ID", input=f"question marker QIN{i:06d}QX about blob {i % 6}",
-                       target=f"answer TGT{i:06d}TX", vector=[float(x) for x in v]))
+        out.append(
+            Rec(
+                id=f"{prefix}-{i:06d}-ID",
+                input=f"question marker QIN{i:06d}QX about blob {i % 6}",
+                target=f"answer TGT{i:06d}TX",
+                vector=[float(x) for x in v],
+            )
+        )
     return out
 
 
@@ -121,26 +126,42 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def erase(*args: str, env: dict | None = None, timeout: float = 60, input: str | None = None
-          ) -> subprocess.CompletedProcess:
+def erase(
+    *args: str, env: dict | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run the real console script; text output captured."""
-    return subprocess.run([ERASE, *args], capture_output=True, text=True, env=env or clean_env(),
-                          timeout=timeout, input=input)
+    return subprocess.run(
+        [ERASE, *args], capture_output=True, text=True, env=env or clean_env(), timeout=timeout, input=input
+    )
 
 
 def erase_popen(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([ERASE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env or clean_env())
+    return subprocess.Popen(
+        [ERASE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env()
+    )
 
 
-def build_store(store: Path, records: list[Rec], tmp: Path, *, k: int = 4, dim: int = 8,
-                eps: float = 0.1, max_iter: int = 3) -> dict:
+def build_store(
+    store: Path, records: list[Rec], tmp: Path, *, k: int = 4, dim: int = 8, eps: float = 0.1, max_iter: int = 3
+) -> dict:
     """Ingest `records` (BYO vectors) and fit, through the real CLI; returns the fit report."""
     data = write_jsonl(tmp / f"{store.name}-data.jsonl", records)
     r = erase("ingest", str(data), "--vector-field", VECTOR_FIELD, "--store", str(store))
     assert r.returncode == 0, r.stderr
-    r = erase("fit", "-k", str(k), "--dim", str(dim), "--eps", str(eps), "--max-iter", str(max_iter),
-              "--store", str(store), "--json")
+    r = erase(
+        "fit",
+        "-k",
+        str(k),
+        "--dim",
+        str(dim),
+        "--eps",
+        str(eps),
+        "--max-iter",
+        str(max_iter),
+        "--store",
+        str(store),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -150,8 +171,9 @@ def audit_lines(store: Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
-def refused(args: list[str], store: Path | None, *, code: int = 1, kind: str, mentions: list[str],
-            env: dict | None = None) -> str:
+def refused(
+    args: list[str], store: Path | None, *, code: int = 1, kind: str, mentions: list[str], env: dict | None = None
+) -> str:
     """Run `erase ARGS --json`; check the exit code, the JSON error object, one stderr line with no
     traceback, and (if `store`) an unchanged store. Returns the message."""
     before = snapshot(store) if store is not None and store.is_dir() else None
@@ -162,7 +184,7 @@ def refused(args: list[str], store: Path | None, *, code: int = 1, kind: str, me
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     err = json.loads(r.stdout)["error"]
     assert err["kind"] == kind, err
-    assert err["message"] == lines[0][len("error: "):]
+    assert err["message"] == lines[0][len("error: ") :]
     for word in mentions:
         assert word.lower() in err["message"].lower(), (word, err["message"])
     if before is not None:
@@ -199,10 +221,17 @@ def forget_world(tmp: Path, n_records: int = WORLD_RECORDS) -> dict:
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert [i["status"] for i in report["ids"]] == ["forgotten"] * len(batch_ids)
-    return {"tmp": tmp, "template": template, "n_records": n_records, "batch": batch,
-            "ids_file": ids_file, "reference": reference,
-            "reference_manifest": (reference / "manifest.json").read_bytes(), "duration": duration,
-            "report": report}
+    return {
+        "tmp": tmp,
+        "template": template,
+        "n_records": n_records,
+        "batch": batch,
+        "ids_file": ids_file,
+        "reference": reference,
+        "reference_manifest": (reference / "manifest.json").read_bytes(),
+        "duration": duration,
+        "report": report,
+    }
 
 
 def copy_store(world: dict, name: str) -> Path:
@@ -255,8 +284,7 @@ def check_read_only(store: Path, ids: list[str], *, via_cli: bool) -> tuple[bool
             assert any("pending" in n for n in notes), notes
     if (journal / "journal.json").exists():
         action = json.loads((journal / "journal.json").read_bytes())["action"]
-        assert status["pending"] == {"committed": True, "action": action,
-                                     "forgotten_data_on_disk": action == "forget"}
+        assert status["pending"] == {"committed": True, "action": action, "forgotten_data_on_disk": action == "forget"}
     elif journal.exists():
         assert status["pending"] == {"committed": False}
     else:
@@ -310,9 +338,16 @@ def recover_and_check(world: dict, store: Path, applied_before: bool, *, via_cli
     check_forgotten(world, store)
 
 
-def signal_at_random(args: list[str], store: Path, sig: int, rng: random.Random, *, duration: float,
-                     phase: str = "any", within: float | None = None
-                     ) -> tuple[subprocess.CompletedProcess, float]:
+def signal_at_random(
+    args: list[str],
+    store: Path,
+    sig: int,
+    rng: random.Random,
+    *,
+    duration: float,
+    phase: str = "any",
+    within: float | None = None,
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run `erase ARGS --store STORE` and send it `sig` at a random instant: uniform over its
     whole run ("any": `duration` is how long an uninterrupted run takes; mostly interpreter
     start-up), within `within` s (default 0.25) after its journal directory appears ("staging"),

@@ -2,7 +2,7 @@ import hashlib
 import hmac
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -12,7 +12,7 @@ from erase_cli.errors import InvalidParameter, StoreDamaged
 
 SECRET = b"\x01" * 32
 KEY = b"\x02" * 32  # the store key that signs the chain
-T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
 
 def forget_details(*ids):
@@ -37,9 +37,7 @@ def write_log(path, n=5, *, key=None, start=0):
     for i in range(start, n):
         action = ("ingest", "fit", "forget")[min(i, 2)]
         details = forget_details(f"rec-{i}") if action == "forget" else {"n_records": 10 + i}
-        entry = audit.new_entry(
-            audit.last_entry(path), action, details, now=T0 + timedelta(seconds=i), key=key
-        )
+        entry = audit.new_entry(audit.last_entry(path), action, details, now=T0 + timedelta(seconds=i), key=key)
         audit.append(path, entry, key=key)
         entries.append(entry)
     return entries
@@ -101,8 +99,8 @@ def test_time_is_utc_with_z():
     entry = audit.new_entry(None, "fit", {}, now=datetime(2026, 1, 2, 7, 30, tzinfo=eastern))
     assert entry["time"] == "2026-01-02T12:30:00.000000Z"
     now = audit.new_entry(None, "fit", {})["time"]
-    parsed = datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    assert abs(parsed - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    parsed = datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(parsed - datetime.now(UTC)) < timedelta(minutes=1)
     with pytest.raises(ValueError, match="timezone-aware"):
         audit.new_entry(None, "fit", {}, now=datetime(2026, 1, 2))
 
@@ -390,8 +388,11 @@ def test_keyed_from_checks_legacy_history_with_sha256(tmp_path):
 
     # Asking for keys from the start fails exactly the legacy entries, and the other way round.
     too_early = audit.verify_chain(entries, key=KEY, keyed_from=0)
-    assert [p.split(":")[0] for p in too_early] == ["line 1 (seq 0, ingest)", "line 2 (seq 1, fit)",
-                                                     "line 3 (seq 2, forget)"]
+    assert [p.split(":")[0] for p in too_early] == [
+        "line 1 (seq 0, ingest)",
+        "line 2 (seq 1, fit)",
+        "line 3 (seq 2, forget)",
+    ]
     too_late = audit.verify_chain(entries, key=KEY, keyed_from=5)
     assert [p.split(":")[0] for p in too_late] == ["line 4 (seq 3, forget)", "line 5 (seq 4, forget)"]
     assert all("edited, its content does not match its hash" in p for p in too_late)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from erase_cli.errors import InvalidParameter
 from erase_cli.baselines import kmeans_float, knn_examples, random_examples
+from erase_cli.errors import InvalidParameter
 
 
 def _blobs(seed=0, per=10):

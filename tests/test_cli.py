@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT, make_records, snapshot, write_jsonl
 from typer.testing import CliRunner
 
 from erase_cli.cli import app
-from helpers import ROOT, make_records, snapshot, write_jsonl
 
 runner = CliRunner()
 
@@ -46,7 +46,10 @@ BAD_INGEST = {
     "duplicate of a stored id": (vec_line("rec-000003-ID", GOOD) + "\n", "rec-000003-ID"),
     "wrong vector length": (vec_line("d", [0.5] * 5) + "\n", "dimension"),
     "NaN in vector": ('{"id": "e", "input": "x", "target": "t", "vec": [NaN, 1, 1, 1, 1, 1, 1, 1]}\n', "bad.jsonl:1"),
-    "Infinity in vector": ('{"id": "e", "input": "x", "target": "t", "vec": [Infinity, 1, 1, 1, 1, 1, 1, 1]}\n', "bad.jsonl:1"),
+    "Infinity in vector": (
+        '{"id": "e", "input": "x", "target": "t", "vec": [Infinity, 1, 1, 1, 1, 1, 1, 1]}\n',
+        "bad.jsonl:1",
+    ),
     "zero vector": (vec_line("f", [0.0] * 8) + "\n", "bad.jsonl:1"),
     "empty file": ("", "bad.jsonl"),
 }
@@ -94,10 +97,17 @@ def test_skip_invalid_ingests_the_valid_lines(tmp_path):
     assert out["ingested"] == 2 and [s["line"] for s in out["skipped_invalid"]] == [2, 3]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["-k", "0"], "k"), (["--eps", "0"], "eps"), (["--eps", "-1"], "eps"),
-    (["--dim", "99"], "dim"), (["--max-iter", "0"], "max"), (["--seed", "-3"], "seed"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-k", "0"], "k"),
+        (["--eps", "0"], "eps"),
+        (["--eps", "-1"], "eps"),
+        (["--dim", "99"], "dim"),
+        (["--max-iter", "0"], "max"),
+        (["--seed", "-3"], "seed"),
+    ],
+)
 def test_out_of_range_fit_parameters_are_domain_errors(args, needle, store):
     before = snapshot(store)
     r = run("fit", *args, "--store", str(store), "--json")
@@ -168,7 +178,12 @@ def test_forget_report_shape(store):
 
 def test_ask_and_verify_need_a_fresh_fit(store, tmp_path):
     write_jsonl(tmp_path / "more.jsonl", make_records(3, dim=8, prefix="new"))
-    assert run("ingest", str(tmp_path / "more.jsonl"), "--vector-field", "vec", "--append", "--store", str(store)).exit_code == 0
+    assert (
+        run(
+            "ingest", str(tmp_path / "more.jsonl"), "--vector-field", "vec", "--append", "--store", str(store)
+        ).exit_code
+        == 0
+    )
     r = run("verify", "--store", str(store), "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["error"]["kind"] == "stale_fit"
     r = run("ask", "hello", "--store", str(store), "--json")

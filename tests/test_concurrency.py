@@ -8,9 +8,6 @@ import json
 import time
 
 import pytest
-
-from erase_cli import audit, service
-from erase_cli.lock import StoreLock
 from helpers import (
     audit_lines,
     build_store,
@@ -22,6 +19,9 @@ from helpers import (
     record_needles,
     snapshot,
 )
+
+from erase_cli import audit, service
+from erase_cli.lock import StoreLock
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,9 @@ def test_two_overlapping_forget_batches_at_once(fitted):
     a_file.write_text("\n".join(a_ids) + "\n")
     b_file.write_text("\n".join(b_ids) + "\n")
 
-    procs = [erase_popen("forget", "--from-file", str(f), "--store", str(store), "--json")
-             for f in (a_file, b_file)]
+    procs = [erase_popen("forget", "--from-file", str(f), "--store", str(store), "--json") for f in (a_file, b_file)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     reports = [json.loads(out) for out, _ in outs]
 
@@ -89,8 +88,7 @@ def test_writer_waits_then_exits_75(fitted):
         r = erase("forget", rid, "--store", str(store), env=clean_env(ERASE_LOCK_TIMEOUT="0.5"))
         assert r.returncode == 75, r.stderr
         assert "waited 0.5 s" in r.stderr
-        r = erase("forget", rid, "--store", str(store), "--lock-timeout", "0.2",
-                  env=clean_env(ERASE_LOCK_TIMEOUT="30"))
+        r = erase("forget", rid, "--store", str(store), "--lock-timeout", "0.2", env=clean_env(ERASE_LOCK_TIMEOUT="30"))
         assert r.returncode == 75 and "waited 0.2 s" in r.stderr
     assert snapshot(store) == before
     # Once the lock is free the same command goes through.

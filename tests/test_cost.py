@@ -65,8 +65,7 @@ def test_cost_inputs_from_audit_averages_forget_entries():
         {"action": "ingest", "elapsed_ms": 9999},
         {"action": "forget", "elapsed_ms": 10.0, "prompt_changed": False, "action_taken": "none"},
         {"action": "forget", "elapsed_ms": 30.0, "prompt_changed": True, "action_taken": "refit"},
-        {"action": "forget", "elapsed_ms": 20.0, "prompt_changed": True,
-         "action_taken": "replace_example"},
+        {"action": "forget", "elapsed_ms": 20.0, "prompt_changed": True, "action_taken": "replace_example"},
         {"action": "fit", "elapsed_ms": 5000},
     ]
     got = cost_inputs_from_audit(entries, _inputs())
@@ -83,8 +82,14 @@ def test_cost_inputs_from_audit_without_forgets_keeps_base():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(sisa_shards=0), dict(prompt_change_rate=1.5), dict(queries_per_deletion=-1),
-            dict(n_records=-3), dict(erase_query_s=float("nan"))]
+    "bad",
+    [
+        dict(sisa_shards=0),
+        dict(prompt_change_rate=1.5),
+        dict(queries_per_deletion=-1),
+        dict(n_records=-3),
+        dict(erase_query_s=float("nan")),
+    ],
 )
 def test_invalid_inputs_are_domain_errors(bad):
     with pytest.raises(InvalidParameter):
@@ -101,11 +106,15 @@ def test_measure_inference_with_fake_generators():
         made.append(FakeGenerator())
         return made[-1]
 
-    manifest = {"examples": [{"input": "two plus two", "target": "four"},
-                             {"input": "one plus one", "target": "two"}]}
-    got = measure_inference(manifest, None, [{"input": "three plus one", "choices": ["four", "x"]},
-                                             {"input": "five minus one"}],
-                            generator_factory=factory, repeats=2, warmup=1)
+    manifest = {"examples": [{"input": "two plus two", "target": "four"}, {"input": "one plus one", "target": "two"}]}
+    got = measure_inference(
+        manifest,
+        None,
+        [{"input": "three plus one", "choices": ["four", "x"]}, {"input": "five minus one"}],
+        generator_factory=factory,
+        repeats=2,
+        warmup=1,
+    )
     # One generator per prompt, so queries alternate without rebuilding a prefix; the erase one
     # evaluates its prefix twice: once to load and size, once timed as the rebuild.
     zero, demo = made
@@ -117,9 +126,19 @@ def test_measure_inference_with_fake_generators():
     assert got["per_token_inference_s"] == got["prefix_rebuild_s"] / 12
     assert got["extra_query_s"]["n"] == 2 and got["extra_query_s"]["unit"] == "question"
     assert (got["repeats"], got["warmup"], got["questions"]) == (2, 1, 2)
-    inputs = CostInputs(n_records=10, **{k: got[k] for k in (
-        "erase_query_s", "zero_shot_query_s", "prefix_rebuild_s", "per_token_inference_s",
-        "tokens_per_example")})
+    inputs = CostInputs(
+        n_records=10,
+        **{
+            k: got[k]
+            for k in (
+                "erase_query_s",
+                "zero_shot_query_s",
+                "prefix_rebuild_s",
+                "per_token_inference_s",
+                "tokens_per_example",
+            )
+        },
+    )
     assert holistic_cost(inputs)["methods"]["sisa"]["per_example_train_s"] >= 0
 
 
@@ -146,8 +165,12 @@ def timed_factory(clock, *, per_prefix_word=0.0, noise=0.0, drift=0.0, seed=0):
     class Timed(FakeGenerator):
         def _spend(self):
             calls[0] += 1
-            clock.t += (0.01 + per_prefix_word * len((self.prefix or "").split())
-                        + rng.uniform(-noise, noise) + drift * calls[0])
+            clock.t += (
+                0.01
+                + per_prefix_word * len((self.prefix or "").split())
+                + rng.uniform(-noise, noise)
+                + drift * calls[0]
+            )
 
         def score(self, query, choices):
             self._spend()
@@ -168,8 +191,14 @@ def test_a_real_extra_cost_has_an_interval_above_zero():
     from erase_cli.cost import extra_query_cost, measure_inference
 
     clock = Clock()
-    got = measure_inference(MANIFEST, None, QUESTIONS, clock=clock, repeats=3,
-                            generator_factory=timed_factory(clock, per_prefix_word=1e-4, noise=1e-4))
+    got = measure_inference(
+        MANIFEST,
+        None,
+        QUESTIONS,
+        clock=clock,
+        repeats=3,
+        generator_factory=timed_factory(clock, per_prefix_word=1e-4, noise=1e-4),
+    )
     from erase_cli.prompt import PromptFormat, prefix_text
 
     x = got["extra_query_s"]
@@ -182,8 +211,9 @@ def test_no_difference_spans_zero_and_counts_as_zero():
     from erase_cli.cost import extra_query_cost, measure_inference
 
     clock = Clock()
-    got = measure_inference(MANIFEST, None, QUESTIONS, clock=clock, repeats=3,
-                            generator_factory=timed_factory(clock, noise=2e-3, seed=3))
+    got = measure_inference(
+        MANIFEST, None, QUESTIONS, clock=clock, repeats=3, generator_factory=timed_factory(clock, noise=2e-3, seed=3)
+    )
     x = got["extra_query_s"]
     assert x["low"] < 0 < x["high"]
     counted, why = extra_query_cost(x)
@@ -196,8 +226,9 @@ def test_alternating_order_cancels_drift():
     from erase_cli.cost import measure_inference
 
     clock = Clock()
-    got = measure_inference(MANIFEST, None, QUESTIONS, clock=clock, repeats=2,
-                            generator_factory=timed_factory(clock, drift=1e-3))
+    got = measure_inference(
+        MANIFEST, None, QUESTIONS, clock=clock, repeats=2, generator_factory=timed_factory(clock, drift=1e-3)
+    )
     assert got["extra_query_s"]["mean"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -215,8 +246,7 @@ def test_warmup_queries_are_not_timed():
                 clock.t += 1.0
             return super().generate(query, max_tokens, stop)
 
-    got = measure_inference(MANIFEST, None, QUESTIONS, clock=clock, repeats=1, warmup=1,
-                            generator_factory=SlowFirst)
+    got = measure_inference(MANIFEST, None, QUESTIONS, clock=clock, repeats=1, warmup=1, generator_factory=SlowFirst)
     assert got["zero_shot_query_s"] == pytest.approx(0.01)
 
 
@@ -224,20 +254,23 @@ def test_t_interval():
     from erase_cli.cost import mean_interval, t975
 
     got = mean_interval([1.0, 2.0, 3.0])
-    half = 4.303 / 3 ** 0.5
+    half = 4.303 / 3**0.5
     assert got == pytest.approx({"mean": 2.0, "low": 2.0 - half, "high": 2.0 + half, "n": 3})
     assert mean_interval([5.0]) == {"mean": 5.0, "low": None, "high": None, "n": 1}
     assert t975(31) == pytest.approx(2.0395, abs=1e-4)
     assert t975(120) == pytest.approx(1.9799, abs=1e-4)
 
 
-@pytest.mark.parametrize("interval, counted, note", [
-    ({"mean": 0.002, "low": 0.001, "high": 0.003}, 0.002, "measured"),
-    ({"mean": -0.001, "low": -0.003, "high": 0.001}, 0.0, "spans 0"),
-    ({"mean": 0.001, "low": -0.001, "high": 0.003}, 0.0, "spans 0"),
-    ({"mean": -0.002, "low": -0.003, "high": -0.001}, -0.002, "below 0"),
-    ({"mean": -0.002, "low": None, "high": None}, 0.0, "no interval"),
-])
+@pytest.mark.parametrize(
+    "interval, counted, note",
+    [
+        ({"mean": 0.002, "low": 0.001, "high": 0.003}, 0.002, "measured"),
+        ({"mean": -0.001, "low": -0.003, "high": 0.001}, 0.0, "spans 0"),
+        ({"mean": 0.001, "low": -0.001, "high": 0.003}, 0.0, "spans 0"),
+        ({"mean": -0.002, "low": -0.003, "high": -0.001}, -0.002, "below 0"),
+        ({"mean": -0.002, "low": None, "high": None}, 0.0, "no interval"),
+    ],
+)
 def test_extra_query_cost_counts_only_what_the_interval_supports(interval, counted, note):
     from erase_cli.cost import extra_query_cost
 
@@ -251,11 +284,16 @@ def test_holistic_cost_uses_the_counted_extra_query_cost():
     assert out["methods"]["erase"]["H_s"] == pytest.approx(1.02)
 
 
-@pytest.mark.parametrize("field, flag", [
-    ("queries_per_deletion", "--queries-per-deletion"), ("sisa_epochs", "--sisa-epochs"),
-    ("train_multiplier", "--train-multiplier"), ("per_token_inference_s", "--per-token-s"),
-    ("finetuned_query_s", "--finetuned-query-s"),
-])
+@pytest.mark.parametrize(
+    "field, flag",
+    [
+        ("queries_per_deletion", "--queries-per-deletion"),
+        ("sisa_epochs", "--sisa-epochs"),
+        ("train_multiplier", "--train-multiplier"),
+        ("per_token_inference_s", "--per-token-s"),
+        ("finetuned_query_s", "--finetuned-query-s"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_infinite_or_nan_parameters_name_their_flag(field, flag, value):
     with pytest.raises(InvalidParameter, match=f"^{flag} .* is not a finite number"):
@@ -265,10 +303,8 @@ def test_infinite_or_nan_parameters_name_their_flag(field, flag, value):
 def test_round_sig():
     from erase_cli.cost import round_sig
 
-    got = round_sig({"a": 0.000123456, "b": [1234567.8, 2.0], "c": 3, "d": None, "e": True,
-                     "f": -0.98765, "g": 0.0})
-    assert got == {"a": 0.0001235, "b": [1235000.0, 2.0], "c": 3, "d": None, "e": True,
-                   "f": -0.9877, "g": 0.0}
+    got = round_sig({"a": 0.000123456, "b": [1234567.8, 2.0], "c": 3, "d": None, "e": True, "f": -0.98765, "g": 0.0})
+    assert got == {"a": 0.0001235, "b": [1235000.0, 2.0], "c": 3, "d": None, "e": True, "f": -0.9877, "g": 0.0}
 
 
 # --------------------------------------------------------------------------- the command
@@ -292,18 +328,25 @@ def _floats(obj):
 
 
 def test_cost_on_a_store_with_fake_generators(tmp_path, monkeypatch, capsys):
+    from helpers import build_store, make_records
+
     import erase_cli.cost as cost_module
     from erase_cli import cli, service
-    from helpers import build_store, make_records
 
     store = tmp_path / "store"
     build_store(store, make_records(30, dim=8), tmp_path)
     clock = Clock()
     original = cost_module.measure_inference
-    monkeypatch.setattr(cost_module, "measure_inference",
-                        lambda *a, **kw: original(*a, clock=clock, **kw))
-    got = service.cost(store, n_questions=10, repeats=2, warmup=1, queries_per_deletion=1234567.0,
-                       sisa_epochs=2.123456, generator_factory=timed_factory(clock, noise=2e-3, seed=1))
+    monkeypatch.setattr(cost_module, "measure_inference", lambda *a, **kw: original(*a, clock=clock, **kw))
+    got = service.cost(
+        store,
+        n_questions=10,
+        repeats=2,
+        warmup=1,
+        queries_per_deletion=1234567.0,
+        sisa_epochs=2.123456,
+        generator_factory=timed_factory(clock, noise=2e-3, seed=1),
+    )
     # What the user gave is echoed exactly; only measured and derived numbers are rounded.
     assert got["queries_per_deletion"] == got["inputs"]["queries_per_deletion"] == 1234567.0
     assert got["inputs"]["sisa_epochs"] == 2.123456
@@ -323,8 +366,13 @@ def test_cost_on_a_store_with_fake_generators(tmp_path, monkeypatch, capsys):
     assert "I − I0: not distinguishable from 0 (95% interval -" in out and "counted as 0" in out
     assert f"mean {x['mean_s']}" not in out
     # With a real difference the mean is shown with its interval.
-    got = service.cost(store, n_questions=10, repeats=2, warmup=1,
-                       generator_factory=timed_factory(clock, per_prefix_word=1e-4, noise=1e-5))
+    got = service.cost(
+        store,
+        n_questions=10,
+        repeats=2,
+        warmup=1,
+        generator_factory=timed_factory(clock, per_prefix_word=1e-4, noise=1e-5),
+    )
     assert got["extra_query"]["spans_zero"] is False and got["methods"]["erase"]["dI_s"] > 0
     cli._show_cost(got)
     out = capsys.readouterr().out
@@ -336,9 +384,15 @@ def test_cost_refuses_infinite_parameters_before_measuring(tmp_path):
 
     store = tmp_path / "store"
     build_store(store, make_records(10, dim=8), tmp_path, k=2)
-    for args, flag in ((["--queries-per-deletion", "inf"], "--queries-per-deletion"),
-                       (["--sisa-epochs", "nan"], "--sisa-epochs"),
-                       (["--per-token-s", "-inf"], "--per-token-s")):
+    for args, flag in (
+        (["--queries-per-deletion", "inf"], "--queries-per-deletion"),
+        (["--sisa-epochs", "nan"], "--sisa-epochs"),
+        (["--per-token-s", "-inf"], "--per-token-s"),
+    ):
         # --model names no file: the refusal must come before any model is looked for.
-        refused(["cost", *args, "--model", str(tmp_path / "none.gguf"), "--store", str(store)],
-                store, kind=InvalidParameter.kind, mentions=[flag, "finite"])
+        refused(
+            ["cost", *args, "--model", str(tmp_path / "none.gguf"), "--store", str(store)],
+            store,
+            kind=InvalidParameter.kind,
+            mentions=[flag, "finite"],
+        )

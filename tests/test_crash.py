@@ -19,8 +19,6 @@ import shutil
 import signal
 
 import pytest
-
-from erase_cli import audit, service
 from helpers import (
     WORLD_RECORDS,
     audit_lines,
@@ -37,6 +35,8 @@ from helpers import (
     snapshot,
     write_jsonl,
 )
+
+from erase_cli import audit, service
 
 N_RECORDS = WORLD_RECORDS
 RANDOM_KILLS = 9
@@ -67,8 +67,9 @@ CRASH_POINTS = ["staged", "committed", "apply:1", "apply:5", "applied", "audited
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_forget_killed_at_a_named_point(world, point):
     store = copy_store(world, f"at-{point.replace(':', '-')}")
-    r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
-              env=clean_env(ERASE_TEST_CRASH_AT=point))
+    r = erase(
+        "forget", "--from-file", str(world["ids_file"]), "--store", str(store), env=clean_env(ERASE_TEST_CRASH_AT=point)
+    )
     assert r.returncode == 137, (point, r.returncode, r.stderr)  # it really stopped there
     assert (store / "journal").exists()
     ids = [rec.id for rec in world["batch"]]
@@ -89,12 +90,23 @@ def test_forget_sigkilled_at_random_instants(world):
     outcomes = []
     for i in range(RANDOM_KILLS):
         store = copy_store(world, "random")
-        r, delay = signal_at_random(["forget", "--from-file", str(world["ids_file"])], store,
-                                    signal.SIGKILL, rng, duration=world["duration"],
-                                    phase=("any", "staging", "apply")[i % 3])
-        state = ("finished" if r.returncode == 0 else
-                 "committed" if (journal / "journal.json").exists() else
-                 "staging" if journal.exists() else "no journal")
+        r, delay = signal_at_random(
+            ["forget", "--from-file", str(world["ids_file"])],
+            store,
+            signal.SIGKILL,
+            rng,
+            duration=world["duration"],
+            phase=("any", "staging", "apply")[i % 3],
+        )
+        state = (
+            "finished"
+            if r.returncode == 0
+            else "committed"
+            if (journal / "journal.json").exists()
+            else "staging"
+            if journal.exists()
+            else "no journal"
+        )
         present, _ = check_read_only(store, ids, via_cli=i == 1)
         recover_and_check(world, store, not present, via_cli=i == 1)
         outcomes.append((delay, state, not present))
@@ -106,8 +118,14 @@ def test_forget_killed_mid_audit_append(world):
     """A kill while appending the audit entry leaves a torn last line: readers show the committed
     state with a valid chain, and the next writer drops the torn line and appends the entry once."""
     store = copy_store(world, "torn-audit")
-    r = erase("forget", "--from-file", str(world["ids_file"]), "--store", str(store),
-              env=clean_env(ERASE_TEST_CRASH_AT="applied"))
+    r = erase(
+        "forget",
+        "--from-file",
+        str(world["ids_file"]),
+        "--store",
+        str(store),
+        env=clean_env(ERASE_TEST_CRASH_AT="applied"),
+    )
     assert r.returncode == 137, r.stderr
     # The torn line is the start of the entry the committed journal appends (a crash cut that
     # append); any other torn tail would be an edit, which writers refuse (test_guarantees.py).
@@ -123,8 +141,9 @@ def test_forget_killed_mid_audit_append(world):
     recover_and_check(world, store, True, via_cli=True)
 
 
-@pytest.mark.parametrize("command,point", [("append", "staged"), ("append", "apply:3"),
-                                           ("fit", "committed"), ("first-ingest", "committed")])
+@pytest.mark.parametrize(
+    "command,point", [("append", "staged"), ("append", "apply:3"), ("fit", "committed"), ("first-ingest", "committed")]
+)
 def test_ingest_and_fit_killed(world, command, point):
     """Ingest and fit are one transaction too: all or nothing for readers, completed or rolled
     back by the next writing command."""
@@ -137,8 +156,11 @@ def test_ingest_and_fit_killed(world, command, point):
         args = ["ingest", str(data), "--vector-field", "vec"]
     else:
         store = copy_store(world, f"{command}-{point.replace(':', '-')}")
-        args = (["ingest", str(data), "--vector-field", "vec", "--append"] if command == "append"
-                else ["fit", "-k", "3", "--dim", "8"])
+        args = (
+            ["ingest", str(data), "--vector-field", "vec", "--append"]
+            if command == "append"
+            else ["fit", "-k", "3", "--dim", "8"]
+        )
     r = erase(*args, "--store", str(store), env=clean_env(ERASE_TEST_CRASH_AT=point))
     assert r.returncode == 137, r.stderr
     before = snapshot(store)
@@ -146,8 +168,11 @@ def test_ingest_and_fit_killed(world, command, point):
     assert st.returncode == 0, st.stderr
     status = json.loads(st.stdout)
     assert snapshot(store) == before
-    assert status["pending"] == ({"committed": False} if point == "staged" else
-                                 {"committed": True, "action": args[0], "forgotten_data_on_disk": False})
+    assert status["pending"] == (
+        {"committed": False}
+        if point == "staged"
+        else {"committed": True, "action": args[0], "forgotten_data_on_disk": False}
+    )
     expect_applied = point != "staged"
     if command in ("append", "first-ingest"):
         base = 0 if command == "first-ingest" else N_RECORDS

@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from erase_cli import service
-from erase_cli.errors import InvalidInput, StoreChanged
 from helpers import (
     audit_lines,
     build_store,
@@ -25,6 +22,9 @@ from helpers import (
     snapshot,
     write_jsonl,
 )
+
+from erase_cli import service
+from erase_cli.errors import InvalidInput, StoreChanged
 
 
 @pytest.fixture
@@ -57,8 +57,9 @@ def test_unknown_ids_exit_3_after_the_known_ones_are_forgotten(store):
 
 
 def test_a_real_failure_still_exits_1(store, tmp_path):
-    refused(["forget", "ghost", "--store", str(tmp_path / "nowhere")], None, kind="store_missing",
-            mentions=["erase ingest"])
+    refused(
+        ["forget", "ghost", "--store", str(tmp_path / "nowhere")], None, kind="store_missing", mentions=["erase ingest"]
+    )
 
 
 @pytest.mark.parametrize("body", ["", "\n \n\r\n"])
@@ -81,8 +82,12 @@ def test_an_empty_id_file_is_a_successful_no_op(store, tmp_path, body):
 def test_an_empty_id_file_still_needs_a_store(tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("")
-    refused(["forget", "--from-file", str(ids), "--store", str(tmp_path / "nowhere")], None,
-            kind="store_missing", mentions=["erase ingest"])
+    refused(
+        ["forget", "--from-file", str(ids), "--store", str(tmp_path / "nowhere")],
+        None,
+        kind="store_missing",
+        mentions=["erase ingest"],
+    )
 
 
 def test_forget_without_any_ids_is_refused(store):
@@ -118,11 +123,16 @@ def test_ingest_refuses_ids_with_surrounding_whitespace(store, tmp_path):
     good = {"id": "new-1", "input": "fine", "target": "t", "vec": [0.5] * 8}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "new-2 "}) + "\n")
-    msg = refused(["ingest", str(bad), "--vector-field", "vec", "--append", "--store", str(store)],
-                  store, kind="invalid_input", mentions=[f"{bad}:2:", "whitespace", "'new-2 '", "remove it"])
+    msg = refused(
+        ["ingest", str(bad), "--vector-field", "vec", "--append", "--store", str(store)],
+        store,
+        kind="invalid_input",
+        mentions=[f"{bad}:2:", "whitespace", "'new-2 '", "remove it"],
+    )
     assert "\n" not in msg
-    r = erase("ingest", str(bad), "--vector-field", "vec", "--append", "--skip-invalid",
-              "--store", str(store), "--json")
+    r = erase(
+        "ingest", str(bad), "--vector-field", "vec", "--append", "--skip-invalid", "--store", str(store), "--json"
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["ingested"] == 1 and [s["line"] for s in out["skipped_invalid"]] == [2]
@@ -140,17 +150,21 @@ def test_version():
     assert r.stdout == f"erase {version('erase-cli')}\n" and r.stderr == ""
 
 
-@pytest.mark.parametrize("args, mentions", [
-    (["fit", "--bogus"], ["--bogus", "erase fit --help"]),
-    (["fit", "-k", "many"], ["-k", "erase fit --help"]),
-    (["ingest"], ["missing argument", "erase ingest --help"]),
-    (["forget", "--lock-timeout", "soon"], ["--lock-timeout", "erase forget --help"]),
-    (["nosuch"], ["nosuch", "erase --help"]),
-    (["--bogus"], ["--bogus", "erase --help"]),
-])
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (["fit", "--bogus"], ["--bogus", "erase fit --help"]),
+        (["fit", "-k", "many"], ["-k", "erase fit --help"]),
+        (["ingest"], ["missing argument", "erase ingest --help"]),
+        (["forget", "--lock-timeout", "soon"], ["--lock-timeout", "erase forget --help"]),
+        (["nosuch"], ["nosuch", "erase --help"]),
+        (["--bogus"], ["--bogus", "erase --help"]),
+    ],
+)
 def test_usage_errors_with_json_give_the_json_error_object(args, mentions, store):
-    refused([*args, "--store", str(store)] if args[0] != "--bogus" else args, store, code=2,
-            kind="usage", mentions=mentions)
+    refused(
+        [*args, "--store", str(store)] if args[0] != "--bogus" else args, store, code=2, kind="usage", mentions=mentions
+    )
 
 
 def test_usage_errors_without_json_keep_clicks_message(store):
@@ -163,22 +177,30 @@ def test_usage_errors_without_json_keep_clicks_message(store):
 
 def text_jsonl(path: Path, ids: list[str]) -> Path:
     """Records without vectors, for the fake embedder."""
-    path.write_text("".join(json.dumps({"id": i, "input": f"text of {i}", "target": "t"}) + "\n"
-                            for i in ids))
+    path.write_text("".join(json.dumps({"id": i, "input": f"text of {i}", "target": "t"}) + "\n" for i in ids))
     return path
 
 
 def test_a_slow_ingest_never_blocks_a_forget(tmp_path):
     store = tmp_path / "store"
     old = [f"old-{i}" for i in range(12)]
-    r = erase("ingest", str(text_jsonl(tmp_path / "a.jsonl", old)), "--embedder", "fake:16",
-              "--store", str(store))
+    r = erase("ingest", str(text_jsonl(tmp_path / "a.jsonl", old)), "--embedder", "fake:16", "--store", str(store))
     assert r.returncode == 0, r.stderr
     new = [f"new-{i}" for i in range(6)]
     # Six batches of one record, 2 s each: the ingest spends about 12 s embedding.
-    slow = erase_popen("ingest", str(text_jsonl(tmp_path / "b.jsonl", new)), "--embedder", "fake:16",
-                       "--batch-size", "1", "--append", "--store", str(store), "--json",
-                       env=clean_env(ERASE_FAKE_EMBED_DELAY="2"))
+    slow = erase_popen(
+        "ingest",
+        str(text_jsonl(tmp_path / "b.jsonl", new)),
+        "--embedder",
+        "fake:16",
+        "--batch-size",
+        "1",
+        "--append",
+        "--store",
+        str(store),
+        "--json",
+        env=clean_env(ERASE_FAKE_EMBED_DELAY="2"),
+    )
     # Cron forgets one after another while the ingest runs; each must get the lock within its
     # timeout. An ingest that embedded under the exclusive lock would hold them off for 12 s.
     forgot_while_running = 0
@@ -221,14 +243,12 @@ def _vec_records(ids):
 
 def test_ingest_checks_again_under_the_exclusive_lock(tmp_path, monkeypatch):
     store = tmp_path / "store"
-    service.ingest(store, str(write_jsonl(tmp_path / "a.jsonl", _vec_records(["a", "b", "c"]))),
-                   vector_field="vec")
+    service.ingest(store, str(write_jsonl(tmp_path / "a.jsonl", _vec_records(["a", "b", "c"]))), vector_field="vec")
     mine = write_jsonl(tmp_path / "mine.jsonl", _vec_records(["x", "y", "z"]))
     theirs = write_jsonl(tmp_path / "theirs.jsonl", _vec_records(["y"]))
 
     # Another ingest adds "y" while this one embeds: a duplicate, found before writing.
-    _DuringEmbedding(monkeypatch, lambda: service.ingest(store, str(theirs), vector_field="vec",
-                                                         append=True))
+    _DuringEmbedding(monkeypatch, lambda: service.ingest(store, str(theirs), vector_field="vec", append=True))
     before_entries = len(audit_lines(store))
     with pytest.raises(InvalidInput, match="'y' is already in store"):
         service.ingest(store, str(mine), vector_field="vec", append=True)
@@ -242,7 +262,10 @@ def test_ingest_checks_again_under_the_exclusive_lock(tmp_path, monkeypatch):
     out = service.ingest(store, str(mine), vector_field="vec", append=True)
     assert out["ingested"] == 2 and out["skipped_forgotten"] == ["y"]
     assert [i["status"] for i in service.forget(store, ["x", "y", "z"], dry_run=True)["ids"]] == [
-        "would_forget", "already_forgotten", "would_forget"]
+        "would_forget",
+        "already_forgotten",
+        "would_forget",
+    ]
 
 
 def test_ingest_refuses_a_store_replaced_while_embedding(tmp_path, monkeypatch):
@@ -267,8 +290,7 @@ def test_ingest_refuses_an_incompatible_embedder_before_embedding(tmp_path, monk
     monkeypatch.setenv("ERASE_FAKE_EMBED_DELAY", "30")  # embedding would take 30 s per batch
     t0 = time.monotonic()
     with pytest.raises(InvalidInput, match="dimension 8"):
-        service.ingest(store, str(text_jsonl(tmp_path / "b.jsonl", ["b"])), embedder="fake:8",
-                       append=True)
+        service.ingest(store, str(text_jsonl(tmp_path / "b.jsonl", ["b"])), embedder="fake:8", append=True)
     assert time.monotonic() - t0 < 20
 
 
@@ -294,19 +316,19 @@ def test_forget_redacts_every_id_it_prints(store, tmp_path):
     r = erase("forget", "--from-file", str(ids), "--redact-ids", "--store", str(store), "--json")
     assert r.returncode == 3, r.stderr
     items = json.loads(r.stdout)["ids"]
-    assert [i["id"] for i in items] == [shown(store, "rec-000005-ID"),
-                                        shown(store, "jane.doe@example.org"),
-                                        shown(store, " rec-000006-ID")]
+    assert [i["id"] for i in items] == [
+        shown(store, "rec-000005-ID"),
+        shown(store, "jane.doe@example.org"),
+        shown(store, " rec-000006-ID"),
+    ]
     assert [i["status"] for i in items] == ["forgotten", "not_found", "not_found"]
     assert "whitespace" in items[2]["hint"]
     # The hashes are the audit log's: a redacted cron log can be matched against it.
     assert audit_lines(store)[-1]["id_hashes"][0].startswith(items[0]["id"][2:])
-    human = erase("forget", "--from-file", str(ids), "--store", str(store),
-                  env=clean_env(ERASE_REDACT_IDS="1"))
+    human = erase("forget", "--from-file", str(ids), "--store", str(store), env=clean_env(ERASE_REDACT_IDS="1"))
     assert human.returncode == 3 and shown(store, "jane.doe@example.org") in human.stderr
     assert "hint" in human.stderr
-    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr],
-                  ["rec-000005", "jane.doe", "rec-000006"])
+    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr], ["rec-000005", "jane.doe", "rec-000006"])
     plain = erase("forget", "--from-file", str(ids), "--store", str(store), "--json")
     assert "jane.doe@example.org" in plain.stdout  # without the flag, ids are shown as they are
 
@@ -318,22 +340,41 @@ def test_ingest_redacts_ids_in_reports_and_errors(store, tmp_path):
     erase("forget", "rec-000007-ID", "--store", str(store))
     data = tmp_path / "more.jsonl"
     data.write_text(line("new-alice") + line("new-alice") + line(" new-bob") + line("rec-000007-ID"))
-    r = erase("ingest", str(data), "--vector-field", "vec", "--append", "--skip-invalid",
-              "--redact-ids", "--store", str(store), "--json")
+    r = erase(
+        "ingest",
+        str(data),
+        "--vector-field",
+        "vec",
+        "--append",
+        "--skip-invalid",
+        "--redact-ids",
+        "--store",
+        str(store),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["skipped_forgotten"] == [shown(store, "rec-000007-ID")]
     assert [s["ids"] for s in out["skipped_invalid"]] == [
-        [shown(store, "new-alice")], [shown(store, " new-bob"), shown(store, "new-bob")]]
+        [shown(store, "new-alice")],
+        [shown(store, " new-bob"), shown(store, "new-bob")],
+    ]
     assert shown(store, " new-bob") in out["skipped_invalid"][1]["message"]
-    human = erase("ingest", str(data), "--vector-field", "vec", "--append", "--skip-invalid",
-                  "--store", str(store), env=clean_env(ERASE_REDACT_IDS="1"))
+    human = erase(
+        "ingest",
+        str(data),
+        "--vector-field",
+        "vec",
+        "--append",
+        "--skip-invalid",
+        "--store",
+        str(store),
+        env=clean_env(ERASE_REDACT_IDS="1"),
+    )
     assert human.returncode == 1 and shown(store, "new-alice") in human.stderr  # now a duplicate
-    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr],
-                  ["new-alice", "new-bob", "rec-000007"])
+    assert_no_raw([r.stdout, r.stderr, human.stdout, human.stderr], ["new-alice", "new-bob", "rec-000007"])
     # Refused before any store exists: there is no key to hash with, and the id is still hidden.
-    r = erase("ingest", str(data), "--vector-field", "vec", "--redact-ids",
-              "--store", str(tmp_path / "new"), "--json")
+    r = erase("ingest", str(data), "--vector-field", "vec", "--redact-ids", "--store", str(tmp_path / "new"), "--json")
     assert r.returncode == 1 and "[redacted]" in r.stderr
     assert_no_raw([r.stdout, r.stderr], ["new-alice"])
 
@@ -358,12 +399,16 @@ def test_fit_and_status_redact_the_example_ids(store):
 
 
 def test_the_readme_lists_every_error_kind_status_and_exit_code():
-    from erase_cli import errors
     from helpers import ROOT
 
+    from erase_cli import errors
+
     readme = (ROOT / "README.md").read_text()
-    kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EraseError)
-             and c is not errors.EraseError]
+    kinds = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.EraseError) and c is not errors.EraseError
+    ]
     for cls in kinds:
         assert f"| `{cls.kind}` | {cls.exit_code} |" in readme, cls.kind
     assert "| `usage` | 2 |" in readme and "| `interrupted` | 128 + signal |" in readme
@@ -373,5 +418,6 @@ def test_the_readme_lists_every_error_kind_status_and_exit_code():
         assert f"\n| {code} |" in readme, code
     for cls in kinds:
         if "_" in cls.kind:
-            assert (f"| `{cls.kind.replace('_', '-')}` | `{cls.kind}` |" in readme
-                    or cls is errors.StoreChanged), cls.kind  # new in issue 9: never hyphenated
+            assert f"| `{cls.kind.replace('_', '-')}` | `{cls.kind}` |" in readme or cls is errors.StoreChanged, (
+                cls.kind
+            )  # new in issue 9: never hyphenated

@@ -78,9 +78,7 @@ def test_unit_rows_rejects_zero_and_nonfinite():
 
 def test_unit_rows_rounds_once_from_float64():
     x = np.array([[3.0, 4.0], [1e-30, 0.0]])
-    np.testing.assert_array_equal(
-        embed._unit_rows(x, 0), np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
-    )
+    np.testing.assert_array_equal(embed._unit_rows(x, 0), np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32))
 
 
 def test_import_does_not_load_torch():

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, erase, find_bytes
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,16 @@ from erase_cli.llm import FakeGenerator
 
 def _mc_task(tmp_path, n=40, name="toy_mc"):
     examples = [
-        {"input": f"Is {i} even?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2)}}
-        for i in range(n)
+        {"input": f"Is {i} even?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2)}} for i in range(n)
     ]
-    task = {"name": name, "task_prefix": "Parity.\n", "example_input_prefix": "\nQ: ",
-            "example_output_prefix": "\nA: ", "append_choices_to_input": False,
-            "examples": examples}
+    task = {
+        "name": name,
+        "task_prefix": "Parity.\n",
+        "example_input_prefix": "\nQ: ",
+        "example_output_prefix": "\nA: ",
+        "append_choices_to_input": False,
+        "examples": examples,
+    }
     path = tmp_path / "task.json"
     path.write_text(json.dumps(task))
     return path
@@ -103,14 +107,14 @@ def test_bad_task_files(tmp_path):
 
 
 def test_jsonl_single_file_and_pair(tmp_path):
-    rows = [{"id": f"r{i}", "input": f"text {i}", "target": "a" if i % 3 else "b",
-             "choices": ["a", "b"]} for i in range(30)]
+    rows = [
+        {"id": f"r{i}", "input": f"text {i}", "target": "a" if i % 3 else "b", "choices": ["a", "b"]} for i in range(30)
+    ]
     path = tmp_path / "intents.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     task = load_task(path)
     assert task.name == "intents"
-    assert sorted(it.id for it in task.test) == sorted(
-        r["id"] for r in rows if is_test("intents", r["id"]))
+    assert sorted(it.id for it in task.test) == sorted(r["id"] for r in rows if is_test("intents", r["id"]))
     assert [it.id for it in task.test] == sorted(it.id for it in task.test)
     pair = tmp_path / "pair"
     pair.mkdir()
@@ -214,8 +218,9 @@ def test_run_eval_rejects_bad_options(tmp_path):
 def test_render_table_has_a_row_per_method(tmp_path):
     from rich.console import Console
 
-    out = run_eval(_mc_task(tmp_path), ["erase", "random", "zero"], limit=5,
-                   generator=_ParityGenerator(), embedder=FakeEmbedder(8))
+    out = run_eval(
+        _mc_task(tmp_path), ["erase", "random", "zero"], limit=5, generator=_ParityGenerator(), embedder=FakeEmbedder(8)
+    )
     console = Console(width=200, record=True)
     console.print(render_table(out))
     text = console.export_text()

@@ -9,11 +9,20 @@ import os
 import stat
 
 import pytest
+from helpers import (
+    VECTOR_FIELD,
+    audit_lines,
+    build_store,
+    clean_env,
+    erase,
+    make_records,
+    record_needles,
+    refused,
+    snapshot,
+)
 
 from erase_cli import service
 from erase_cli.errors import InvalidParameter, StoreLocked
-from helpers import (VECTOR_FIELD, audit_lines, build_store, clean_env, erase, make_records,
-                     record_needles, refused, snapshot)
 
 FIT = ["-k", "4", "--dim", "8", "--eps", "0.1", "--max-iter", "3"]  # build_store's parameters
 
@@ -76,15 +85,20 @@ def test_export_holds_the_survivors_and_nothing_forgotten(world, tmp_path):
 
 def test_choices_and_list_targets_round_trip(tmp_path):
     src = tmp_path / "data.jsonl"
-    src.write_text(json.dumps({"id": 7, "input": "q", "target": ["b", "a"], "choices": ["a", "b"],
-                               VECTOR_FIELD: [1.0, 2.0]}) + "\n"
-                   + json.dumps({"id": "x", "input": "r", "target": "t", VECTOR_FIELD: [2.0, 1.0]}) + "\n")
+    src.write_text(
+        json.dumps({"id": 7, "input": "q", "target": ["b", "a"], "choices": ["a", "b"], VECTOR_FIELD: [1.0, 2.0]})
+        + "\n"
+        + json.dumps({"id": "x", "input": "r", "target": "t", VECTOR_FIELD: [2.0, 1.0]})
+        + "\n"
+    )
     store = tmp_path / "store"
     ok("ingest", str(src), "--vector-field", VECTOR_FIELD, "--store", str(store))
     out = tmp_path / "export.jsonl"
     ok("export", "--output", str(out), "--store", str(store))
-    assert read_jsonl(out) == [{"id": "7", "input": "q", "target": ["b", "a"], "choices": ["a", "b"]},
-                               {"id": "x", "input": "r", "target": "t"}]
+    assert read_jsonl(out) == [
+        {"id": "7", "input": "q", "target": ["b", "a"], "choices": ["a", "b"]},
+        {"id": "x", "input": "r", "target": "t"},
+    ]
 
 
 def test_export_file_is_owner_only_even_under_a_loose_umask(world, tmp_path):
@@ -105,8 +119,12 @@ def test_existing_file_is_never_overwritten_without_force(world, tmp_path):
     store, _, _ = world
     out = tmp_path / "precious.jsonl"
     out.write_text("keep me\n")
-    msg = refused(["export", "--output", str(out), "--store", str(store)], store,
-                  kind=InvalidParameter.kind, mentions=["already exists", "--force"])
+    msg = refused(
+        ["export", "--output", str(out), "--store", str(store)],
+        store,
+        kind=InvalidParameter.kind,
+        mentions=["already exists", "--force"],
+    )
     assert str(out) in msg
     assert out.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -114,8 +132,12 @@ def test_existing_file_is_never_overwritten_without_force(world, tmp_path):
 
 def test_export_inside_the_store_is_refused(world):
     store, _, _ = world
-    refused(["export", "--output", str(store / "fit" / "copy.jsonl"), "--store", str(store)], store,
-            kind=InvalidParameter.kind, mentions=["inside store"])
+    refused(
+        ["export", "--output", str(store / "fit" / "copy.jsonl"), "--store", str(store)],
+        store,
+        kind=InvalidParameter.kind,
+        mentions=["inside store"],
+    )
 
 
 def test_export_is_an_audit_entry_with_counts_only(world, tmp_path):
@@ -157,8 +179,12 @@ def test_export_to_stdout_is_explicit(world, tmp_path):
     # Without --output nothing is written anywhere: the destination must be chosen.
     r = erase("export", "--store", str(store))
     assert r.returncode == 2 and "--output" in r.stderr and r.stdout == ""
-    refused(["export", "--output", "-", "--store", str(store)], store, kind=InvalidParameter.kind,
-            mentions=["--json", "stdout"])
+    refused(
+        ["export", "--output", "-", "--store", str(store)],
+        store,
+        kind=InvalidParameter.kind,
+        mentions=["--json", "stdout"],
+    )
 
 
 def test_a_forget_during_the_read_makes_the_export_read_again(world, tmp_path, monkeypatch):

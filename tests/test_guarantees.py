@@ -19,15 +19,10 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
 
 import orjson
 import pytest
-
-from erase_cli import audit
-from erase_cli.qkmeans import id_hash64
-from erase_cli.store import index_rel, shard_of
 from helpers import (
     build_store,
     clean_env,
@@ -39,6 +34,10 @@ from helpers import (
     snapshot,
     write_jsonl,
 )
+
+from erase_cli import audit
+from erase_cli.qkmeans import id_hash64
+from erase_cli.store import index_rel, shard_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -86,8 +85,15 @@ def test_signal_after_commit_point_finishes_the_batch(store, template):
     """The issue's brick: SIGINT once the journal is committed used to delete it. Now the batch
     is finished (purge included) and the command exits 0 with its normal report."""
     victims = [template[1][i] for i in (20, 21)]
-    r = erase("forget", victims[0].id, victims[1].id, "--store", str(store), "--json",
-              env=clean_env(ERASE_TEST_SIGNAL_AT="committed:SIGINT"))
+    r = erase(
+        "forget",
+        victims[0].id,
+        victims[1].id,
+        "--store",
+        str(store),
+        "--json",
+        env=clean_env(ERASE_TEST_SIGNAL_AT="committed:SIGINT"),
+    )
     assert r.returncode == 0, r.stderr
     assert "finishing the committed change" in r.stderr
     assert [i["status"] for i in json.loads(r.stdout)["ids"]] == ["forgotten"] * 2
@@ -99,8 +105,7 @@ def test_signal_after_commit_point_finishes_the_batch(store, template):
 @pytest.mark.parametrize("point,sig", [("begin", "SIGINT"), ("staged", "SIGTERM"), ("staged", "SIGHUP")])
 def test_signal_before_commit_point_rolls_back(store, template, point, sig):
     before = snapshot(store)
-    r = erase("forget", rid(template, 20), "--store", str(store),
-              env=clean_env(ERASE_TEST_SIGNAL_AT=f"{point}:{sig}"))
+    r = erase("forget", rid(template, 20), "--store", str(store), env=clean_env(ERASE_TEST_SIGNAL_AT=f"{point}:{sig}"))
     import signal as signal_mod
 
     assert r.returncode == 128 + signal_mod.Signals[sig], r.stderr
@@ -111,8 +116,13 @@ def test_signal_before_commit_point_rolls_back(store, template, point, sig):
 
 def test_second_signal_leaves_the_committed_journal_for_the_next_writer(store, template):
     victim = template[1][22]
-    r = erase("forget", victim.id, "--store", str(store),
-              env=clean_env(ERASE_TEST_SIGNAL_AT="committed:SIGINT,apply:1:SIGTERM"))
+    r = erase(
+        "forget",
+        victim.id,
+        "--store",
+        str(store),
+        env=clean_env(ERASE_TEST_SIGNAL_AT="committed:SIGINT,apply:1:SIGTERM"),
+    )
     assert r.returncode == 143, r.stderr
     assert (store / "journal" / "journal.json").exists()
     st = json.loads(ok("status", "--store", str(store), "--json"))
@@ -134,17 +144,24 @@ def test_planted_journal_cannot_reach_outside_the_store(store, tmp_path):
     (store / "journal" / "x" / "evil.sh").write_text("echo pwned\n")
     victim = tmp_path / "victim.txt"
     victim.write_text("keep\n")
-    (store / "journal" / "journal.json").write_text(json.dumps(
-        {"action": "fit", "replaces": ["../x/evil.sh"], "deletes": ["../victim.txt"], "audit": None}))
+    (store / "journal" / "journal.json").write_text(
+        json.dumps({"action": "fit", "replaces": ["../x/evil.sh"], "deletes": ["../victim.txt"], "audit": None})
+    )
     for args in (["fit", "--dim", "8"], ["status"], ["forget", "anything"]):
-        refused([*args, "--store", str(store)], store, kind="store_damaged",
-                mentions=["journal", "not a file of the store format"])
+        refused(
+            [*args, "--store", str(store)],
+            store,
+            kind="store_damaged",
+            mentions=["journal", "not a file of the store format"],
+        )
     assert victim.read_text() == "keep\n"
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("entry", [{"replaces": ["/etc/passwd"]}, {"deletes": ["fit/../../v"]},
-                                   {"deletes": ["records.zarr"]}, {"action": "rm"}])
+@pytest.mark.parametrize(
+    "entry",
+    [{"replaces": ["/etc/passwd"]}, {"deletes": ["fit/../../v"]}, {"deletes": ["records.zarr"]}, {"action": "rm"}],
+)
 def test_journal_names_are_checked_one_by_one(store, entry):
     journal = {"action": "fit", "replaces": [], "deletes": [], "audit": None, **entry}
     (store / "journal").mkdir()
@@ -155,8 +172,9 @@ def test_journal_names_are_checked_one_by_one(store, entry):
 # --------------------------------------------------------------------------- 3. symbolic links
 
 
-@pytest.mark.parametrize("name", ["fit", "index", "records.zarr", "audit.jsonl", "cache", "journal",
-                                  "records.zarr/emb", "manifest.json"])
+@pytest.mark.parametrize(
+    "name", ["fit", "index", "records.zarr", "audit.jsonl", "cache", "journal", "records.zarr/emb", "manifest.json"]
+)
 def test_symlinks_inside_the_store_are_refused(store, template, tmp_path, name):
     target = store / name
     outside = tmp_path / "elsewhere"
@@ -168,8 +186,12 @@ def test_symlinks_inside_the_store_are_refused(store, template, tmp_path, name):
     shutil.move(str(target), str(outside))
     target.symlink_to(outside, target_is_directory=outside.is_dir())
     before_outside = snapshot(outside) if outside.is_dir() else outside.read_bytes()
-    refused(["forget", rid(template, 30), "--store", str(store)], store, kind="store_damaged",
-            mentions=[name, "symbolic link"])
+    refused(
+        ["forget", rid(template, 30), "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=[name, "symbolic link"],
+    )
     assert (snapshot(outside) if outside.is_dir() else outside.read_bytes()) == before_outside
 
 
@@ -185,8 +207,12 @@ def test_store_path_itself_may_be_a_symlink(store, template, tmp_path):
 
 def test_removed_audit_log_is_detected_and_refused(store, template):
     (store / "audit.jsonl").unlink()
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
-            mentions=["audit", "missing", "backup"])
+    refused(
+        ["forget", rid(template, 20), "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=["audit", "missing", "backup"],
+    )
     r = erase("log", "--verify", "--store", str(store))
     assert r.returncode == 1 and "BROKEN" in r.stdout
 
@@ -194,10 +220,9 @@ def test_removed_audit_log_is_detected_and_refused(store, template):
 def test_cut_last_audit_line_is_refused(store, template):
     log = store / "audit.jsonl"
     data = log.read_bytes()
-    last = data[: -1].rfind(b"\n") + 1
+    last = data[:-1].rfind(b"\n") + 1
     log.write_bytes(data[: last + (len(data) - last) // 2])
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
-            mentions=["audit"])
+    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged", mentions=["audit"])
     assert erase("log", "--verify", "--store", str(store)).returncode == 1
 
 
@@ -217,8 +242,7 @@ def test_rehashed_history_with_reset_head_is_detected(store):
     meta = orjson.loads((store / "store.json").read_bytes())
     meta["audit_head"] = prev
     (store / "store.json").write_bytes(orjson.dumps(meta))
-    refused(["log", "--verify", "--store", str(store)], store, kind="store_damaged",
-            mentions=["store.json", "keyed"])
+    refused(["log", "--verify", "--store", str(store)], store, kind="store_damaged", mentions=["store.json", "keyed"])
 
 
 def test_head_and_expect_head(store, template):
@@ -237,39 +261,54 @@ def _shard_of(record_id: str) -> str:
     return index_rel(int(shard_of(id_hash64([record_id]))[0]))
 
 
-@pytest.mark.parametrize("missing,args", [
-    ("forgotten.json", ["forget", "ID10"]),
-    ("forgotten.json", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
-    ("secret", ["forget", "ID10"]),
-    ("secret", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
-    ("SHARD", ["forget", "ID50", "--missing-ok"]),
-    ("index", ["fit", "--dim", "8"]),
-    ("fit/state.npz", ["forget", "EXAMPLE"]),
-    ("manifest.json", ["forget", "ID50"]),
-    ("fit/state.npz", ["verify"]),
-    ("records.zarr/ids/c/0", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
-    ("records.zarr/emb/c/0/0", ["fit", "--dim", "8"]),
-    ("records.zarr/emb/c/0/0", ["verify"]),
-    ("records.zarr/data/zarr.json", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
-])
+@pytest.mark.parametrize(
+    "missing,args",
+    [
+        ("forgotten.json", ["forget", "ID10"]),
+        ("forgotten.json", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
+        ("secret", ["forget", "ID10"]),
+        ("secret", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
+        ("SHARD", ["forget", "ID50", "--missing-ok"]),
+        ("index", ["fit", "--dim", "8"]),
+        ("fit/state.npz", ["forget", "EXAMPLE"]),
+        ("manifest.json", ["forget", "ID50"]),
+        ("fit/state.npz", ["verify"]),
+        ("records.zarr/ids/c/0", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
+        ("records.zarr/emb/c/0/0", ["fit", "--dim", "8"]),
+        ("records.zarr/emb/c/0/0", ["verify"]),
+        ("records.zarr/data/zarr.json", ["ingest", "DATA", "--vector-field", "vec", "--append"]),
+    ],
+)
 def test_missing_file_is_damage(store, template, tmp_path, missing, args):
     records = template[1]
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
-    names = {"ID10": records[10].id, "ID50": records[50].id, "DATA": str(data),
-             "EXAMPLE": template[2]["examples"][0]["id"]}
+    names = {
+        "ID10": records[10].id,
+        "ID50": records[50].id,
+        "DATA": str(data),
+        "EXAMPLE": template[2]["examples"][0]["id"],
+    }
     if missing == "SHARD":
         missing = _shard_of(records[50].id)
     path = store / missing
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    refused([*(names.get(a, a) for a in args), "--store", str(store)], store, kind="store_damaged",
-            mentions=[missing.split("/")[0], "missing", "backup"])
+    refused(
+        [*(names.get(a, a) for a in args), "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=[missing.split("/")[0], "missing", "backup"],
+    )
 
 
 def test_broken_zarr_json_is_damage(store, tmp_path):
     (store / "records.zarr" / "ids" / "zarr.json").write_text("{ not json")
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
-    refused(["ingest", str(data), "--vector-field", "vec", "--append", "--store", str(store)], store,
-            kind="store_damaged", mentions=["zarr.json", "checksum"])
+    refused(
+        ["ingest", str(data), "--vector-field", "vec", "--append", "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=["zarr.json", "checksum"],
+    )
 
 
 # --------------------------------------------------------------------------- 6. store.json
@@ -283,15 +322,18 @@ def test_store_json_edit_with_recomputed_plain_checksum_is_damage(store, tmp_pat
     (store / "store.json").write_bytes(orjson.dumps(meta))
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
     for args in (["status"], ["ingest", str(data), "--vector-field", "vec", "--append"]):
-        refused([*args, "--store", str(store)], store, kind="store_damaged",
-                mentions=["store.json", "damaged"])
+        refused([*args, "--store", str(store)], store, kind="store_damaged", mentions=["store.json", "damaged"])
 
 
 def test_store_json_removed_is_damage_not_a_new_store(store, tmp_path):
     (store / "store.json").unlink()
     data = write_jsonl(tmp_path / "more.jsonl", make_records(3, seed=5, prefix="more"))
-    refused(["ingest", str(data), "--vector-field", "vec", "--store", str(store)], store,
-            kind="store_damaged", mentions=["store.json", "missing"])
+    refused(
+        ["ingest", str(data), "--vector-field", "vec", "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=["store.json", "missing"],
+    )
 
 
 # --------------------------------------------------------------------------- 7. one-line errors
@@ -304,11 +346,14 @@ def test_lock_that_is_a_directory(store):
         refused([*args, "--store", str(store)], store, kind="store_damaged", mentions=["lock", "rm -r"])
 
 
-@pytest.mark.parametrize("args,mentions", [
-    (["fit", "-k", "100000000000000000000"], ["k must be between"]),
-    (["fit", "-k", "20000"], ["k must be between"]),
-    (["fit", "--max-iter", "100000000"], ["max_iter must be between"]),
-])
+@pytest.mark.parametrize(
+    "args,mentions",
+    [
+        (["fit", "-k", "100000000000000000000"], ["k must be between"]),
+        (["fit", "-k", "20000"], ["k must be between"]),
+        (["fit", "--max-iter", "100000000"], ["max_iter must be between"]),
+    ],
+)
 def test_fit_parameter_limits(store, args, mentions):
     refused([*args, "--store", str(store)], store, kind="invalid_parameter", mentions=mentions)
 
@@ -316,8 +361,7 @@ def test_fit_parameter_limits(store, args, mentions):
 def test_garbage_last_audit_line_names_the_problem(store, template):
     with open(store / "audit.jsonl", "ab") as f:
         f.write(b"garbage\n")
-    msg = refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged",
-                  mentions=["audit"])
+    msg = refused(["forget", rid(template, 20), "--store", str(store)], store, kind="store_damaged", mentions=["audit"])
     assert "None" not in msg
 
 
@@ -339,8 +383,13 @@ def test_readers_take_lock_timeout(store):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         for cmd in ("status", "verify", "log"):
-            refused([cmd, "--store", str(store), "--lock-timeout", "0"], store, code=75,
-                    kind="store_locked", mentions=["locked"])
+            refused(
+                [cmd, "--store", str(store), "--lock-timeout", "0"],
+                store,
+                code=75,
+                kind="store_locked",
+                mentions=["locked"],
+            )
             r = erase(cmd, "--store", str(store), env=clean_env(ERASE_LOCK_TIMEOUT="0.1"))
             assert r.returncode == 75, r.stderr
     finally:
@@ -349,8 +398,7 @@ def test_readers_take_lock_timeout(store):
 
 def test_group_readable_secret_is_refused(store, template):
     os.chmod(store / "secret", 0o640)
-    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="insecure_key",
-            mentions=["chmod 600"])
+    refused(["forget", rid(template, 20), "--store", str(store)], store, kind="insecure_key", mentions=["chmod 600"])
 
 
 def test_world_writable_store_is_warned_about(store):
@@ -376,8 +424,12 @@ def test_external_key(tmp_path):
     other = tmp_path / "other-key"
     other.write_bytes(os.urandom(32))
     os.chmod(other, 0o600)
-    refused(["status", "--store", str(store), "--secret-file", str(other)], store, kind="key_mismatch",
-            mentions=["not the key"])
+    refused(
+        ["status", "--store", str(store), "--secret-file", str(other)],
+        store,
+        kind="key_mismatch",
+        mentions=["not the key"],
+    )
     out = json.loads(ok("verify", "--store", str(store), "--json", env=env))
     assert out["identical"] is True
     ok("log", "--verify", "--store", str(store), env=env)

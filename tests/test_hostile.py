@@ -18,12 +18,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from helpers import ERASE, build_store, clean_env, erase, make_records, refused, snapshot, write_jsonl
 from typer.testing import CliRunner
 
 from erase_cli import store as store_mod
 from erase_cli.cli import app
 from erase_cli.records import MAX_ID_BYTES, MAX_JSON_DEPTH, MAX_LINE_BYTES
-from helpers import ERASE, build_store, clean_env, erase, make_records, refused, snapshot, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +59,23 @@ def _truncate(path: Path) -> None:
 
 # Which command reads which array: forget looks ids up (ids) and reads the vectors (emb); verify
 # streams ids, idh and emb and reads the examples' data for the manifest.
-@pytest.mark.parametrize("damage,array,command", [
-    (_flip, "ids", "forget"), (_flip, "data", "verify"), (_flip, "idh", "verify"),
-    (_flip, "emb", "verify"), (_truncate, "ids", "verify"), (_truncate, "emb", "forget"),
-], ids=["flipped-ids", "flipped-data", "flipped-idh", "flipped-emb", "truncated-ids", "truncated-emb"])
+@pytest.mark.parametrize(
+    "damage,array,command",
+    [
+        (_flip, "ids", "forget"),
+        (_flip, "data", "verify"),
+        (_flip, "idh", "verify"),
+        (_flip, "emb", "verify"),
+        (_truncate, "ids", "verify"),
+        (_truncate, "emb", "forget"),
+    ],
+    ids=["flipped-ids", "flipped-data", "flipped-idh", "flipped-emb", "truncated-ids", "truncated-emb"],
+)
 def test_damaged_chunk_is_reported_not_answered(store, template, damage, array, command):
     chunk = store / "records.zarr" / array / "c" / ("0/0" if array == "emb" else "0")
     damage(chunk)
     args = ["verify"] if command == "verify" else ["forget", template[1][5].id]
-    refused([*args, "--store", str(store)], store, kind="store_damaged",
-            mentions=[array, "damaged", "backup"])
+    refused([*args, "--store", str(store)], store, kind="store_damaged", mentions=[array, "damaged", "backup"])
 
 
 @pytest.mark.parametrize("damage", ["edited", "truncated"])
@@ -81,11 +88,11 @@ def test_damaged_manifest(store, damage):
         path.write_text(text.replace("TGT", "XYZ", 1))
     else:
         _truncate(path)
-    refused(["status", "--store", str(store)], store, kind="store_damaged",
-            mentions=["manifest.json", "checksum"])
+    refused(["status", "--store", str(store)], store, kind="store_damaged", mentions=["manifest.json", "checksum"])
     if damage == "edited":
-        refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged",
-                mentions=["manifest.json"])
+        refused(
+            ["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged", mentions=["manifest.json"]
+        )
 
 
 def test_manifest_of_unknown_format_is_damage(store):
@@ -98,8 +105,12 @@ def test_manifest_of_unknown_format_is_damage(store):
             tx.write_file(store_mod.MANIFEST, orjson.dumps(manifest))
             tx.set_meta(st.meta)
             tx.commit({})
-    refused(["status", "--store", str(store)], store, kind="store_damaged",
-            mentions=["manifest.json", "erase-manifest/99", "erase fit"])
+    refused(
+        ["status", "--store", str(store)],
+        store,
+        kind="store_damaged",
+        mentions=["manifest.json", "erase-manifest/99", "erase fit"],
+    )
 
 
 @pytest.mark.parametrize("name", ["fit/state.npz", "index", "forgotten.json"])
@@ -113,8 +124,7 @@ def test_damaged_checksummed_file(store, name):
         name = index_rel(int(shard_of(id_hash64(["rec-000001-ID"]))[0]))
     path = store / name
     _flip(path, at=0.9)
-    refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged",
-            mentions=[name])
+    refused(["forget", "rec-000001-ID", "--store", str(store)], store, kind="store_damaged", mentions=[name])
 
 
 def test_newer_store_format_is_refused(store):
@@ -122,8 +132,7 @@ def test_newer_store_format_is_refused(store):
     meta["format_version"] = 99
     (store / "store.json").write_bytes(orjson.dumps(meta))
     for args in (["status"], ["forget", "rec-000001-ID"], ["fit", "--dim", "8"]):
-        refused([*args, "--store", str(store)], store, kind="store_format_newer",
-                mentions=["99", "upgrade erase"])
+        refused([*args, "--store", str(store)], store, kind="store_format_newer", mentions=["99", "upgrade erase"])
 
 
 def test_store_path_that_is_a_file(tmp_path, template):
@@ -162,8 +171,7 @@ def test_read_only_store_refuses_writers(store, monkeypatch):
     # Tests run as root, which ignores permission bits, so chmod alone cannot make the store
     # read-only here: report "not writable" the way the kernel would to an ordinary user.
     real_access = os.access
-    monkeypatch.setattr(os, "access",
-                        lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
     before = snapshot(store)
     result = _invoke(["forget", "rec-000001-ID", "--store", str(store), "--json"])
     assert result.exit_code == 1
@@ -205,8 +213,7 @@ def test_disk_full_during_forget_leaves_store_unchanged(store, monkeypatch, wher
     if where == "journal":
         monkeypatch.setattr(store_mod, "atomic_write", _enospc)  # the commit point itself
     elif where == "staged-file":
-        _fail_staged_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"),
-                            ("store.json",))
+        _fail_staged_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"), ("store.json",))
     else:
         import zarr.storage
 
@@ -239,8 +246,9 @@ def test_hostile_id_files(store, tmp_path, case):
             out.write(b"rec-000001-ID\n" + b"x" * (10 * 2**20) + b"\n")
     else:
         f.write_bytes(b"rec-000001-ID\n\xff\xfe\xc3(\n")
-    msg = refused(["forget", "--from-file", str(f), "--store", str(store)], store,
-                  kind="invalid_input", mentions=mentions)
+    msg = refused(
+        ["forget", "--from-file", str(f), "--store", str(store)], store, kind="invalid_input", mentions=mentions
+    )
     assert ":2:" in msg  # names the line
     assert len(msg) < 400  # the 10 MB id is not echoed back
     # (an id file with no id at all is an empty batch, no error: tests/test_cron.py)
@@ -274,9 +282,25 @@ def test_100mb_jsonl_line_is_refused_in_bounded_memory(store, tmp_path):
     )
 
     def peak_kib(path: Path) -> int:
-        r = subprocess.run([sys.executable, "-c", probe, ERASE, "ingest", str(path), "--vector-field",
-                            "vec", "--append", "--store", str(store)], capture_output=True, text=True,
-                           env=clean_env(), timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                probe,
+                ERASE,
+                "ingest",
+                str(path),
+                "--vector-field",
+                "vec",
+                "--append",
+                "--store",
+                str(store),
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+        )
         return int(r.stdout.strip())
 
     base, peak = peak_kib(small), peak_kib(big)
@@ -286,10 +310,16 @@ def test_100mb_jsonl_line_is_refused_in_bounded_memory(store, tmp_path):
 
 def _ingest_line(store: Path, tmp_path: Path, line: bytes, mentions: list[str]) -> str:
     f = tmp_path / "bad.jsonl"
-    good = b'{"id": "ok-1", "input": "fine", "target": "t", "vec": [0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]}\n'
+    good = (
+        b'{"id": "ok-1", "input": "fine", "target": "t", "vec": [0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]}\n'
+    )
     f.write_bytes(good + line + b"\n")
-    msg = refused(["ingest", str(f), "--vector-field", "vec", "--append", "--store", str(store)], store,
-                  kind="invalid_input", mentions=mentions)
+    msg = refused(
+        ["ingest", str(f), "--vector-field", "vec", "--append", "--store", str(store)],
+        store,
+        kind="invalid_input",
+        mentions=mentions,
+    )
     assert ":2:" in msg
     return msg
 
@@ -298,12 +328,15 @@ def test_deeply_nested_json(store, tmp_path):
     depth = 100_000
     line = b'{"id": "deep", "input": "x", "target": "t", "vec": [1], "extra": ' + b"[" * depth + b"]" * depth + b"}"
     _ingest_line(store, tmp_path, line, ["nested", str(MAX_JSON_DEPTH)])
-    shallow_but_over = b'{"id": "deep", "input": "x", "target": "t", "vec": [1], "extra": ' + b"[" * 80 + b"]" * 80 + b"}"
+    shallow_but_over = (
+        b'{"id": "deep", "input": "x", "target": "t", "vec": [1], "extra": ' + b"[" * 80 + b"]" * 80 + b"}"
+    )
     _ingest_line(store, tmp_path, shallow_but_over, ["nested"])
 
 
-@pytest.mark.parametrize("token,word", [(b"NaN", "NaN"), (b"Infinity", "Infinity"),
-                                        (b"-Infinity", "Infinity"), (b"1e999", "finite")])
+@pytest.mark.parametrize(
+    "token,word", [(b"NaN", "NaN"), (b"Infinity", "Infinity"), (b"-Infinity", "Infinity"), (b"1e999", "finite")]
+)
 def test_non_finite_vectors(store, tmp_path, token, word):
     vec = b"[" + b", ".join([b"0.1"] * 15 + [token]) + b"]"
     line = b'{"id": "nf-1", "input": "x", "target": "t", "vec": ' + vec + b"}"

@@ -9,8 +9,8 @@ import pytest
 
 from erase_cli import llm
 from erase_cli.answer import Question, ask, cache_file_name, check_choices, read_questions
-from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing, NotFound, PromptTooLong
 from erase_cli.durable import atomic_write
+from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing, NotFound, PromptTooLong
 from erase_cli.llm import (
     FakeGenerator,
     _split_trailing_spaces,
@@ -52,16 +52,25 @@ def run_ask(questions, model_file, cache_dir, save_cache, generators, **kw):
         generators.append(FakeGenerator(path, **options))
         return generators[-1]
 
-    return list(ask(questions, manifest=kw.pop("manifest", MANIFEST), model_path=model_file,
-                    cache_dir=cache_dir, save_cache=save_cache, generator_factory=factory, **kw))
+    return list(
+        ask(
+            questions,
+            manifest=kw.pop("manifest", MANIFEST),
+            model_path=model_file,
+            cache_dir=cache_dir,
+            save_cache=save_cache,
+            generator_factory=factory,
+            **kw,
+        )
+    )
 
 
 # -- answer.ask with the fake ---------------------------------------------------------------------
 
+
 def test_choices_ranked_best_first(model_file, tmp_path):
     generators = []
-    [out] = run_ask([Question("which is red?", ["banana", "apple", "fig"])], model_file,
-                    None, None, generators)
+    [out] = run_ask([Question("which is red?", ["banana", "apple", "fig"])], model_file, None, None, generators)
     assert [c["text"] for c in out["choices"]] == ["fig", "apple", "banana"]  # the fake: shortest best
     assert [c["score"] for c in out["choices"]] == [-3.0, -5.0, -6.0]
     assert out["answer"] == "fig"
@@ -75,8 +84,16 @@ def test_equal_scores_keep_input_order(model_file):
             self.last_tokens_evaluated = 1
             return [(c, -1.0, -1.0) for c in choices]
 
-    out = list(ask([Question("q", ["b", "a", "c"])], manifest=MANIFEST, model_path=model_file,
-                   cache_dir=None, save_cache=None, generator_factory=Flat))
+    out = list(
+        ask(
+            [Question("q", ["b", "a", "c"])],
+            manifest=MANIFEST,
+            model_path=model_file,
+            cache_dir=None,
+            save_cache=None,
+            generator_factory=Flat,
+        )
+    )
     assert [c["text"] for c in out[0]["choices"]] == ["b", "a", "c"]
 
 
@@ -151,18 +168,24 @@ def test_generation_uses_format(model_file):
 @pytest.mark.parametrize("kw", [{"max_tokens": 0}, {"n_ctx": 0}, {"n_threads": 0}])
 def test_bad_parameters_rejected_before_loading(model_file, kw):
     with pytest.raises(InvalidParameter):
-        ask([Question("q")], manifest=MANIFEST, model_path=model_file, cache_dir=None,
-            save_cache=None, generator_factory=pytest.fail, **kw)
+        ask(
+            [Question("q")],
+            manifest=MANIFEST,
+            model_path=model_file,
+            cache_dir=None,
+            save_cache=None,
+            generator_factory=pytest.fail,
+            **kw,
+        )
 
 
 # -- read_questions -------------------------------------------------------------------------------
 
+
 def test_read_plain_and_jsonl(tmp_path):
     path = tmp_path / "q.txt"
     path.write_text('What is 2+2?\n\n{"input": "Sky?", "choices": ["blue", "red"]}\n{"input": "Why?"}\n')
-    assert read_questions(path) == [
-        Question("What is 2+2?"), Question("Sky?", ["blue", "red"]), Question("Why?")
-    ]
+    assert read_questions(path) == [Question("What is 2+2?"), Question("Sky?", ["blue", "red"]), Question("Why?")]
 
 
 def test_read_stdin(monkeypatch):
@@ -170,14 +193,17 @@ def test_read_stdin(monkeypatch):
     assert read_questions("-") == [Question("one"), Question("two")]
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ('{"input": "x", "choices": "ab"}', "choices"),
-    ('{"input": ""}', "input"),
-    ('{"choices": ["a"]}', "input"),
-    ('{"input": "x", "choices": ["a", "a"]}', "distinct"),
-    ('{"input": "x", "choices": ["a", ""]}', "non-empty"),
-    ('{"input": "x",', "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"input": "x", "choices": "ab"}', "choices"),
+        ('{"input": ""}', "input"),
+        ('{"choices": ["a"]}', "input"),
+        ('{"input": "x", "choices": ["a", "a"]}', "distinct"),
+        ('{"input": "x", "choices": ["a", ""]}', "non-empty"),
+        ('{"input": "x",', "invalid JSON"),
+    ],
+)
 def test_read_bad_line_names_line(tmp_path, line, fragment):
     path = tmp_path / "q.jsonl"
     path.write_text("fine question\n" + line + "\n")
@@ -196,6 +222,7 @@ def test_check_choices_accepts_valid():
 
 
 # -- models, identity, files ----------------------------------------------------------------------
+
 
 def test_resolve_model_precedence(model_file, tmp_path, monkeypatch):
     other = tmp_path / "other.gguf"
@@ -258,8 +285,14 @@ def test_trailing_spaces_move_to_the_answer():
 
 # -- integration: the real bundled SmolLM2 ---------------------------------------------------------
 
-CODES = [("red", "zorblat"), ("dog", "quimble"), ("blue", "zorblat"), ("cat", "quimble"),
-         ("green", "zorblat"), ("horse", "quimble")]
+CODES = [
+    ("red", "zorblat"),
+    ("dog", "quimble"),
+    ("blue", "zorblat"),
+    ("cat", "quimble"),
+    ("green", "zorblat"),
+    ("horse", "quimble"),
+]
 FMT = PromptFormat()
 DEMOS = [{"input": f"What is the code for {w}?", "target": c} for w, c in CODES]
 CHOICES = ["zorblat", "quimble", "purple elephant"]
@@ -352,10 +385,10 @@ def test_generation_stops_at_separator(primed):
 def test_ask_end_to_end_with_cache(smol, tmp_path):
     manifest = {"prompt_digest": "f" * 64, "examples": DEMOS}
     save = Recorder()
-    questions = [Question("What is the code for red?", ["zorblat", "quimble"]),
-                 Question("What is the code for horse?")]
-    opts = dict(manifest=manifest, model_path=smol, cache_dir=tmp_path, save_cache=save, n_threads=THREADS,
-                max_tokens=8)
+    questions = [Question("What is the code for red?", ["zorblat", "quimble"]), Question("What is the code for horse?")]
+    opts = dict(
+        manifest=manifest, model_path=smol, cache_dir=tmp_path, save_cache=save, n_threads=THREADS, max_tokens=8
+    )
     first = list(ask(questions, **opts))
     second = list(ask(questions, **opts))
     assert save.calls == 1

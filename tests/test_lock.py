@@ -4,7 +4,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,10 @@ def hold_in_subprocess(path, kind):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path), kind],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
 
 
@@ -98,9 +100,7 @@ def test_timeout_raises_store_locked_after_about_the_timeout(lock_path):
     assert caught.value.exit_code == 75
     assert str(lock_path.parent) in str(caught.value)
     assert "retry later or raise --lock-timeout" in str(caught.value)
-    assert messages == [
-        f"waiting for the lock on {lock_path.parent} (held by another erase command); up to 0.3 s"
-    ]
+    assert messages == [f"waiting for the lock on {lock_path.parent} (held by another erase command); up to 0.3 s"]
 
 
 def test_zero_timeout_is_one_attempt_without_waiting_message(lock_path):

@@ -4,14 +4,14 @@ what is verified), --verify prints the verdict (and the entries with --show), --
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
+from helpers import audit_lines, build_store, erase, make_records, refused
 
 from erase_cli.errors import InvalidParameter
 from erase_cli.service import parse_since
-from helpers import audit_lines, build_store, erase, make_records, refused
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,7 @@ def test_one_readable_line_per_entry(logged):
     assert "k 4" in fit and f"prompt none->{entries[1]['prompt_digest_after'][:8]}" in fit
     assert "ids 2" in forget and "crossings" in forget
     before, after = entries[2]["prompt_digest_before"], entries[2]["prompt_digest_after"]
-    assert (f"prompt {before[:8]}->{after[:8]}" if before != after
-            else f"prompt {after[:8]} (unchanged)") in forget
+    assert (f"prompt {before[:8]}->{after[:8]}" if before != after else f"prompt {after[:8]} (unchanged)") in forget
     assert "records 27" in export and "without vectors" in export
     assert not any(len(line) > 200 for line in lines)
 
@@ -68,12 +67,15 @@ def test_last_n_since_and_action_choose_what_is_shown(logged):
     assert r.returncode == 0 and r.stdout == "" and "0 of 5 entries shown" in r.stderr
 
 
-@pytest.mark.parametrize("args, mentions", [
-    (["--since", "last tuesday"], ["--since", "ISO"]),
-    (["--action", "delete"], ["--action", "forget", "export"]),
-    (["-n", "-1"], ["-n"]),
-    (["--show"], ["--show", "--verify"]),
-])
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (["--since", "last tuesday"], ["--since", "ISO"]),
+        (["--action", "delete"], ["--action", "forget", "export"]),
+        (["-n", "-1"], ["-n"]),
+        (["--show"], ["--show", "--verify"]),
+    ],
+)
 def test_bad_filters_are_one_line_errors(logged, args, mentions):
     refused(["log", *args, "--store", str(logged)], logged, kind=InvalidParameter.kind, mentions=mentions)
 
@@ -88,8 +90,9 @@ def test_verify_prints_the_verdict_and_with_show_the_entries(logged):
 def test_verify_json_is_entries_then_the_verdict(logged):
     lines = [json.loads(x) for x in ok("log", "--verify", "-n", "1", "--store", str(logged), "--json").splitlines()]
     assert [e["action"] for e in lines[:-1]] == ["export"]
-    assert lines[-1] == {"verify": {"valid": True, "problems": [], "entries": 5,
-                                    "head": audit_lines(logged)[-1]["hash"]}}
+    assert lines[-1] == {
+        "verify": {"valid": True, "problems": [], "entries": 5, "head": audit_lines(logged)[-1]["hash"]}
+    }
 
 
 def test_head_ignores_the_filters(logged):
@@ -116,12 +119,15 @@ def test_filters_never_narrow_verification(tmp_path):
     assert r.returncode == 1 and verdict["valid"] is False and verdict["entries"] == 2
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2026-01-31", datetime(2026, 1, 31, tzinfo=timezone.utc)),
-    ("2026-01-31T09:30", datetime(2026, 1, 31, 9, 30, tzinfo=timezone.utc)),
-    ("2026-01-31 09:30:15Z", datetime(2026, 1, 31, 9, 30, 15, tzinfo=timezone.utc)),
-    ("2026-01-31T09:30:00+02:00", datetime(2026, 1, 31, 7, 30, tzinfo=timezone.utc)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2026-01-31", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("2026-01-31T09:30", datetime(2026, 1, 31, 9, 30, tzinfo=UTC)),
+        ("2026-01-31 09:30:15Z", datetime(2026, 1, 31, 9, 30, 15, tzinfo=UTC)),
+        ("2026-01-31T09:30:00+02:00", datetime(2026, 1, 31, 7, 30, tzinfo=UTC)),
+    ],
+)
 def test_since_is_utc_unless_it_says_otherwise(text, expected):
     got = parse_since(text)
     assert got == expected and got.utcoffset().total_seconds() == 0

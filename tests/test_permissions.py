@@ -10,20 +10,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import ERASE, VECTOR_FIELD, clean_env, find_bytes, make_records, write_jsonl
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     """The real CLI under a permissive umask (0), so only erase's own choices decide the modes."""
-    return subprocess.run([ERASE, *args], capture_output=True, env=clean_env(), timeout=60,
-                          preexec_fn=lambda: os.umask(0))
+    return subprocess.run(
+        [ERASE, *args], capture_output=True, env=clean_env(), timeout=60, preexec_fn=lambda: os.umask(0)
+    )
 
 
 def loose_modes(root: Path) -> list[str]:
     """Paths under (and including) `root` that the group or others may access."""
     bad = []
-    for dirpath, dirs, files in os.walk(root):
+    for dirpath, _dirs, files in os.walk(root):
         for p in [Path(dirpath)] + [Path(dirpath) / n for n in files]:
             mode = stat.S_IMODE(os.lstat(p).st_mode)
             if mode & 0o077:
@@ -55,10 +55,15 @@ def session(tmp_path_factory):
         assert r.returncode == 0, (name, r.stderr.decode())
         outputs[name] = r.stdout + r.stderr
         modes[name] = loose_modes(store)
-    for name, args in [("status", ["status"]), ("status-json", ["status", "--json"]),
-                       ("log", ["log"]), ("log-json", ["log", "--json"]),
-                       ("log-verify", ["log", "--verify", "--json"]),
-                       ("verify", ["verify", "--json"]), ("dry-run", ["forget", records[3].id, "--dry-run", "--json"])]:
+    for name, args in [
+        ("status", ["status"]),
+        ("status-json", ["status", "--json"]),
+        ("log", ["log"]),
+        ("log-json", ["log", "--json"]),
+        ("log-verify", ["log", "--verify", "--json"]),
+        ("verify", ["verify", "--json"]),
+        ("dry-run", ["forget", records[3].id, "--dry-run", "--json"]),
+    ]:
         r = run(*args, "--store", s)
         assert r.returncode == 0, (name, r.stderr.decode())
         outputs[name] = r.stdout + r.stderr

@@ -86,9 +86,7 @@ def test_bigbench_custom_separator_and_appended_choices():
     fmt = PromptFormat.from_bigbench(task)
     assert fmt.append_choices is True  # the BIG-bench default
     examples = [{"input": "a", "target": "x", "choices": ["x", "y"]}]
-    assert prefix_text(fmt, examples) == (
-        "Pick one.\nIn: a\n  choice: x\n  choice: y\nOut: x\n###\n"
-    )
+    assert prefix_text(fmt, examples) == ("Pick one.\nIn: a\n  choice: x\n  choice: y\nOut: x\n###\n")
     assert query_text(fmt, "b", ["x", "y"]) == "In: b\n  choice: x\n  choice: y\nOut: "
 
 
@@ -107,4 +105,3 @@ def test_task_prefix_not_glued_to_first_input():
         "Do you return to the start?\n\nQ: Turn.\nA: False\n\n"
     )
     assert prefix_text(fmt, []) == "Do you return to the start?\n\n"
-

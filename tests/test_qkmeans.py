@@ -1,6 +1,6 @@
 """Quantized k-means: hand-computed toys, two-path agreements and the exactness contract
 
-    forget(fit(D), X) == fit(D \\ X)   bit for bit.
+forget(fit(D), X) == fit(D \\ X)   bit for bit.
 """
 
 from __future__ import annotations
@@ -332,8 +332,13 @@ def _cases(count, max_n=40):
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         x = to_fixed(v)
         ids = [f"c{c}-{i}" for i in range(n)]
-        params = Params(k=int(rng.integers(2, 5)), eps=float(rng.choice([0.05, 0.2, 0.5])), dim=None,
-                        seed=int(rng.integers(0, 2**62)), max_iter=int(rng.integers(1, 5)))
+        params = Params(
+            k=int(rng.integers(2, 5)),
+            eps=float(rng.choice([0.05, 0.2, 0.5])),
+            dim=None,
+            seed=int(rng.integers(0, 2**62)),
+            max_iter=int(rng.integers(1, 5)),
+        )
         yield ids, x, params, d, rng
 
 
@@ -434,7 +439,7 @@ def test_certify_is_pure_and_crossing_rate_matches_certify(ds):
 
 
 def test_certificate_reports_winner_and_first_iteration():
-    for ids, x, params, d, rng in _cases(10):
+    for ids, x, params, d, _rng in _cases(10):
         state = fit(source(ids, x), params, d)
         w = state.init_ids[-1]
         cert = certify(state, [w], x[[ids.index(w)]])

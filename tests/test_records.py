@@ -278,12 +278,7 @@ def test_vector_length_must_match_first(tmp_path):
 
 def test_deep_nesting_refused_without_recursion_error(tmp_path):
     deep = '{"id": "a", "input": "x", "target": "t", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    just_over = (
-        '{"id": "a", "input": "x", "target": "t", "extra": '
-        + "[" * MAX_JSON_DEPTH
-        + "]" * MAX_JSON_DEPTH
-        + "}"
-    )
+    just_over = '{"id": "a", "input": "x", "target": "t", "extra": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}"
     assert_bad_line(write_lines(tmp_path, deep, name="deep.jsonl"), 1, "nested more than")
     assert_bad_line(write_lines(tmp_path, just_over, name="over.jsonl"), 1, "nested more than")
 
@@ -313,9 +308,7 @@ def test_overlong_line_is_refused_and_skippable(tmp_path, monkeypatch):
 
 def test_real_limit_line_of_17_mib(tmp_path):
     path = tmp_path / "huge.jsonl"
-    path.write_bytes(
-        b'{"id": "a", "input": "' + b"x" * (17 * 2**20) + b'", "target": "t"}\n' + GOOD.encode()
-    )
+    path.write_bytes(b'{"id": "a", "input": "' + b"x" * (17 * 2**20) + b'", "target": "t"}\n' + GOOD.encode())
     got, skipped = read_jsonl(path, skip_invalid=True)
     assert [r.id for r in got] == ["ok"] and skipped[0].line == 1
 

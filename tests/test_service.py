@@ -30,8 +30,15 @@ def make_records(n: int, d: int = 6, seed: int = 0, start: int = 0) -> list[dict
         v = centres[i % 4] + 0.3 * rng.normal(size=d)
         if i % 7 == 3:  # exact duplicate of the previous vector
             v = np.array(out[-1]["vec"]) if out else v
-        out.append({"id": f"rec-{i}", "input": f"unique-input-{i}-zq", "target": f"t{i % 4}",
-                    "choices": ["t0", "t1", "t2", "t3"], "vec": [float(a) for a in v]})
+        out.append(
+            {
+                "id": f"rec-{i}",
+                "input": f"unique-input-{i}-zq",
+                "target": f"t{i % 4}",
+                "choices": ["t0", "t1", "t2", "t3"],
+                "vec": [float(a) for a in v],
+            }
+        )
     return out
 
 
@@ -41,7 +48,9 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def ingest(store: Path, records: list[dict], tmp: Path, append: bool = False) -> dict:
-    src = write_jsonl(tmp / f"in-{hashlib.sha1(str(len(records)).encode() + store.name.encode()).hexdigest()[:8]}.jsonl", records)
+    src = write_jsonl(
+        tmp / f"in-{hashlib.sha1(str(len(records)).encode() + store.name.encode()).hexdigest()[:8]}.jsonl", records
+    )
     return service.ingest(store, str(src), vector_field="vec", append=append)
 
 
@@ -203,8 +212,9 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 TestStoreMachine = StoreMachine.TestCase
-TestStoreMachine.settings = settings(max_examples=8, stateful_step_count=8, deadline=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
+TestStoreMachine.settings = settings(
+    max_examples=8, stateful_step_count=8, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def test_status_fit_lists_the_parameters_as_store_json_does(tmp_path):
@@ -213,5 +223,4 @@ def test_status_fit_lists_the_parameters_as_store_json_does(tmp_path):
     store = tmp_path / "s"
     ingest(store, make_records(12), tmp_path)
     service.fit(store, **FIT)
-    assert list(service.status(store)["fit"])[:6] == ["dim", "eps", "k", "max_iter", "seed",
-                                                     "eps_effective"]
+    assert list(service.status(store)["fit"])[:6] == ["dim", "eps", "k", "max_iter", "seed", "eps_effective"]

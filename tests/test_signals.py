@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from helpers import (
     VECTOR_FIELD,
     audit_lines,
@@ -88,8 +87,15 @@ def world(tmp_path_factory):
     tmp = world["tmp"]
     extra = make_records(20, seed=99, prefix="extra")
     data = write_jsonl(tmp / "extra.jsonl", extra)
-    commands = {"forget": Command("forget", ("forget", "--from-file", str(world["ids_file"]), "--json"),
-                                  world["reference"], world["report"], world["duration"])}
+    commands = {
+        "forget": Command(
+            "forget",
+            ("forget", "--from-file", str(world["ids_file"]), "--json"),
+            world["reference"],
+            world["report"],
+            world["duration"],
+        )
+    }
     ingest = ("ingest", str(data), "--vector-field", VECTOR_FIELD, "--append", "--json")
     for name, args in (("fit", ("fit", "-k", "3", "--dim", "8", "--json")), ("ingest", ingest)):
         reference = copy_store(world, f"reference-{name}")
@@ -127,8 +133,7 @@ def _applied(world, cmd: Command, store: Path, *, via_cli: bool = False) -> bool
     store is either byte for byte the template, or holds the same data and audit actions as the
     reference run (and, for forget, check_forgotten: no byte of the batch, each id logged once)."""
     assert not (store / "journal").exists(), "a single signal left a journal directory"
-    ids = {"forget": [r.id for r in world["batch"]], "ingest": [r.id for r in world["extra"]],
-           "fit": []}[cmd.name]
+    ids = {"forget": [r.id for r in world["batch"]], "ingest": [r.id for r in world["extra"]], "fit": []}[cmd.name]
     present, status = check_read_only(store, ids, via_cli=via_cli)
     if cmd.name == "forget":
         applied = not present
@@ -159,8 +164,10 @@ def _check_exit(cmd: Command, r: subprocess.CompletedProcess, sig: str, committe
     else:
         assert r.returncode == 128 + signal.Signals[sig], (r.returncode, r.stderr)
         assert r.stderr.strip().splitlines()[-1] == f"error: interrupted by {sig}; nothing changed"
-        assert json.loads(r.stdout)["error"] == {"kind": "interrupted",
-                                                 "message": f"interrupted by {sig}; nothing changed"}
+        assert json.loads(r.stdout)["error"] == {
+            "kind": "interrupted",
+            "message": f"interrupted by {sig}; nothing changed",
+        }
 
 
 def _signalled_at(world, cmd: Command, spec: str) -> tuple[Path, subprocess.CompletedProcess]:
@@ -171,8 +178,10 @@ def _signalled_at(world, cmd: Command, spec: str) -> tuple[Path, subprocess.Comp
 
 # --------------------------------------------------------------------------- named points
 
-FORGET_CASES = ([(point, sig) for point in POINTS for sig in ("SIGINT", "SIGTERM")]
-                + [("begin", "SIGHUP"), ("applied", "SIGHUP")])
+FORGET_CASES = [(point, sig) for point in POINTS for sig in ("SIGINT", "SIGTERM")] + [
+    ("begin", "SIGHUP"),
+    ("applied", "SIGHUP"),
+]
 
 
 @pytest.mark.parametrize("point,sig", FORGET_CASES)
@@ -188,12 +197,19 @@ def test_forget_signalled_at_a_named_point(world, point, sig):
     assert _applied(world, cmd, store, via_cli=via_cli) == committed
 
 
-@pytest.mark.parametrize("name,point,sig", [
-    ("fit", "begin", "SIGTERM"), ("fit", "staged", "SIGINT"),
-    ("fit", "committed", "SIGHUP"), ("fit", "apply:2", "SIGINT"),
-    ("ingest", "begin", "SIGINT"), ("ingest", "staged", "SIGHUP"),
-    ("ingest", "committed", "SIGTERM"), ("ingest", "applied", "SIGINT"),
-])
+@pytest.mark.parametrize(
+    "name,point,sig",
+    [
+        ("fit", "begin", "SIGTERM"),
+        ("fit", "staged", "SIGINT"),
+        ("fit", "committed", "SIGHUP"),
+        ("fit", "apply:2", "SIGINT"),
+        ("ingest", "begin", "SIGINT"),
+        ("ingest", "staged", "SIGHUP"),
+        ("ingest", "committed", "SIGTERM"),
+        ("ingest", "applied", "SIGINT"),
+    ],
+)
 def test_fit_and_ingest_signalled_at_a_named_point(world, name, point, sig):
     """Fit and ingest are one transaction too: the template as it was, or the same store as an
     uninterrupted run (status shows the old or the new fit, 300 or 320 records)."""
@@ -222,9 +238,11 @@ def test_second_signal_stops_at_once_and_recover_completes(world):
     assert _applied(world, cmd, store) is True
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.002), (signal.SIGTERM, 0.01),
-                                       (signal.SIGINT, 0.03), (signal.SIGTERM, 0.06)],
-                         ids=["SIGINT-2ms", "SIGTERM-10ms", "SIGINT-30ms", "SIGTERM-60ms"])
+@pytest.mark.parametrize(
+    "sig,delay",
+    [(signal.SIGINT, 0.002), (signal.SIGTERM, 0.01), (signal.SIGINT, 0.03), (signal.SIGTERM, 0.06)],
+    ids=["SIGINT-2ms", "SIGTERM-10ms", "SIGINT-30ms", "SIGTERM-60ms"],
+)
 def test_signal_after_the_change_is_applied(world, sig, delay):
     """Past the commit point until the process is gone, including after the journal is removed
     (the report, the lock's release, the interpreter's exit): the command ends as if it had not
@@ -270,8 +288,9 @@ def _judge(world, cmd: Command, store: Path, r: subprocess.CompletedProcess, sig
         return "deferred" if "finishing the committed change first" in r.stderr else "finished"
     assert not applied, f"the change was applied, yet exit {r.returncode}"
     if r.returncode == 128 + sig:
-        assert r.stderr.strip().splitlines() == [f"error: interrupted by {sig.name}; nothing changed"], \
+        assert r.stderr.strip().splitlines() == [f"error: interrupted by {sig.name}; nothing changed"], (
             "rolled back, but stderr is not the one error line"
+        )
         return "rolled back"
     # A signal during interpreter start-up, before erase's handlers exist, takes its default
     # action: death by the signal, or for SIGINT a KeyboardInterrupt traceback (exit 1 when it
@@ -298,21 +317,26 @@ def test_signal_at_random_instants(world, name):
         sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
         phase = "staging" if name == "forget" and i % 3 == 2 else "any"
         store = copy_store(world, f"random-{name}")
-        r, delay = signal_at_random(list(cmd.args), store, sig, rng, duration=cmd.duration,
-                                    phase=phase, within=STAGING_WINDOW)
+        r, delay = signal_at_random(
+            list(cmd.args), store, sig, rng, duration=cmd.duration, phase=phase, within=STAGING_WINDOW
+        )
         try:
             endings[_judge(world, cmd, store, r, sig)] += 1
         except AssertionError as exc:
             why = str(exc).splitlines()[0] if str(exc) else "assertion failed"
             kinds[why] += 1
-            problems.append(f"run {i}: {sig.name} after {delay} s ({phase}), exit {r.returncode}: "
-                            f"{why} (last stderr line {r.stderr.strip().splitlines()[-1:]})")
+            problems.append(
+                f"run {i}: {sig.name} after {delay} s ({phase}), exit {r.returncode}: "
+                f"{why} (last stderr line {r.stderr.strip().splitlines()[-1:]})"
+            )
     finished = endings["finished"] + endings["deferred"]
-    print(f"\nsignals at random instants, {name}: {runs} runs (seed {SIGNAL_SEED}): "
-          f"{finished} finished ({endings['deferred']} of them deferred the signal past the commit "
-          f"point), {endings['rolled back']} rolled back, {endings['before the handlers']} stopped "
-          f"before the handlers were installed (store unchanged), problems {len(problems)}"
-          + "".join(f"\n  {n} x {why}" for why, n in kinds.most_common()))
+    print(
+        f"\nsignals at random instants, {name}: {runs} runs (seed {SIGNAL_SEED}): "
+        f"{finished} finished ({endings['deferred']} of them deferred the signal past the commit "
+        f"point), {endings['rolled back']} rolled back, {endings['before the handlers']} stopped "
+        f"before the handlers were installed (store unchanged), problems {len(problems)}"
+        + "".join(f"\n  {n} x {why}" for why, n in kinds.most_common())
+    )
     for p in problems:
         print("  problem:", p)
     assert sum(endings.values()) + len(problems) == runs

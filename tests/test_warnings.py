@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import build_store, erase, make_records
 
 from erase_cli import service
 from erase_cli.answer import Question
 from erase_cli.llm import FakeGenerator
-from helpers import build_store, erase, make_records
 
 
 @pytest.fixture
@@ -87,8 +87,20 @@ def test_ask_without_demonstrations_warns_once_on_the_command_line(small):
     store, records = small
     assert erase("forget", *(r.id for r in records), "--store", str(store)).returncode == 0
     assert erase("fit", "--store", str(store)).returncode == 0
-    r = erase("ask", "--from-file", "-", "--max-tokens", "2", "--threads", "1", "--store", str(store),
-              "--json", input="hello\nwhere is my parcel\n", timeout=300)
+    r = erase(
+        "ask",
+        "--from-file",
+        "-",
+        "--max-tokens",
+        "2",
+        "--threads",
+        "1",
+        "--store",
+        str(store),
+        "--json",
+        input="hello\nwhere is my parcel\n",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     answers = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(answers) == 2 and all("no demonstrations" in a["warning"] for a in answers)
