@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from helpers import ROOT, make_records, snapshot, write_jsonl
 from typer.testing import CliRunner
 
@@ -190,7 +191,8 @@ def test_ask_and_verify_need_a_fresh_fit(store, tmp_path):
     assert r.exit_code == 1 and "erase fit" in json.loads(r.stdout)["error"]["message"]
 
 
-COMMANDS = ["ingest", "fit", "forget", "ask", "eval", "cost", "status", "verify", "log", "export"]
+# Every command the app registers, so a new command cannot skip its --help, --json or README line.
+COMMANDS = sorted(typer.main.get_command(app).commands)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
