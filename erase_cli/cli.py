@@ -930,35 +930,26 @@ def log(
         )
     if head:
         if json:
-            render.emit_json({"head": result["head"]})
+            render.emit_json({"head": result.head})
         else:
-            render.show(result["head"] or "(no entries)")
+            render.show(result.head or "(no entries)")
     elif json:
         # Machine readers always get the entries chosen; with --verify the verdict comes last.
-        for entry in result["entries"]:
+        for entry in result.entries:
             render.emit_json(entry)
     elif show_entries or not check:
-        for entry in result["entries"]:
+        for entry in result.entries:
             render.show(log_line(entry))
-        if not check and len(result["entries"]) < result["total"]:
-            render.say(f"{len(result['entries'])} of {result['total']} entries shown")
+        if not check and len(result.entries) < result.total:
+            render.say(f"{len(result.entries)} of {result.total} entries shown")
     if check:
         if json:
-            render.emit_json(
-                {
-                    "verify": {
-                        "valid": result["valid"],
-                        "problems": result["problems"],
-                        "entries": result["total"],
-                        "head": result["head"],
-                    }
-                }
-            )
-        elif result["valid"]:
-            render.show(f"audit chain valid: {result['total']} entries, head {(result['head'] or '(none)')[:12]}")
+            render.emit_json(result.verdict())
+        elif result.valid:
+            render.show(f"audit chain valid: {result.total} entries, head {(result.head or '(none)')[:12]}")
         else:
-            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
-        if not result["valid"]:
+            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result.problems))
+        if not result.valid:
             raise typer.Exit(ExitStatus.FAILURE)
 
 

@@ -100,3 +100,45 @@ class StatusReport(Report):
     cache: dict
     pending: dict | None
     audit_head: str | None
+
+
+@dataclass(eq=False)
+class VerifyReport(Report):
+    identical: bool
+    differences: list[str]
+    n_records: int
+    state_digest: str
+    elapsed_ms: float
+
+
+@dataclass(eq=False)
+class RecoverReport(Report):
+    store: str
+    recovered: dict | None  # {"action", "outcome": "completed" or "rolled_back"}; None: nothing to do
+
+
+@dataclass(eq=False)
+class LogReport(Report):
+    """The entries chosen (each exactly as stored) and, when the chain was checked, the verdict.
+    `--json` prints it as NDJSON, not as this one object: the entries, then `verdict()`."""
+
+    entries: list[dict]
+    total: int  # entries in the whole chain, which is always what is verified
+    problems: list[str]
+    valid: bool | None  # None: not checked
+    head: str | None
+
+    def verdict(self) -> dict:
+        return {"verify": {"valid": self.valid, "problems": self.problems, "entries": self.total, "head": self.head}}
+
+
+@dataclass(eq=False)
+class ExportReport(Report):
+    store: str
+    output: str  # the file, or "-" for stdout
+    records: int
+    vectors: bool
+    bytes: int
+    audit_hash: str
+    warnings: list[str]
+    elapsed_ms: float

@@ -35,7 +35,17 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
-from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
+from .reports import (
+    ExportReport,
+    FitReport,
+    ForgetBatch,
+    ForgetReport,
+    IngestReport,
+    LogReport,
+    RecoverReport,
+    StatusReport,
+    VerifyReport,
+)
 from .schema import FitParams
 from .store import (
     ACTIONS,
@@ -693,7 +703,9 @@ def _fitted_manifest(st: Store, root: Path) -> Manifest:
     return manifest
 
 
-def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def verify(
+    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+) -> VerifyReport:
     """Check every file the store must have, then refit from scratch on the stored embeddings of
     the remaining records and compare."""
     t0 = time.perf_counter()
@@ -714,13 +726,13 @@ def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         stored_manifest = st.manifest_bytes()
         if stored_manifest != build_manifest(st, fresh).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
-    return {
-        "identical": not differences,
-        "differences": differences,
-        "n_records": int(fresh.n),
-        "state_digest": fresh.state_digest(),
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return VerifyReport(
+        identical=not differences,
+        differences=differences,
+        n_records=int(fresh.n),
+        state_digest=fresh.state_digest(),
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _pending(st: Store) -> dict | None:
@@ -783,7 +795,7 @@ def log(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
-) -> dict:
+) -> LogReport:
     """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
     verified with its key from `audit_keyed_from` on, against the head that store.json (itself
     under the key) records, and against `expect_head`, a hash an operator kept elsewhere.
@@ -821,13 +833,9 @@ def log(
     ]
     if last is not None:
         shown = shown[len(shown) - last :] if last else []
-    return {
-        "entries": shown,
-        "total": len(entries),
-        "problems": problems,
-        "valid": not problems if check else None,
-        "head": head,
-    }
+    return LogReport(
+        entries=shown, total=len(entries), problems=problems, valid=not problems if check else None, head=head
+    )
 
 
 def _check_actions(actions: list[str] | None) -> set[str] | None:
@@ -865,14 +873,16 @@ def _entry_after(entry: dict, after: datetime) -> bool:
     return when >= after
 
 
-def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def recover(
+    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+) -> RecoverReport:
     """Complete a committed interrupted operation or roll back an uncommitted one, and nothing
     else (no upgrade, no other change)."""
     with open_store(
         root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file, upgrade=False
     ) as st:
         recovered = st.recovered
-    return {"store": str(st.root), "recovered": recovered}
+    return RecoverReport(store=str(st.root), recovered=recovered)
 
 
 # --------------------------------------------------------------------------- export
@@ -890,7 +900,7 @@ def export(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
-) -> dict:
+) -> ExportReport:
     """Write the surviving records as JSONL (id, input, target, choices if any, and with
     `vectors` the stored embedding as `vector`, exact as float64 text) to the new file `output`,
     or, when `output` is None, to `stream`.
@@ -946,16 +956,16 @@ def export(
     warnings = []
     if n == 0:
         warnings.append(f"store {root} has no records: the export is empty")
-    return {
-        "store": str(root),
-        "output": "-" if output is None else str(output),
-        "records": n,
-        "vectors": vectors,
-        "bytes": size,
-        "audit_hash": entry["hash"],
-        "warnings": warnings,
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return ExportReport(
+        store=str(root),
+        output="-" if output is None else str(output),
+        records=n,
+        vectors=vectors,
+        bytes=size,
+        audit_hash=entry["hash"],
+        warnings=warnings,
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _check_export_path(root: Path, output: Path, force: bool) -> Path:
