@@ -25,9 +25,11 @@ def _wants_json(argv: list[str]) -> bool:
 
 
 @contextmanager
-def _usage_errors(argv: list[str]) -> Iterator[None]:
-    """With --json, a usage error becomes the JSON error object every other error gives (kind
-    "usage", exit 2), so a script parsing stdout never meets click's help box instead."""
+def _parse_errors(argv: list[str]) -> Iterator[None]:
+    """Errors found while the command line is read. With --json, a usage error becomes the JSON
+    error object every other error gives (kind "usage", exit 2), so a script parsing stdout never
+    meets click's help box instead. A bad ERASE_* variable (config.py raises it from the option's
+    callback) is the usual one-line error, with its kind and exit code."""
     try:
         yield
     except _UsageError as exc:
@@ -37,21 +39,23 @@ def _usage_errors(argv: list[str]) -> Iterator[None]:
         message = " ".join(exc.format_message().split()).rstrip(".")
         render.error("usage", f"{message}; see '{command} --help'", True)
         raise typer.Exit(ExitStatus.USAGE) from None
+    except EraseError as exc:  # a command's own errors never get here: _handled took them
+        raise _fail(exc, _wants_json(argv)) from None
 
 
 class _Group(TyperGroup):
-    """The `erase` group: catches the usage errors of the group and of every command in one place,
-    for the console script and for callers of `app` alike."""
+    """The `erase` group: catches the errors of reading the command line, of the group and of
+    every command, in one place, for the console script and for callers of `app` alike."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         argv = list(args)  # click consumes `args` while parsing
-        with _usage_errors(argv):
+        with _parse_errors(argv):
             ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta[_ARGV] = argv
         return ctx
 
     def invoke(self, ctx):
-        with _usage_errors(ctx.meta.get(_ARGV, [])):
+        with _parse_errors(ctx.meta.get(_ARGV, [])):
             return super().invoke(ctx)
 
 
@@ -66,18 +70,28 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _names(variable: str, help: str) -> str:
+    """An option's help naming the ERASE_* variable that stands in for it. The options do not
+    read the variables themselves: each passes its value through a config.py function (its
+    callback), the one place that resolves flag > variable > default, so that a bad value is
+    erase's one-line error naming the variable instead of a usage error."""
+    return rf"{help} \[env var: {variable}]"  # rich markup: the bracket is text, not a style
+
+
 StoreOpt = Annotated[
     Optional[Path],
-    typer.Option("--store", envvar=config.ENV_STORE, show_envvar=True, help="Store directory (default ./erase-store)."),
+    typer.Option(
+        "--store", callback=config.store_path, help=_names(config.ENV_STORE, "Store directory (default ./erase-store).")
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
         "--model",
-        envvar=config.ENV_MODEL,
-        show_envvar=True,
-        help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).",
+        callback=config.model_flag,
+        help=_names(config.ENV_MODEL, "GGUF model file (default: the bundled SmolLM2-135M-Instruct)."),
     ),
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
@@ -85,9 +99,10 @@ LockOpt = Annotated[
     Optional[float],
     typer.Option(
         "--lock-timeout",
-        envvar=config.ENV_LOCK_TIMEOUT,
-        show_envvar=True,
-        help="Seconds to wait for another erase command's lock (default 60); then exit 75.",
+        callback=config.lock_timeout,
+        help=_names(
+            config.ENV_LOCK_TIMEOUT, "Seconds to wait for another erase command's lock (default 60); then exit 75."
+        ),
     ),
 ]
 
@@ -120,20 +135,25 @@ RedactOpt = Annotated[
     bool,
     typer.Option(
         "--redact-ids",
-        envvar=config.ENV_REDACT_IDS,
-        show_envvar=True,
-        help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
-        "log) in all output, so that logs keep no personal identifiers.",
+        callback=config.redact_ids,
+        help=_names(
+            config.ENV_REDACT_IDS,
+            "Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
+            "log) in all output, so that logs keep no personal identifiers. The variable takes 1, "
+            "true or yes; 0, false or no.",
+        ),
     ),
 ]
 SecretOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--secret-file",
-        envvar=config.ENV_SECRET_FILE,
-        show_envvar=True,
-        help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
-        "Given at the first ingest, the store records only its fingerprint.",
+        callback=config.secret_file,
+        help=_names(
+            config.ENV_SECRET_FILE,
+            "The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
+            "Given at the first ingest, the store records only its fingerprint.",
+        ),
     ),
 ]
 
@@ -152,10 +172,11 @@ class _Ids:
     def __init__(
         self,
         redact: bool = False,
-        store: Optional[Path] = None,
+        store: Path = Path(config.DEFAULT_STORE),
         key_file: Optional[Path] = None,
-        lock_timeout: Optional[float] = None,
+        lock_timeout: float = config.DEFAULT_LOCK_TIMEOUT,
     ):
+        """The options' values, as their callbacks resolved them."""
         self.redact = redact
         self._where = (store, key_file, lock_timeout)
         self._hasher: Optional[Callable[[str], str]] = None
@@ -174,9 +195,7 @@ class _Ids:
 
         store, key_file, lock_timeout = self._where
         try:
-            return service.id_hasher(
-                config.store_path(store), key_file=key_file, lock_timeout=config.lock_timeout(lock_timeout)
-            )
+            return service.id_hasher(store, key_file=key_file, lock_timeout=lock_timeout)
         except EraseError:  # no usable key (a damaged store, say): hide the ids all the same
             return None
 
@@ -302,9 +321,10 @@ def ingest(
     embedder: Annotated[
         Optional[str],
         typer.Option(
-            envvar=config.ENV_EMBEDDER,
-            show_envvar=True,
-            help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).",
+            callback=config.embedder_name,
+            help=_names(
+                config.ENV_EMBEDDER, "sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2)."
+            ),
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
@@ -329,18 +349,18 @@ def ingest(
     def work():
         return _with_progress(
             lambda hooks: service.ingest(
-                config.store_path(store),
+                store,
                 str(file),
                 id_field=id_field,
                 input_field=input_field,
                 target_field=target_field,
                 vector_field=vector_field,
-                embedder=config.embedder_name(embedder),
+                embedder=embedder,
                 batch_size=batch_size,
                 append=append,
                 skip_invalid=skip_invalid,
                 allow_relearn=allow_relearn,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
@@ -469,10 +489,10 @@ def forget(
             batch += read_ids(from_file)  # an empty file is an empty batch: nothing to do
         return _with_progress(
             lambda hooks: service.forget(
-                config.store_path(store),
+                store,
                 batch,
                 dry_run=dry_run,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
@@ -612,9 +632,8 @@ def eval_(
     embedder: Annotated[
         Optional[str],
         typer.Option(
-            envvar=config.ENV_EMBEDDER,
-            show_envvar=True,
-            help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).",
+            callback=config.embedder_name,
+            help=_names(config.ENV_EMBEDDER, "sentence-transformers model (default: the bundled all-MiniLM-L6-v2)."),
         ),
     ] = None,
     threads: ThreadsOpt = None,
@@ -631,8 +650,8 @@ def eval_(
                 limit,
                 seed,
                 k,
-                config.model_flag(model),
-                config.embedder_name(embedder),
+                model,
+                embedder,
                 progress,
                 n_threads=threads,
             )
@@ -678,7 +697,7 @@ def cost(
     def work():
         return _warned(
             service.cost(
-                config.store_path(store),
+                store,
                 queries_per_deletion=queries_per_deletion,
                 sisa_shards=sisa_shards,
                 sisa_epochs=sisa_epochs,
@@ -689,9 +708,9 @@ def cost(
                 tokens_per_example=tokens_per_example,
                 per_token_s=per_token_s,
                 finetuned_query_s=finetuned_query_s,
-                model=config.model_flag(model),
+                model=model,
                 n_threads=threads,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=_hooks(),
             )
@@ -821,8 +840,8 @@ def verify(
         json,
         lambda: _with_progress(
             lambda hooks: service.verify(
-                config.store_path(store),
-                lock_timeout=config.lock_timeout(lock_timeout),
+                store,
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
@@ -853,8 +872,8 @@ def recover(
     _run(
         json,
         lambda: service.recover(
-            config.store_path(store),
-            lock_timeout=config.lock_timeout(lock_timeout),
+            store,
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         ),
@@ -918,13 +937,13 @@ def log(
                 "always shown); run 'erase log --verify --show'"
             )
         result = service.log(
-            config.store_path(store),
+            store,
             check=check,
             expect_head=expect_head,
             last=last,
             since=since,
             actions=action,
-            lock_timeout=config.lock_timeout(lock_timeout),
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         )
@@ -1069,12 +1088,12 @@ def export(
         return _warned(
             _with_progress(
                 lambda hooks: service.export(
-                    config.store_path(store),
+                    store,
                     None if to_stdout else Path(output),
                     stream=sys.stdout.buffer if to_stdout else None,
                     vectors=vectors,
                     force=force,
-                    lock_timeout=config.lock_timeout(lock_timeout),
+                    lock_timeout=lock_timeout,
                     key_file=secret_file,
                     hooks=hooks,
                 )
