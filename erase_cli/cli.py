@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -241,13 +241,15 @@ def _run(
     work: Callable[[], object],
     show: Callable[[object], None],
     ids: _Ids = _PLAIN,
-    view: Optional[Callable[[dict, _Ids], dict]] = None,
+    view: Optional[Callable[[Any, _Ids], dict]] = None,
 ) -> object:
-    """Run one core call, then render the result: `view` gives the result as shown, ids
-    redacted when asked. Returns the raw result, as its JSON object."""
+    """Run one core call, then render the result: `view` gives the result (as the core returned
+    it: a report, which also reads as its JSON object) as shown, ids redacted when asked.
+    Returns the raw result, as its JSON object."""
     with _handled(as_json, ids):
-        result = _plain(work())
-        shown = view(result, ids) if view is not None and ids.redact else result
+        report = work()
+        result = _plain(report)
+        shown = view(report, ids) if view is not None and ids.redact else result
         if as_json:
             render.emit_json(shown)
         else:
@@ -822,7 +824,11 @@ def status(
 
 @app.command()
 def verify(
-    store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None, json: JsonOpt = False
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
+    json: JsonOpt = False,
 ) -> None:
     """Check every file of the store, refit from scratch on the remaining records and compare."""
     from . import service
@@ -847,6 +853,8 @@ def verify(
             )
         ),
         show,
+        _Ids(redact_ids, store, secret_file, lock_timeout),
+        lambda r, ids: {**r, "differences": [ids.text(d, r.quoted_ids) for d in r.differences]},
     )
     if not result["identical"]:
         raise typer.Exit(ExitStatus.FAILURE)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 
 
 class Report(Mapping):
-    """Base of the results: `to_json()` gives the fields in order, nested reports included."""
+    """Base of the results: `to_json()` gives the fields in order, nested reports included, but
+    for those declared with `metadata={"json": False}` (what only the command line needs)."""
 
     _OMIT_NONE: tuple[str, ...] = ()  # fields left out of the JSON while they are None
 
@@ -21,7 +22,7 @@ class Report(Mapping):
         out = {}
         for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
             value = getattr(self, f.name)
-            if value is None and f.name in self._OMIT_NONE:
+            if f.metadata.get("json") is False or (value is None and f.name in self._OMIT_NONE):
                 continue
             out[f.name] = value.to_json() if isinstance(value, Report) else value
         return out
@@ -105,10 +106,13 @@ class StatusReport(Report):
 @dataclass(eq=False)
 class VerifyReport(Report):
     identical: bool
-    differences: list[str]
+    differences: list[str]  # for people; they may quote record ids (as repr)
     n_records: int
     state_digest: str
     elapsed_ms: float
+    # The record ids the differences may quote, so that --redact-ids can replace them; never in
+    # the JSON (the differences are, redacted or not).
+    quoted_ids: list[str] = field(default_factory=list, metadata={"json": False})
 
 
 @dataclass(eq=False)

@@ -732,7 +732,14 @@ def verify(
         n_records=int(fresh.n),
         state_digest=fresh.state_digest(),
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+        quoted_ids=_state_ids(state, fresh) if differences else [],
     )
+
+
+def _state_ids(*states: qk.State) -> list[str]:
+    """Every record id that State.differences can quote: the initial centres and the candidates
+    (examples are the candidates' first ids)."""
+    return sorted({i for s in states for i in s.init_ids + [c for cands in s.candidates for c in cands]})
 
 
 def _pending(st: Store) -> dict | None:

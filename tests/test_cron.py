@@ -395,6 +395,40 @@ def test_fit_and_status_redact_the_example_ids(store):
     assert_no_raw(outs, raw)
 
 
+def test_verify_redacts_the_ids_its_differences_quote(store, monkeypatch):
+    """A difference names record ids (initial centres, examples); --redact-ids, or
+    ERASE_REDACT_IDS, shows them as keyed hashes there too."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from erase_cli.cli import app
+
+    real_fit = service.qk.fit
+
+    def another_seed(source, params, *args, **kwargs):  # a refit that disagrees with the stored fit
+        return real_fit(source, replace(params, seed=params.seed + 1), *args, **kwargs)
+
+    monkeypatch.setattr(service.qk, "fit", another_seed)
+    raw = sorted(
+        i for d in [service.verify(store)] for i in d.quoted_ids if any(repr(i) in line for line in d.differences)
+    )
+    assert raw, "the differences quote no id: nothing to redact"
+    runner = CliRunner()
+    plain = runner.invoke(app, ["verify", "--store", str(store), "--json"])
+    assert plain.exit_code == 1 and all(i in plain.stdout for i in raw)
+    outs = []
+    for args, env in ((["--redact-ids", "--json"], {}), ([], {"ERASE_REDACT_IDS": "1"})):
+        r = runner.invoke(app, ["verify", *args, "--store", str(store)], env=env)
+        assert r.exit_code == 1, r.output
+        outs += [r.stdout, r.stderr]
+    report = json.loads(outs[0])
+    assert report["identical"] is False and list(report) == list(json.loads(plain.stdout))
+    assert shown(store, raw[0]) in " ".join(report["differences"])
+    assert "DIFFERENT" in outs[2] and shown(store, raw[0]) in outs[2]
+    assert_no_raw(outs, raw)
+
+
 # --------------------------------------------------------------------------- ERASE_* variables
 
 
