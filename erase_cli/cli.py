@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -43,6 +46,21 @@ def _parse_errors(argv: list[str]) -> Iterator[None]:
         raise _fail(exc, _wants_json(argv)) from None
 
 
+@contextmanager
+def _closed_stdout() -> Iterator[None]:
+    """The reader of stdout went away (`erase export --output - | head -1`): stop quietly, as a
+    program in a pipe does, with 128 + SIGPIPE (Python ignores the signal, so the write fails
+    with EPIPE instead of ending the process). What the command committed stays: an export's
+    audit entry is written before its first record, since some records may have been read."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python flushes stdout once more on the way out, which would fail and say so.
+        with suppress(OSError, ValueError):  # stdout without a descriptor (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(ExitStatus.signal(signal.SIGPIPE)) from None
+
+
 class _Group(TyperGroup):
     """The `erase` group: catches the errors of reading the command line, of the group and of
     every command, in one place, for the console script and for callers of `app` alike."""
@@ -55,7 +73,7 @@ class _Group(TyperGroup):
         return ctx
 
     def invoke(self, ctx):
-        with _parse_errors(ctx.meta.get(_ARGV, [])):
+        with _parse_errors(ctx.meta.get(_ARGV, [])), _closed_stdout():
             return super().invoke(ctx)
 
 
@@ -1080,8 +1098,6 @@ def export(
     json: JsonOpt = False,
 ) -> None:
     """Write the surviving records as JSONL: a copy that erase can never purge (audited)."""
-    import sys
-
     from . import service
 
     to_stdout = output == "-"

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 import orjson
 
-from . import audit
+from . import audit, interrupts
 from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
@@ -919,18 +919,18 @@ def export(
     temporary file for `stream`). (2) Under the exclusive lock, if no command added or forgot
     records meanwhile (else the read is repeated), an `export` entry is committed; it changes no
     data file, only store.json's audit head. (3) The file is linked into place, never over an
-    existing file unless `force`, or copied to `stream`."""
+    existing file unless `force`, or copied to `stream`. However it ends short of that, no
+    spooled file is left beside `output` (see _spool).
+
+    When `stream` is closed by its reader (`erase export --output - | head -1`), BrokenPipeError
+    propagates and the audit entry stays: some records may have been read."""
     t0 = time.perf_counter()
     root = Path(root)
     if output is not None:
         output = _check_export_path(root, Path(output), force)
-    spool = None
-    try:
-        for _attempt in range(EXPORT_ATTEMPTS):
-            if spool is not None:
-                _discard(spool)
-            spool = _new_spool(output)
-            n, seen = _spool_survivors(root, spool[0], vectors, lock_timeout, key_file, hooks)
+    for _attempt in range(EXPORT_ATTEMPTS):
+        with _spool(output) as (handle, path):
+            n, seen = _spool_survivors(root, handle, vectors, lock_timeout, key_file, hooks)
             if output is not None:
                 _check_export_path(root, output, force)  # fail before auditing if it appeared
             entry = _audit_export(
@@ -947,19 +947,15 @@ def export(
                 hooks,
             )
             if entry is not None:
+                size = _publish(handle, path, output, stream, force)
                 break
-            hooks.say(f"store {root} changed while it was read for the export; reading it again")
-        else:
-            raise StoreLocked(
-                f"store {root} kept changing while the export was read (other erase "
-                "commands are adding or forgetting records); nothing was exported, "
-                "run 'erase export' again later"
-            )
-        size = _publish(spool, output, stream, force)
-        spool = None
-    finally:
-        if spool is not None:
-            _discard(spool)
+        hooks.say(f"store {root} changed while it was read for the export; reading it again")
+    else:
+        raise StoreLocked(
+            f"store {root} kept changing while the export was read (other erase "
+            "commands are adding or forgetting records); nothing was exported, "
+            "run 'erase export' again later"
+        )
     warnings = []
     if n == 0:
         warnings.append(f"store {root} has no records: the export is empty")
@@ -996,27 +992,37 @@ def _check_export_path(root: Path, output: Path, force: bool) -> Path:
     return output
 
 
-def _new_spool(output: Path | None) -> tuple[BinaryIO, Path | None]:
-    """An owner-only file created exclusively: beside `output` (so publishing is a rename on the
-    same filesystem), or unnamed (deleted on close) when the export goes to a stream."""
+@contextlib.contextmanager
+def _spool(output: Path | None) -> Iterator[tuple[BinaryIO, Path | None]]:
+    """The file an export is written to before it is audited and published: owner-only and
+    created exclusively beside `output` (so that publishing is a rename on the same filesystem),
+    or unnamed (deleted on close) when the export goes to a stream. A named one is removed on
+    every way out but publishing: an error, a signal before the commit point, a retry, and a
+    second signal that ends the process after it (interrupts.removing); only a SIGKILL or a
+    power cut can leave `.NAME.XXXX.partial` behind."""
+    if output is None:
+        with tempfile.TemporaryFile() as handle:
+            yield handle, None
+        return
+    path = None
     try:
-        if output is None:
-            return tempfile.TemporaryFile(), None
-        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
-        os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "w+b"), Path(name)
-    except OSError as exc:
-        raise InvalidParameter(
-            f"cannot create a file beside --output {output}: {exc.strerror}; choose a writable directory"
-        ) from None
-
-
-def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
-    handle, path = spool
-    handle.close()
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        # Deferred: a signal between creating the file and learning its name would leave it.
+        with interrupts.deferred():
+            try:
+                fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+            except OSError as exc:
+                raise InvalidParameter(
+                    f"cannot create a file beside --output {output}: {exc.strerror}; choose a writable directory"
+                ) from None
+            path = Path(name)
+            handle = os.fdopen(fd, "w+b")
+        with handle, interrupts.removing(path):
+            os.fchmod(handle.fileno(), 0o600)
+            yield handle, path
+    finally:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # gone already once published
 
 
 def _spool_survivors(
@@ -1063,16 +1069,14 @@ def _audit_export(
             return tx.commit(details)
 
 
-def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None, force: bool) -> int:
+def _publish(handle: BinaryIO, path: Path | None, output: Path | None, stream: BinaryIO | None, force: bool) -> int:
     """Make the spooled export visible; returns its size in bytes."""
-    handle, path = spool
     size = handle.seek(0, os.SEEK_END)
     if output is None:
         assert stream is not None  # --output - writes to the given stream
         handle.seek(0)
         shutil.copyfileobj(handle, stream)
         stream.flush()
-        handle.close()
         return size
     handle.close()
     assert path is not None  # a file output was spooled to a file
