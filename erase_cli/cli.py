@@ -279,11 +279,25 @@ def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
     return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
 
 
+def _notices() -> Callable[[str], None]:
+    """render.say for the core's notices, each distinct one said once per command: ingest,
+    export and ask open the store twice (to look, then to write), and each opening would repeat
+    what it says of the store (that every user can write it, say)."""
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            render.say(message)
+
+    return say
+
+
 def _hooks():
     """Notices on stderr, no progress bar (quick commands)."""
     from .service import Hooks
 
-    return Hooks(say=render.say)
+    return Hooks(say=_notices())
 
 
 def _with_progress(call: Callable[[object], object]) -> object:
@@ -291,7 +305,7 @@ def _with_progress(call: Callable[[object], object]) -> object:
     from .service import Hooks
 
     with render.progress_bar() as progress:
-        return call(Hooks(say=render.say, progress=progress))
+        return call(Hooks(say=_notices(), progress=progress))
 
 
 def _plain(result):
