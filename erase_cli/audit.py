@@ -146,10 +146,31 @@ def read_entries(path: str | os.PathLike) -> list[dict]:
 
     Raises StoreDamaged naming the first line that is not a JSON object.
     """
-    numbered, problems = _parse_lines(Path(path))
-    if problems:
-        raise StoreDamaged(f"{problems[0]}; 'erase log --verify' lists every problem")
-    return [entry for _, entry in numbered]
+    path = Path(path)
+    try:
+        fd = _open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    entries = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise StoreDamaged(
+                f"audit log {path} line {number} is not valid JSON (truncated or edited); "
+                "restore the store from a backup"
+            ) from None
+        if not isinstance(entry, dict):
+            raise StoreDamaged(
+                f"audit log {path} line {number} is not a JSON object (edited); restore the store from a backup"
+            )
+        entries.append(entry)
+    return entries
 
 
 def verify_chain(
@@ -174,20 +195,6 @@ def verify_chain(
     return _chain_problems(list(enumerate(entries, start=1)), head, key, keyed_from, expect_head)
 
 
-def verify_file(
-    path: str | os.PathLike,
-    *,
-    head: str | None = None,
-    key: bytes | None = None,
-    keyed_from: int = 0,
-    expect_head: str | None = None,
-) -> list[str]:
-    """Like :func:`verify_chain` for the log at ``path``, also reporting lines that do not parse
-    (with their real line numbers) instead of stopping at the first one."""
-    numbered, problems = _parse_lines(Path(path))
-    return problems + _chain_problems(numbered, head, key, keyed_from, expect_head)
-
-
 def _open(path: Path, flags: int, mode: int = 0o600) -> int:
     """``os.open`` of the log that never follows a symbolic link and only opens a regular file.
 
@@ -209,31 +216,6 @@ def _open(path: Path, flags: int, mode: int = 0o600) -> int:
         os.close(fd)
         raise StoreDamaged(f"audit log {path} is not a regular file; replace it with the real file from a backup")
     return fd
-
-
-def _parse_lines(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    try:
-        fd = _open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return [], []
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
-    numbered: list[tuple[int, dict]] = []
-    problems: list[str] = []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    for number, raw in enumerate(lines, start=1):
-        try:
-            entry = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            problems.append(f"audit log {path} line {number} is not valid JSON (truncated or edited)")
-            continue
-        if not isinstance(entry, dict):
-            problems.append(f"audit log {path} line {number} is not a JSON object (edited)")
-            continue
-        numbered.append((number, entry))
-    return numbered, problems
 
 
 def _chain_problems(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -25,9 +28,11 @@ def _wants_json(argv: list[str]) -> bool:
 
 
 @contextmanager
-def _usage_errors(argv: list[str]) -> Iterator[None]:
-    """With --json, a usage error becomes the JSON error object every other error gives (kind
-    "usage", exit 2), so a script parsing stdout never meets click's help box instead."""
+def _parse_errors(argv: list[str]) -> Iterator[None]:
+    """Errors found while the command line is read. With --json, a usage error becomes the JSON
+    error object every other error gives (kind "usage", exit 2), so a script parsing stdout never
+    meets click's help box instead. A bad ERASE_* variable (config.py raises it from the option's
+    callback) is the usual one-line error, with its kind and exit code."""
     try:
         yield
     except _UsageError as exc:
@@ -37,21 +42,38 @@ def _usage_errors(argv: list[str]) -> Iterator[None]:
         message = " ".join(exc.format_message().split()).rstrip(".")
         render.error("usage", f"{message}; see '{command} --help'", True)
         raise typer.Exit(ExitStatus.USAGE) from None
+    except EraseError as exc:  # a command's own errors never get here: _handled took them
+        raise _fail(exc, _wants_json(argv)) from None
+
+
+@contextmanager
+def _closed_stdout() -> Iterator[None]:
+    """The reader of stdout went away (`erase export --output - | head -1`): stop quietly, as a
+    program in a pipe does, with 128 + SIGPIPE (Python ignores the signal, so the write fails
+    with EPIPE instead of ending the process). What the command committed stays: an export's
+    audit entry is written before its first record, since some records may have been read."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python flushes stdout once more on the way out, which would fail and say so.
+        with suppress(OSError, ValueError):  # stdout without a descriptor (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(ExitStatus.signal(signal.SIGPIPE)) from None
 
 
 class _Group(TyperGroup):
-    """The `erase` group: catches the usage errors of the group and of every command in one place,
-    for the console script and for callers of `app` alike."""
+    """The `erase` group: catches the errors of reading the command line, of the group and of
+    every command, in one place, for the console script and for callers of `app` alike."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         argv = list(args)  # click consumes `args` while parsing
-        with _usage_errors(argv):
+        with _parse_errors(argv):
             ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta[_ARGV] = argv
         return ctx
 
     def invoke(self, ctx):
-        with _usage_errors(ctx.meta.get(_ARGV, [])):
+        with _parse_errors(ctx.meta.get(_ARGV, [])), _closed_stdout():
             return super().invoke(ctx)
 
 
@@ -66,18 +88,28 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _names(variable: str, help: str) -> str:
+    """An option's help naming the ERASE_* variable that stands in for it. The options do not
+    read the variables themselves: each passes its value through a config.py function (its
+    callback), the one place that resolves flag > variable > default, so that a bad value is
+    erase's one-line error naming the variable instead of a usage error."""
+    return rf"{help} \[env var: {variable}]"  # rich markup: the bracket is text, not a style
+
+
 StoreOpt = Annotated[
     Optional[Path],
-    typer.Option("--store", envvar=config.ENV_STORE, show_envvar=True, help="Store directory (default ./erase-store)."),
+    typer.Option(
+        "--store", callback=config.store_path, help=_names(config.ENV_STORE, "Store directory (default ./erase-store).")
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
         "--model",
-        envvar=config.ENV_MODEL,
-        show_envvar=True,
-        help="GGUF model file (default: the bundled SmolLM2-135M-Instruct).",
+        callback=config.model_flag,
+        help=_names(config.ENV_MODEL, "GGUF model file (default: the bundled SmolLM2-135M-Instruct)."),
     ),
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
@@ -85,9 +117,10 @@ LockOpt = Annotated[
     Optional[float],
     typer.Option(
         "--lock-timeout",
-        envvar=config.ENV_LOCK_TIMEOUT,
-        show_envvar=True,
-        help="Seconds to wait for another erase command's lock (default 60); then exit 75.",
+        callback=config.lock_timeout,
+        help=_names(
+            config.ENV_LOCK_TIMEOUT, "Seconds to wait for another erase command's lock (default 60); then exit 75."
+        ),
     ),
 ]
 
@@ -120,20 +153,25 @@ RedactOpt = Annotated[
     bool,
     typer.Option(
         "--redact-ids",
-        envvar=config.ENV_REDACT_IDS,
-        show_envvar=True,
-        help="Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
-        "log) in all output, so that logs keep no personal identifiers.",
+        callback=config.redact_ids,
+        help=_names(
+            config.ENV_REDACT_IDS,
+            "Show every record id as h:HASH (its keyed hash under the store key, as in the audit "
+            "log) in all output, so that logs keep no personal identifiers. The variable takes 1, "
+            "true or yes; 0, false or no.",
+        ),
     ),
 ]
 SecretOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--secret-file",
-        envvar=config.ENV_SECRET_FILE,
-        show_envvar=True,
-        help="The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
-        "Given at the first ingest, the store records only its fingerprint.",
+        callback=config.secret_file,
+        help=_names(
+            config.ENV_SECRET_FILE,
+            "The store's key kept outside the store (32 random bytes or 64 hex digits, mode 600). "
+            "Given at the first ingest, the store records only its fingerprint.",
+        ),
     ),
 ]
 
@@ -152,10 +190,11 @@ class _Ids:
     def __init__(
         self,
         redact: bool = False,
-        store: Optional[Path] = None,
+        store: Path = Path(config.DEFAULT_STORE),
         key_file: Optional[Path] = None,
-        lock_timeout: Optional[float] = None,
+        lock_timeout: float = config.DEFAULT_LOCK_TIMEOUT,
     ):
+        """The options' values, as their callbacks resolved them."""
         self.redact = redact
         self._where = (store, key_file, lock_timeout)
         self._hasher: Optional[Callable[[str], str]] = None
@@ -174,9 +213,7 @@ class _Ids:
 
         store, key_file, lock_timeout = self._where
         try:
-            return service.id_hasher(
-                config.store_path(store), key_file=key_file, lock_timeout=config.lock_timeout(lock_timeout)
-            )
+            return service.id_hasher(store, key_file=key_file, lock_timeout=lock_timeout)
         except EraseError:  # no usable key (a damaged store, say): hide the ids all the same
             return None
 
@@ -222,13 +259,15 @@ def _run(
     work: Callable[[], object],
     show: Callable[[object], None],
     ids: _Ids = _PLAIN,
-    view: Optional[Callable[[dict, _Ids], dict]] = None,
+    view: Optional[Callable[[Any, _Ids], dict]] = None,
 ) -> object:
-    """Run one core call, then render the result: `view` gives the result as shown, ids
-    redacted when asked. Returns the raw result, as its JSON object."""
+    """Run one core call, then render the result: `view` gives the result (as the core returned
+    it: a report, which also reads as its JSON object) as shown, ids redacted when asked.
+    Returns the raw result, as its JSON object."""
     with _handled(as_json, ids):
-        result = _plain(work())
-        shown = view(result, ids) if view is not None and ids.redact else result
+        report = work()
+        result = _plain(report)
+        shown = view(report, ids) if view is not None and ids.redact else result
         if as_json:
             render.emit_json(shown)
         else:
@@ -240,11 +279,25 @@ def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
     return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
 
 
+def _notices() -> Callable[[str], None]:
+    """render.say for the core's notices, each distinct one said once per command: ingest,
+    export and ask open the store twice (to look, then to write), and each opening would repeat
+    what it says of the store (that every user can write it, say)."""
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            render.say(message)
+
+    return say
+
+
 def _hooks():
     """Notices on stderr, no progress bar (quick commands)."""
     from .service import Hooks
 
-    return Hooks(say=render.say)
+    return Hooks(say=_notices())
 
 
 def _with_progress(call: Callable[[object], object]) -> object:
@@ -252,7 +305,7 @@ def _with_progress(call: Callable[[object], object]) -> object:
     from .service import Hooks
 
     with render.progress_bar() as progress:
-        return call(Hooks(say=render.say, progress=progress))
+        return call(Hooks(say=_notices(), progress=progress))
 
 
 def _plain(result):
@@ -302,9 +355,10 @@ def ingest(
     embedder: Annotated[
         Optional[str],
         typer.Option(
-            envvar=config.ENV_EMBEDDER,
-            show_envvar=True,
-            help="sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2).",
+            callback=config.embedder_name,
+            help=_names(
+                config.ENV_EMBEDDER, "sentence-transformers model path or name (default: the bundled all-MiniLM-L6-v2)."
+            ),
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Embedding batch size.")] = config.DEFAULT_BATCH_SIZE,
@@ -329,18 +383,18 @@ def ingest(
     def work():
         return _with_progress(
             lambda hooks: service.ingest(
-                config.store_path(store),
+                store,
                 str(file),
                 id_field=id_field,
                 input_field=input_field,
                 target_field=target_field,
                 vector_field=vector_field,
-                embedder=config.embedder_name(embedder),
+                embedder=embedder,
                 batch_size=batch_size,
                 append=append,
                 skip_invalid=skip_invalid,
                 allow_relearn=allow_relearn,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
@@ -469,10 +523,10 @@ def forget(
             batch += read_ids(from_file)  # an empty file is an empty batch: nothing to do
         return _with_progress(
             lambda hooks: service.forget(
-                config.store_path(store),
+                store,
                 batch,
                 dry_run=dry_run,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
@@ -612,9 +666,8 @@ def eval_(
     embedder: Annotated[
         Optional[str],
         typer.Option(
-            envvar=config.ENV_EMBEDDER,
-            show_envvar=True,
-            help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).",
+            callback=config.embedder_name,
+            help=_names(config.ENV_EMBEDDER, "sentence-transformers model (default: the bundled all-MiniLM-L6-v2)."),
         ),
     ] = None,
     threads: ThreadsOpt = None,
@@ -631,8 +684,8 @@ def eval_(
                 limit,
                 seed,
                 k,
-                config.model_flag(model),
-                config.embedder_name(embedder),
+                model,
+                embedder,
                 progress,
                 n_threads=threads,
             )
@@ -678,7 +731,7 @@ def cost(
     def work():
         return _warned(
             service.cost(
-                config.store_path(store),
+                store,
                 queries_per_deletion=queries_per_deletion,
                 sisa_shards=sisa_shards,
                 sisa_epochs=sisa_epochs,
@@ -689,9 +742,9 @@ def cost(
                 tokens_per_example=tokens_per_example,
                 per_token_s=per_token_s,
                 finetuned_query_s=finetuned_query_s,
-                model=config.model_flag(model),
+                model=model,
                 n_threads=threads,
-                lock_timeout=config.lock_timeout(lock_timeout),
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=_hooks(),
             )
@@ -803,7 +856,11 @@ def status(
 
 @app.command()
 def verify(
-    store: StoreOpt = None, lock_timeout: LockOpt = None, secret_file: SecretOpt = None, json: JsonOpt = False
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
+    json: JsonOpt = False,
 ) -> None:
     """Check every file of the store, refit from scratch on the remaining records and compare."""
     from . import service
@@ -821,13 +878,15 @@ def verify(
         json,
         lambda: _with_progress(
             lambda hooks: service.verify(
-                config.store_path(store),
-                lock_timeout=config.lock_timeout(lock_timeout),
+                store,
+                lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
             )
         ),
         show,
+        _Ids(redact_ids, store, secret_file, lock_timeout),
+        lambda r, ids: {**r, "differences": [ids.text(d, r.quoted_ids) for d in r.differences]},
     )
     if not result["identical"]:
         raise typer.Exit(ExitStatus.FAILURE)
@@ -853,8 +912,8 @@ def recover(
     _run(
         json,
         lambda: service.recover(
-            config.store_path(store),
-            lock_timeout=config.lock_timeout(lock_timeout),
+            store,
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         ),
@@ -918,47 +977,38 @@ def log(
                 "always shown); run 'erase log --verify --show'"
             )
         result = service.log(
-            config.store_path(store),
+            store,
             check=check,
             expect_head=expect_head,
             last=last,
             since=since,
             actions=action,
-            lock_timeout=config.lock_timeout(lock_timeout),
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         )
     if head:
         if json:
-            render.emit_json({"head": result["head"]})
+            render.emit_json({"head": result.head})
         else:
-            render.show(result["head"] or "(no entries)")
+            render.show(result.head or "(no entries)")
     elif json:
         # Machine readers always get the entries chosen; with --verify the verdict comes last.
-        for entry in result["entries"]:
+        for entry in result.entries:
             render.emit_json(entry)
     elif show_entries or not check:
-        for entry in result["entries"]:
+        for entry in result.entries:
             render.show(log_line(entry))
-        if not check and len(result["entries"]) < result["total"]:
-            render.say(f"{len(result['entries'])} of {result['total']} entries shown")
+        if not check and len(result.entries) < result.total:
+            render.say(f"{len(result.entries)} of {result.total} entries shown")
     if check:
         if json:
-            render.emit_json(
-                {
-                    "verify": {
-                        "valid": result["valid"],
-                        "problems": result["problems"],
-                        "entries": result["total"],
-                        "head": result["head"],
-                    }
-                }
-            )
-        elif result["valid"]:
-            render.show(f"audit chain valid: {result['total']} entries, head {(result['head'] or '(none)')[:12]}")
+            render.emit_json(result.verdict())
+        elif result.valid:
+            render.show(f"audit chain valid: {result.total} entries, head {(result.head or '(none)')[:12]}")
         else:
-            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result["problems"]))
-        if not result["valid"]:
+            render.show("audit chain BROKEN:\n" + "\n".join(f"  {p}" for p in result.problems))
+        if not result.valid:
             raise typer.Exit(ExitStatus.FAILURE)
 
 
@@ -1062,8 +1112,6 @@ def export(
     json: JsonOpt = False,
 ) -> None:
     """Write the surviving records as JSONL: a copy that erase can never purge (audited)."""
-    import sys
-
     from . import service
 
     to_stdout = output == "-"
@@ -1078,12 +1126,12 @@ def export(
         return _warned(
             _with_progress(
                 lambda hooks: service.export(
-                    config.store_path(store),
+                    store,
                     None if to_stdout else Path(output),
                     stream=sys.stdout.buffer if to_stdout else None,
                     vectors=vectors,
                     force=force,
-                    lock_timeout=config.lock_timeout(lock_timeout),
+                    lock_timeout=lock_timeout,
                     key_file=secret_file,
                     hooks=hooks,
                 )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+
+from .errors import InvalidParameter
 
 # Chosen from the crossing / prompt-change curves in bench/results/ and the eval table; the README
 # says why. k = number of demonstrations; eps = lattice step in unit-norm embedding space; dim = the
@@ -17,8 +20,10 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STORE = "./erase-store"
 
-# The variables that stand in for a flag, named here only: cli.py declares them on its options
-# (so --help shows them), and the functions below resolve flag > variable > default.
+# The variables that stand in for a flag. They are read here and nowhere else (cli.py's options
+# only name them in their help and pass each flag's value through the function below), so that a
+# bad value is erase's one-line error naming the variable (InvalidParameter, exit 1, a JSON error
+# object with --json) rather than a usage error from the option parser.
 ENV_STORE = "ERASE_STORE"
 ENV_LOCK_TIMEOUT = "ERASE_LOCK_TIMEOUT"
 ENV_SECRET_FILE = "ERASE_SECRET_FILE"
@@ -26,32 +31,68 @@ ENV_REDACT_IDS = "ERASE_REDACT_IDS"
 ENV_MODEL = "ERASE_MODEL"
 ENV_EMBEDDER = "ERASE_EMBEDDER"
 
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+def _env(name: str) -> str | None:
+    """The variable's value; None when it is unset or empty (an empty value means the default)."""
+    return os.environ.get(name) or None
+
+
+def _invalid(name: str, raw: str, fix: str) -> InvalidParameter:
+    return InvalidParameter(f"{name}={raw!r} {fix}")
+
 
 def store_path(flag: str | Path | None) -> Path:
-    return Path(flag or os.environ.get(ENV_STORE) or DEFAULT_STORE)
+    return Path(flag or _env(ENV_STORE) or DEFAULT_STORE)
 
 
 def lock_timeout(flag: float | None) -> float:
+    """The flag as given (the lock checks it); the variable checked here, naming it."""
     if flag is not None:
         return flag
-    raw = os.environ.get(ENV_LOCK_TIMEOUT)
-    if raw:
-        try:
-            return float(raw)
-        except ValueError:
-            from .errors import InvalidParameter
+    raw = _env(ENV_LOCK_TIMEOUT)
+    if raw is None:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds) or seconds < 0:
+        raise _invalid(ENV_LOCK_TIMEOUT, raw, "is not a number of seconds >= 0; set it to e.g. 60, or unset it")
+    return seconds
 
-            raise InvalidParameter(
-                f"{ENV_LOCK_TIMEOUT}={raw!r} is not a number of seconds; set it to e.g. 60"
-            ) from None
-    return DEFAULT_LOCK_TIMEOUT
+
+def secret_file(flag: Path | None) -> Path | None:
+    """None means the key kept in the store (STORE/secret)."""
+    if flag is not None:
+        return flag
+    raw = _env(ENV_SECRET_FILE)
+    return None if raw is None else Path(raw)
+
+
+def redact_ids(flag: bool) -> bool:
+    """--redact-ids, else ERASE_REDACT_IDS: 1, true or yes; 0, false or no (any case)."""
+    raw = _env(ENV_REDACT_IDS)
+    if flag or raw is None:
+        return flag
+    word = raw.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise _invalid(
+            ENV_REDACT_IDS,
+            raw,
+            "is neither yes nor no; set it to 1 (or true, yes) to show ids as keyed hashes, "
+            "0 (or false, no) to show them as they are, or unset it",
+        )
+    return word in _TRUE
 
 
 def embedder_name(flag: str | None) -> str | None:
     """None means the bundled all-MiniLM-L6-v2."""
-    return flag or os.environ.get(ENV_EMBEDDER) or None
+    return flag or _env(ENV_EMBEDDER)
 
 
 def model_flag(flag: str | None) -> str | None:
     """None means the bundled SmolLM2 GGUF (resolved by llm.resolve_model)."""
-    return flag or os.environ.get(ENV_MODEL) or None
+    return flag or _env(ENV_MODEL)

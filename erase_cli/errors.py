@@ -13,7 +13,8 @@ from typing import Self
 class ExitStatus(IntEnum):
     """Every exit code erase uses (README's table): 0 done, 1 an error, 2 a usage error (click's),
     3 `forget` with ids the store never had (the rest applied), 75 (EX_TEMPFAIL) the store is
-    locked or changed under the command (try again), 128 + N interrupted by signal N."""
+    locked or changed under the command (try again), 128 + N interrupted by signal N (141, SIGPIPE:
+    the reader of stdout closed it early)."""
 
     OK = 0
     FAILURE = 1

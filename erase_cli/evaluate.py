@@ -40,7 +40,6 @@ from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
 
 METHODS = ("erase", "kmeans", "random", "zero", "knn")
-_SHARED_PREFIX = ("erase", "kmeans", "random", "zero")
 _NEEDS_EMBEDDINGS = ("erase", "kmeans", "knn")
 Z95 = 1.959963984540054
 DEFAULT_MAX_TOKENS = 32

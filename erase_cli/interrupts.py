@@ -8,8 +8,9 @@ the command ends as if it had not been interrupted; a second signal ends the pro
 leaving the committed journal for the next writing command, exactly as SIGKILL would.
 
 Only the command line installs the handlers (:func:`guard`); the core merely marks its commit
-point (:func:`committing`) and its must-finish steps (:func:`deferred`), which are no-ops when no
-guard is active, so library callers keep their own signal handling.
+point (:func:`committing`), its must-finish steps (:func:`deferred`) and the files of its own
+that must not outlive the process (:func:`removing`), which are no-ops when no guard is active,
+so library callers keep their own signal handling.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ExitStatus
 
@@ -48,13 +49,18 @@ class _Guard:
     committed: bool = False  # the commit point has been passed: never raise again
     depth: int = 0  # inside deferred(): remember a signal, raise it on leaving
     pending: int | None = None
+    leftovers: set[str] = field(default_factory=set)  # removing(): files to delete before _exit
 
     def handle(self, signum: int, _frame) -> None:
         if not (self.committed or self.depth):
             raise Interrupted(signum)
         if self.pending is not None:
             # Second signal while finishing: stop now. The committed journal stays on disk and
-            # the next writing command completes it (the same state a SIGKILL leaves).
+            # the next writing command completes it (the same state a SIGKILL leaves); no
+            # cleanup code runs after _exit, so the files that would have been removed go now.
+            for path in self.leftovers:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             os._exit(ExitStatus.signal(signum))
         self.pending = signum
         if self.committed:
@@ -120,6 +126,23 @@ def deferred() -> Iterator[None]:
     if not state.depth and not state.committed and state.pending is not None:
         signum, state.pending = state.pending, None
         raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def removing(path: str | os.PathLike) -> Iterator[None]:
+    """While in this block, `path` (a file of the command's own, such as a half-written export)
+    is deleted should a second signal end the process on the spot. Every other way out is the
+    caller's to clean up (a `finally`); a SIGKILL, of course, leaves the file."""
+    state = _active
+    if state is None:
+        yield
+        return
+    name = os.fspath(path)
+    state.leftovers.add(name)
+    try:
+        yield
+    finally:
+        state.leftovers.discard(name)
 
 
 def test_point(name: str) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 
 
 class Report(Mapping):
-    """Base of the results: `to_json()` gives the fields in order, nested reports included."""
+    """Base of the results: `to_json()` gives the fields in order, nested reports included, but
+    for those declared with `metadata={"json": False}` (what only the command line needs)."""
 
     _OMIT_NONE: tuple[str, ...] = ()  # fields left out of the JSON while they are None
 
@@ -21,7 +22,7 @@ class Report(Mapping):
         out = {}
         for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
             value = getattr(self, f.name)
-            if value is None and f.name in self._OMIT_NONE:
+            if f.metadata.get("json") is False or (value is None and f.name in self._OMIT_NONE):
                 continue
             out[f.name] = value.to_json() if isinstance(value, Report) else value
         return out
@@ -100,3 +101,48 @@ class StatusReport(Report):
     cache: dict
     pending: dict | None
     audit_head: str | None
+
+
+@dataclass(eq=False)
+class VerifyReport(Report):
+    identical: bool
+    differences: list[str]  # for people; they may quote record ids (as repr)
+    n_records: int
+    state_digest: str
+    elapsed_ms: float
+    # The record ids the differences may quote, so that --redact-ids can replace them; never in
+    # the JSON (the differences are, redacted or not).
+    quoted_ids: list[str] = field(default_factory=list, metadata={"json": False})
+
+
+@dataclass(eq=False)
+class RecoverReport(Report):
+    store: str
+    recovered: dict | None  # {"action", "outcome": "completed" or "rolled_back"}; None: nothing to do
+
+
+@dataclass(eq=False)
+class LogReport(Report):
+    """The entries chosen (each exactly as stored) and, when the chain was checked, the verdict.
+    `--json` prints it as NDJSON, not as this one object: the entries, then `verdict()`."""
+
+    entries: list[dict]
+    total: int  # entries in the whole chain, which is always what is verified
+    problems: list[str]
+    valid: bool | None  # None: not checked
+    head: str | None
+
+    def verdict(self) -> dict:
+        return {"verify": {"valid": self.valid, "problems": self.problems, "entries": self.total, "head": self.head}}
+
+
+@dataclass(eq=False)
+class ExportReport(Report):
+    store: str
+    output: str  # the file, or "-" for stdout
+    records: int
+    vectors: bool
+    bytes: int
+    audit_hash: str
+    warnings: list[str]
+    elapsed_ms: float

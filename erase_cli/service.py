@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 import orjson
 
-from . import audit
+from . import audit, interrupts
 from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
@@ -35,7 +35,17 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
-from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
+from .reports import (
+    ExportReport,
+    FitReport,
+    ForgetBatch,
+    ForgetReport,
+    IngestReport,
+    LogReport,
+    RecoverReport,
+    StatusReport,
+    VerifyReport,
+)
 from .schema import FitParams
 from .store import (
     ACTIONS,
@@ -693,7 +703,9 @@ def _fitted_manifest(st: Store, root: Path) -> Manifest:
     return manifest
 
 
-def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def verify(
+    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+) -> VerifyReport:
     """Check every file the store must have, then refit from scratch on the stored embeddings of
     the remaining records and compare."""
     t0 = time.perf_counter()
@@ -714,13 +726,20 @@ def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
         stored_manifest = st.manifest_bytes()
         if stored_manifest != build_manifest(st, fresh).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
-    return {
-        "identical": not differences,
-        "differences": differences,
-        "n_records": int(fresh.n),
-        "state_digest": fresh.state_digest(),
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return VerifyReport(
+        identical=not differences,
+        differences=differences,
+        n_records=int(fresh.n),
+        state_digest=fresh.state_digest(),
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+        quoted_ids=_state_ids(state, fresh) if differences else [],
+    )
+
+
+def _state_ids(*states: qk.State) -> list[str]:
+    """Every record id that State.differences can quote: the initial centres and the candidates
+    (examples are the candidates' first ids)."""
+    return sorted({i for s in states for i in s.init_ids + [c for cands in s.candidates for c in cands]})
 
 
 def _pending(st: Store) -> dict | None:
@@ -783,7 +802,7 @@ def log(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
-) -> dict:
+) -> LogReport:
     """The audit entries; with `check`, the chain's problems: entries of a format-2 store are
     verified with its key from `audit_keyed_from` on, against the head that store.json (itself
     under the key) records, and against `expect_head`, a hash an operator kept elsewhere.
@@ -821,13 +840,9 @@ def log(
     ]
     if last is not None:
         shown = shown[len(shown) - last :] if last else []
-    return {
-        "entries": shown,
-        "total": len(entries),
-        "problems": problems,
-        "valid": not problems if check else None,
-        "head": head,
-    }
+    return LogReport(
+        entries=shown, total=len(entries), problems=problems, valid=not problems if check else None, head=head
+    )
 
 
 def _check_actions(actions: list[str] | None) -> set[str] | None:
@@ -865,14 +880,16 @@ def _entry_after(entry: dict, after: datetime) -> bool:
     return when >= after
 
 
-def recover(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()) -> dict:
+def recover(
+    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+) -> RecoverReport:
     """Complete a committed interrupted operation or roll back an uncommitted one, and nothing
     else (no upgrade, no other change)."""
     with open_store(
         root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file, upgrade=False
     ) as st:
         recovered = st.recovered
-    return {"store": str(st.root), "recovered": recovered}
+    return RecoverReport(store=str(st.root), recovered=recovered)
 
 
 # --------------------------------------------------------------------------- export
@@ -890,7 +907,7 @@ def export(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
-) -> dict:
+) -> ExportReport:
     """Write the surviving records as JSONL (id, input, target, choices if any, and with
     `vectors` the stored embedding as `vector`, exact as float64 text) to the new file `output`,
     or, when `output` is None, to `stream`.
@@ -902,18 +919,18 @@ def export(
     temporary file for `stream`). (2) Under the exclusive lock, if no command added or forgot
     records meanwhile (else the read is repeated), an `export` entry is committed; it changes no
     data file, only store.json's audit head. (3) The file is linked into place, never over an
-    existing file unless `force`, or copied to `stream`."""
+    existing file unless `force`, or copied to `stream`. However it ends short of that, no
+    spooled file is left beside `output` (see _spool).
+
+    When `stream` is closed by its reader (`erase export --output - | head -1`), BrokenPipeError
+    propagates and the audit entry stays: some records may have been read."""
     t0 = time.perf_counter()
     root = Path(root)
     if output is not None:
         output = _check_export_path(root, Path(output), force)
-    spool = None
-    try:
-        for _attempt in range(EXPORT_ATTEMPTS):
-            if spool is not None:
-                _discard(spool)
-            spool = _new_spool(output)
-            n, seen = _spool_survivors(root, spool[0], vectors, lock_timeout, key_file, hooks)
+    for _attempt in range(EXPORT_ATTEMPTS):
+        with _spool(output) as (handle, path):
+            n, seen = _spool_survivors(root, handle, vectors, lock_timeout, key_file, hooks)
             if output is not None:
                 _check_export_path(root, output, force)  # fail before auditing if it appeared
             entry = _audit_export(
@@ -930,32 +947,28 @@ def export(
                 hooks,
             )
             if entry is not None:
+                size = _publish(handle, path, output, stream, force)
                 break
-            hooks.say(f"store {root} changed while it was read for the export; reading it again")
-        else:
-            raise StoreLocked(
-                f"store {root} kept changing while the export was read (other erase "
-                "commands are adding or forgetting records); nothing was exported, "
-                "run 'erase export' again later"
-            )
-        size = _publish(spool, output, stream, force)
-        spool = None
-    finally:
-        if spool is not None:
-            _discard(spool)
+        hooks.say(f"store {root} changed while it was read for the export; reading it again")
+    else:
+        raise StoreLocked(
+            f"store {root} kept changing while the export was read (other erase "
+            "commands are adding or forgetting records); nothing was exported, "
+            "run 'erase export' again later"
+        )
     warnings = []
     if n == 0:
         warnings.append(f"store {root} has no records: the export is empty")
-    return {
-        "store": str(root),
-        "output": "-" if output is None else str(output),
-        "records": n,
-        "vectors": vectors,
-        "bytes": size,
-        "audit_hash": entry["hash"],
-        "warnings": warnings,
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
-    }
+    return ExportReport(
+        store=str(root),
+        output="-" if output is None else str(output),
+        records=n,
+        vectors=vectors,
+        bytes=size,
+        audit_hash=entry["hash"],
+        warnings=warnings,
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _check_export_path(root: Path, output: Path, force: bool) -> Path:
@@ -979,27 +992,37 @@ def _check_export_path(root: Path, output: Path, force: bool) -> Path:
     return output
 
 
-def _new_spool(output: Path | None) -> tuple[BinaryIO, Path | None]:
-    """An owner-only file created exclusively: beside `output` (so publishing is a rename on the
-    same filesystem), or unnamed (deleted on close) when the export goes to a stream."""
+@contextlib.contextmanager
+def _spool(output: Path | None) -> Iterator[tuple[BinaryIO, Path | None]]:
+    """The file an export is written to before it is audited and published: owner-only and
+    created exclusively beside `output` (so that publishing is a rename on the same filesystem),
+    or unnamed (deleted on close) when the export goes to a stream. A named one is removed on
+    every way out but publishing: an error, a signal before the commit point, a retry, and a
+    second signal that ends the process after it (interrupts.removing); only a SIGKILL or a
+    power cut can leave `.NAME.XXXX.partial` behind."""
+    if output is None:
+        with tempfile.TemporaryFile() as handle:
+            yield handle, None
+        return
+    path = None
     try:
-        if output is None:
-            return tempfile.TemporaryFile(), None
-        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
-        os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "w+b"), Path(name)
-    except OSError as exc:
-        raise InvalidParameter(
-            f"cannot create a file beside --output {output}: {exc.strerror}; choose a writable directory"
-        ) from None
-
-
-def _discard(spool: tuple[BinaryIO, Path | None]) -> None:
-    handle, path = spool
-    handle.close()
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        # Deferred: a signal between creating the file and learning its name would leave it.
+        with interrupts.deferred():
+            try:
+                fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+            except OSError as exc:
+                raise InvalidParameter(
+                    f"cannot create a file beside --output {output}: {exc.strerror}; choose a writable directory"
+                ) from None
+            path = Path(name)
+            handle = os.fdopen(fd, "w+b")
+        with handle, interrupts.removing(path):
+            os.fchmod(handle.fileno(), 0o600)
+            yield handle, path
+    finally:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # gone already once published
 
 
 def _spool_survivors(
@@ -1046,16 +1069,14 @@ def _audit_export(
             return tx.commit(details)
 
 
-def _publish(spool: tuple[BinaryIO, Path | None], output: Path | None, stream: BinaryIO | None, force: bool) -> int:
+def _publish(handle: BinaryIO, path: Path | None, output: Path | None, stream: BinaryIO | None, force: bool) -> int:
     """Make the spooled export visible; returns its size in bytes."""
-    handle, path = spool
     size = handle.seek(0, os.SEEK_END)
     if output is None:
         assert stream is not None  # --output - writes to the given stream
         handle.seek(0)
         shutil.copyfileobj(handle, stream)
         stream.flush()
-        handle.close()
         return size
     handle.close()
     assert path is not None  # a file output was spooled to a file

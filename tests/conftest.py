@@ -5,7 +5,14 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
-    for var in ("ERASE_STORE", "ERASE_MODEL", "ERASE_EMBEDDER", "ERASE_LOCK_TIMEOUT"):
+    for var in (
+        "ERASE_STORE",
+        "ERASE_MODEL",
+        "ERASE_EMBEDDER",
+        "ERASE_LOCK_TIMEOUT",
+        "ERASE_SECRET_FILE",
+        "ERASE_REDACT_IDS",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ERASE_STORE", str(tmp_path / "erase-store"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

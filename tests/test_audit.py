@@ -91,7 +91,7 @@ def test_entries_chain_seq_prev_and_hash(log):
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     assert entries[2]["hash"] == digest
     assert audit.verify_chain(entries) == []
-    assert audit.verify_file(path) == []
+    assert audit.verify_chain(audit.read_entries(path)) == []
 
 
 def test_time_is_utc_with_z():
@@ -160,7 +160,7 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(log):
 def test_removed_middle_entry_is_detected(log):
     path, entries = log
     rewrite(path, entries[:2] + entries[3:])
-    assert audit.verify_file(path) == ["entry seq 2 is missing (removed)"]
+    assert audit.verify_chain(audit.read_entries(path)) == ["entry seq 2 is missing (removed)"]
 
 
 def test_removed_first_entries_are_detected(log):
@@ -191,18 +191,16 @@ def test_partially_truncated_last_line_is_reported_with_its_line(log):
     path, _ = log
     data = path.read_bytes()
     path.write_bytes(data[:-40])
-    with pytest.raises(StoreDamaged, match="line 5 is not valid JSON"):
+    with pytest.raises(StoreDamaged, match="line 5 is not valid JSON .*restore the store from a backup"):
         audit.read_entries(path)
-    problems = audit.verify_file(path)
-    assert len(problems) == 1 and "line 5 is not valid JSON" in problems[0]
 
 
 def test_removed_last_entry_needs_the_stores_head(log):
     path, entries = log
     rewrite(path, entries[:-1])
     # A cut at the end leaves a valid chain; only the hash the store recorded reveals it.
-    assert audit.verify_file(path) == []
-    problems = audit.verify_file(path, head=entries[-1]["hash"])
+    assert audit.verify_chain(audit.read_entries(path)) == []
+    problems = audit.verify_chain(audit.read_entries(path), head=entries[-1]["hash"])
     assert len(problems) == 1 and "entries at the end were removed" in problems[0]
     assert audit.verify_chain(entries, head=entries[-1]["hash"]) == []
     added = audit.verify_chain(entries, head=entries[2]["hash"])
@@ -224,7 +222,7 @@ def test_missing_log_reads_as_empty(tmp_path):
     assert audit.read_entries(path) == []
     assert audit.last_entry(path) is None
     assert audit.contains_tail(path, audit.new_entry(None, "fit", {})) is False
-    assert audit.verify_file(path) == []
+    assert audit.verify_chain(audit.read_entries(path)) == []
     audit.check_head(path, None)
 
 
@@ -286,7 +284,7 @@ def test_append_drops_a_torn_tail_left_by_a_crash(log):
     assert audit.last_entry(path) == entries[-1]
     audit.append(path, following)
     assert audit.read_entries(path) == entries + [following]
-    assert audit.verify_file(path) == []
+    assert audit.verify_chain(audit.read_entries(path)) == []
 
 
 def test_append_completes_an_entry_missing_its_newline(log):
@@ -327,8 +325,8 @@ def test_keyed_hash_is_hmac_sha256_of_the_canonical_body(keyed_log):
 def test_keyed_chain_verifies_only_with_the_right_key(keyed_log):
     path, entries = keyed_log
     assert audit.verify_chain(entries, key=KEY, head=entries[-1]["hash"]) == []
-    assert audit.verify_file(path, key=KEY, head=entries[-1]["hash"]) == []
-    wrong = audit.verify_file(path, key=b"\x03" * 32)
+    assert audit.verify_chain(audit.read_entries(path), key=KEY, head=entries[-1]["hash"]) == []
+    wrong = audit.verify_chain(audit.read_entries(path), key=b"\x03" * 32)
     assert len(wrong) == 5
     assert wrong[0] == (
         "line 1 (seq 0, ingest): does not match its keyed hash: edited or re-hashed without the store key"
@@ -358,8 +356,8 @@ def test_deleting_a_forget_entry_and_rehashing_is_detected_with_the_key(keyed_lo
     forged = rehash(entries[:3] + entries[4:])
     rewrite(path, forged)
     head = forged[-1]["hash"]
-    assert audit.verify_file(path, head=head) == []  # what a sha256 chain would have shown
-    problems = audit.verify_file(path, key=KEY, head=head)
+    assert audit.verify_chain(audit.read_entries(path), head=head) == []  # what a sha256 chain would have shown
+    problems = audit.verify_chain(audit.read_entries(path), key=KEY, head=head)
     assert problems == [
         f"line {n} (seq {n - 1}, {forged[n - 1]['action']}): does not match its keyed hash: "
         "edited or re-hashed without the store key"
@@ -384,7 +382,7 @@ def test_keyed_from_checks_legacy_history_with_sha256(tmp_path):
     entries = legacy + keyed
     assert audit.read_entries(path) == entries
     assert entries[3]["prev"] == entries[2]["hash"]
-    assert audit.verify_file(path, key=KEY, keyed_from=3, head=entries[-1]["hash"]) == []
+    assert audit.verify_chain(audit.read_entries(path), key=KEY, keyed_from=3, head=entries[-1]["hash"]) == []
 
     # Asking for keys from the start fails exactly the legacy entries, and the other way round.
     too_early = audit.verify_chain(entries, key=KEY, keyed_from=0)
@@ -421,8 +419,8 @@ def test_keyed_from_checks_legacy_history_with_sha256(tmp_path):
 def test_expect_head_must_be_in_the_chain(keyed_log):
     path, entries = keyed_log
     recorded = entries[2]["hash"]
-    assert audit.verify_file(path, key=KEY, expect_head=recorded) == []
-    assert audit.verify_file(path, key=KEY, expect_head=entries[-1]["hash"]) == []
+    assert audit.verify_chain(audit.read_entries(path), key=KEY, expect_head=recorded) == []
+    assert audit.verify_chain(audit.read_entries(path), key=KEY, expect_head=entries[-1]["hash"]) == []
     # Everything from the recorded entry on was rebuilt: the store's own head is consistent.
     forged = entries[:2] + rehash(entries[:2] + entries[3:], key=KEY)[2:]
     assert audit.verify_chain(forged, key=KEY, head=forged[-1]["hash"]) == []
@@ -571,7 +569,6 @@ def test_a_symlinked_log_is_never_followed(tmp_path, keyed_log):
     calls = [
         lambda: audit.append(path, following, key=KEY),
         lambda: audit.read_entries(path),
-        lambda: audit.verify_file(path, key=KEY),
         lambda: audit.last_entry(path),
         lambda: audit.contains_tail(path, entries[-1]),
         lambda: audit.check_head(path, entries[-1]["hash"]),

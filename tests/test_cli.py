@@ -213,3 +213,44 @@ def test_fast_commands_never_import_model_libraries(argv, store):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_core_returns_typed_reports_that_the_cli_prints_as_they_are(store, tmp_path):
+    """verify, recover, log and export return reports (reports.py); --json prints to_json(), in
+    its documented key order, and log's NDJSON is the entries and then verdict()."""
+    from erase_cli import service
+    from erase_cli.reports import ExportReport, LogReport, RecoverReport, VerifyReport
+
+    verified = service.verify(store)
+    assert isinstance(verified, VerifyReport)
+    assert list(verified.to_json()) == ["identical", "differences", "n_records", "state_digest", "elapsed_ms"]
+    printed = json.loads(run("verify", "--store", str(store), "--json").stdout)
+    assert list(printed) == list(verified.to_json()) and printed["state_digest"] == verified.state_digest
+
+    recovered = service.recover(store)
+    assert isinstance(recovered, RecoverReport) and recovered.recovered is None
+    assert json.loads(run("recover", "--store", str(store), "--json").stdout) == recovered.to_json()
+
+    exported = service.export(store, tmp_path / "a.jsonl")
+    assert isinstance(exported, ExportReport) and exported.records == 30
+    printed = json.loads(run("export", "-o", str(tmp_path / "b.jsonl"), "--store", str(store), "--json").stdout)
+    assert (
+        list(printed)
+        == list(exported.to_json())
+        == [
+            "store",
+            "output",
+            "records",
+            "vectors",
+            "bytes",
+            "audit_hash",
+            "warnings",
+            "elapsed_ms",
+        ]
+    )
+
+    logged = service.log(store, check=True)
+    assert isinstance(logged, LogReport) and logged.valid is True
+    lines = [json.loads(x) for x in run("log", "--verify", "--store", str(store), "--json").stdout.splitlines()]
+    assert lines == logged.entries + [logged.verdict()]
+    assert logged.verdict() == {"verify": {"valid": True, "problems": [], "entries": 4, "head": logged.head}}

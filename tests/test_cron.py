@@ -395,6 +395,108 @@ def test_fit_and_status_redact_the_example_ids(store):
     assert_no_raw(outs, raw)
 
 
+def test_verify_redacts_the_ids_its_differences_quote(store, monkeypatch):
+    """A difference names record ids (initial centres, examples); --redact-ids, or
+    ERASE_REDACT_IDS, shows them as keyed hashes there too."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from erase_cli.cli import app
+
+    real_fit = service.qk.fit
+
+    def another_seed(source, params, *args, **kwargs):  # a refit that disagrees with the stored fit
+        return real_fit(source, replace(params, seed=params.seed + 1), *args, **kwargs)
+
+    monkeypatch.setattr(service.qk, "fit", another_seed)
+    raw = sorted(
+        i for d in [service.verify(store)] for i in d.quoted_ids if any(repr(i) in line for line in d.differences)
+    )
+    assert raw, "the differences quote no id: nothing to redact"
+    runner = CliRunner()
+    plain = runner.invoke(app, ["verify", "--store", str(store), "--json"])
+    assert plain.exit_code == 1 and all(i in plain.stdout for i in raw)
+    outs = []
+    for args, env in ((["--redact-ids", "--json"], {}), ([], {"ERASE_REDACT_IDS": "1"})):
+        r = runner.invoke(app, ["verify", *args, "--store", str(store)], env=env)
+        assert r.exit_code == 1, r.output
+        outs += [r.stdout, r.stderr]
+    report = json.loads(outs[0])
+    assert report["identical"] is False and list(report) == list(json.loads(plain.stdout))
+    assert shown(store, raw[0]) in " ".join(report["differences"])
+    assert "DIFFERENT" in outs[2] and shown(store, raw[0]) in outs[2]
+    assert_no_raw(outs, raw)
+
+
+# --------------------------------------------------------------------------- ERASE_* variables
+
+
+def test_the_option_parser_never_reads_the_environment():
+    """config.py is the one reader of ERASE_* (each option's callback): click reading them too
+    turned a bad value into a usage error naming the option instead of the variable."""
+    import typer
+
+    from erase_cli.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            assert getattr(param, "envvar", None) is None, (name, param.name)
+    status = erase("status", "--help").stdout
+    for variable in ("ERASE_STORE", "ERASE_LOCK_TIMEOUT", "ERASE_SECRET_FILE", "ERASE_REDACT_IDS"):
+        assert f"[env var: {variable}]" in " ".join(status.replace("│", "").split()), variable
+    assert "ERASE_EMBEDDER" in erase("ingest", "--help").stdout
+    assert "ERASE_MODEL" in erase("ask", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    "variable, value, command",
+    [
+        ("ERASE_LOCK_TIMEOUT", "abc", ["status"]),
+        ("ERASE_LOCK_TIMEOUT", "-1", ["forget", "rec-000001-ID"]),
+        ("ERASE_LOCK_TIMEOUT", "nan", ["verify"]),
+        ("ERASE_REDACT_IDS", "maybe", ["forget", "rec-000001-ID"]),
+        ("ERASE_REDACT_IDS", "2", ["status"]),
+    ],
+)
+def test_a_bad_variable_is_a_one_line_error_naming_it(store, variable, value, command):
+    # refused() also checks that the store is unchanged: the forget never ran.
+    msg = refused(
+        [*command, "--store", str(store)],
+        store,
+        kind="invalid_parameter",
+        mentions=[f"{variable}={value!r}", "set it to", "or unset it"],
+        env=clean_env(**{variable: value}),
+    )
+    assert "--help" not in msg
+    r = erase(*command, "--store", str(store), env=clean_env(**{variable: value}))
+    assert r.returncode == 1 and r.stdout == "" and r.stderr == f"error: {msg}\n"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " yes "])
+def test_redact_ids_variable_yes(store, value):
+    r = erase("forget", "rec-000008-ID", "--store", str(store), "--json", env=clean_env(ERASE_REDACT_IDS=value))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ids"] == [{"id": shown(store, "rec-000008-ID"), "status": "forgotten"}]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", ""])
+def test_redact_ids_variable_no(store, value):
+    r = erase("forget", "rec-000009-ID", "--store", str(store), "--json", env=clean_env(ERASE_REDACT_IDS=value))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ids"] == [{"id": "rec-000009-ID", "status": "forgotten"}]
+
+
+def test_a_flag_beats_its_variable(store, tmp_path):
+    """Flag > variable > default: a flag given means its variable is not even read."""
+    env = clean_env(ERASE_REDACT_IDS="maybe", ERASE_LOCK_TIMEOUT="abc", ERASE_STORE=str(tmp_path / "nowhere"))
+    r = erase("status", "--redact-ids", "--lock-timeout", "5", "--store", str(store), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    r = erase("status", "--json", env=clean_env(ERASE_STORE=str(store)))
+    assert r.returncode == 0 and json.loads(r.stdout)["records"] == 30
+
+
 # --------------------------------------------------------------------------- the README's tables
 
 

@@ -1,15 +1,19 @@
 """`erase export`: the survivors as JSONL, enough to reproduce a fit elsewhere bit for bit, written
 as an owner-only file that is never put over an existing one, and recorded in the audit trail
-(counts only, never ids or text)."""
+(counts only, never ids or text); however it ends, no spooled `.partial` file is left, and a
+reader that closes the pipe early ends it quietly."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
 
 import pytest
 from helpers import (
+    ERASE,
     VECTOR_FIELD,
     audit_lines,
     build_store,
@@ -19,10 +23,11 @@ from helpers import (
     record_needles,
     refused,
     snapshot,
+    write_jsonl,
 )
 
 from erase_cli import service
-from erase_cli.errors import InvalidParameter, StoreLocked
+from erase_cli.errors import DiskFull, InvalidParameter, StoreLocked
 
 FIT = ["-k", "4", "--dim", "8", "--eps", "0.1", "--max-iter", "3"]  # build_store's parameters
 
@@ -104,6 +109,7 @@ def test_choices_and_list_targets_round_trip(tmp_path):
 def test_export_file_is_owner_only_even_under_a_loose_umask(world, tmp_path):
     store, _, _ = world
     out = tmp_path / "export.jsonl"
+    os.umask(0)  # inherited by the child (conftest restores the test's own)
     r = erase("export", "--output", str(out), "--store", str(store), env=clean_env())
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
@@ -238,3 +244,69 @@ def test_empty_store_export_warns(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["records"] == 0 and "empty" in json.loads(r.stdout)["warnings"][0]
     assert "warning:" in r.stderr and out.read_bytes() == b""
+
+
+# --------------------------------------------------------------------------- ways out
+
+
+def no_spool_left(directory) -> bool:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_a_second_signal_after_the_audit_commit_leaves_no_partial_file(world, tmp_path):
+    """The first signal after the commit point is deferred; a second one ends the process on the
+    spot (interrupts.py), which must still remove the spooled copy: nothing else would."""
+    store, _, _ = world
+    out = tmp_path / "e.jsonl"
+    env = clean_env(ERASE_TEST_SIGNAL_AT="committed:SIGTERM,audited:SIGTERM")
+    r = erase("export", "--output", str(out), "--store", str(store), env=env)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr
+    assert not out.exists() and no_spool_left(tmp_path)
+    # The entry was committed: the next writing command completes it, and it stays.
+    assert erase("recover", "--store", str(store)).returncode == 0
+    assert audit_lines(store)[-1]["action"] == "export"
+
+
+def test_a_signal_before_the_audit_commit_leaves_nothing(world, tmp_path):
+    store, _, _ = world
+    out = tmp_path / "e.jsonl"
+    before = snapshot(store)
+    r = erase(
+        "export", "--output", str(out), "--store", str(store), env=clean_env(ERASE_TEST_SIGNAL_AT="staged:SIGINT")
+    )
+    assert r.returncode == 128 + signal.SIGINT and "nothing changed" in r.stderr
+    assert not out.exists() and no_spool_left(tmp_path) and snapshot(store) == before
+
+
+def test_a_failure_after_spooling_leaves_no_partial_file(world, tmp_path, monkeypatch):
+    store, _, _ = world
+
+    def full(*args, **kwargs):
+        raise DiskFull("no space left")
+
+    monkeypatch.setattr(service, "_audit_export", full)
+    with pytest.raises(DiskFull):
+        service.export(store, tmp_path / "e.jsonl")
+    assert not (tmp_path / "e.jsonl").exists() and no_spool_left(tmp_path)
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path):
+    """`erase export --output - | head -1`: exit 128 + SIGPIPE like any program in a pipe, no
+    traceback, nothing on stderr; the audit entry stays (written before the first record)."""
+    store = tmp_path / "store"
+    data = write_jsonl(tmp_path / "data.jsonl", make_records(3000, dim=8))  # ~1 MB with vectors: more than a pipe holds
+    assert erase("ingest", str(data), "--vector-field", VECTOR_FIELD, "--store", str(store)).returncode == 0
+    proc = subprocess.Popen(
+        [ERASE, "export", "--output", "-", "--vectors", "--store", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["id"] == "rec-000000-ID"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert err == b""
+    entry = audit_lines(store)[-1]
+    assert entry["action"] == "export" and entry["to"] == "stdout" and entry["n_records"] == 3000

@@ -131,3 +131,16 @@ def test_filters_never_narrow_verification(tmp_path):
 def test_since_is_utc_unless_it_says_otherwise(text, expected):
     got = parse_since(text)
     assert got == expected and got.utcoffset().total_seconds() == 0
+
+
+def test_a_line_that_does_not_parse_is_damage_with_a_fix(tmp_path):
+    """--verify cannot read past a line that is not JSON: the error names the line and the fix
+    (it once sent the operator to 'erase log --verify', the command that gave it)."""
+    store = tmp_path / "store"
+    build_store(store, make_records(12, dim=8), tmp_path)
+    log = store / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + b"{oops\n")
+    for args in (["log"], ["log", "--verify"]):
+        msg = refused([*args, "--store", str(store)], store, kind="store_damaged", mentions=["line 2", "backup"])
+        assert "erase log" not in msg

@@ -115,3 +115,22 @@ def test_pre_created_store_directory_is_tightened(tmp_path):
     r = run("ingest", str(data), "--vector-field", VECTOR_FIELD, "--store", str(store))
     assert r.returncode == 0, r.stderr.decode()
     assert loose_modes(store) == []
+
+
+def test_a_world_writable_store_is_warned_about_once_per_command(tmp_path):
+    """ingest and export open the store twice (a shared look, then the exclusive write); the
+    warning is said once all the same."""
+    store = tmp_path / "store"
+    records = make_records(12, seed=3)
+    first = write_jsonl(tmp_path / "a.jsonl", records[:8])
+    assert run("ingest", str(first), "--vector-field", VECTOR_FIELD, "--store", str(store)).returncode == 0
+    os.chmod(store, 0o777)
+    more = write_jsonl(tmp_path / "b.jsonl", records[8:])
+    for args in (
+        ["ingest", str(more), "--vector-field", VECTOR_FIELD, "--append"],
+        ["export", "--output", str(tmp_path / "e.jsonl")],
+        ["status"],
+    ):
+        r = run(*args, "--store", str(store))
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stderr.decode().count("writable by every user") == 1, (args, r.stderr.decode())

@@ -108,6 +108,22 @@ def test_retry_is_idempotent_and_relearning_is_refused(tmp_path):
     assert back["ingested"] == 1 and back["stale_fit"]
 
 
+def test_a_forget_asks_whether_the_store_exists_a_few_times_not_once_per_shard(tmp_path, monkeypatch):
+    """Store.exists stats store.json on every call; the index rewrite of a batch touching many
+    shards used to ask once per shard."""
+    from erase_cli.store import Store
+
+    store = tmp_path / "s"
+    records = make_records(200)
+    ingest(store, records, tmp_path)
+    service.fit(store, **FIT)
+    real = Store.exists.fget
+    calls = []
+    monkeypatch.setattr(Store, "exists", property(lambda self: calls.append(1) or real(self)))
+    service.forget(store, [r["id"] for r in records[::4]])  # 50 ids: dozens of index shards
+    assert 0 < len(calls) <= 12, len(calls)
+
+
 def test_dry_run_changes_nothing(tmp_path):
     store = tmp_path / "s"
     ingest(store, make_records(20), tmp_path)
