@@ -237,7 +237,17 @@ def _run(
 
 
 def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
-    return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
+    """A fit's example and route ids as --redact-ids wants them shown."""
+    if not fit:
+        return fit
+    out = {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
+    if "routes" in fit:
+        out["routes"] = [
+            {**r, **({"ids": [ids(i) for i in r["ids"]]} if "ids" in r else {})}
+            | ({"examples": [{**e, "id": ids(e["id"])} for e in r["examples"]]} if "examples" in r else {})
+            for r in fit["routes"]
+        ]
+    return out
 
 
 def _hooks():
@@ -376,10 +386,16 @@ def ingest(
 
 @app.command()
 def fit(
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of clusters = in-context examples.")] = config.DEFAULT_K,
+    k: Annotated[
+        Optional[int],
+        typer.Option("-k", "--k", help=f"Number of clusters = in-context examples. [default: {config.DEFAULT_K}]"),
+    ] = None,
     eps: Annotated[
-        float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")
-    ] = config.DEFAULT_EPS,
+        Optional[float],
+        typer.Option(
+            help=f"Lattice step of the quantized centroids (unit-norm space). [default: {config.DEFAULT_EPS}]"
+        ),
+    ] = None,
     dim: Annotated[
         Optional[int],
         typer.Option(
@@ -388,41 +404,76 @@ def fit(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")
-    ] = config.DEFAULT_SEED,
-    max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
+        Optional[int],
+        typer.Option(
+            help=f"Seed of the k-means++ race, lattice phases and projection. [default: {config.DEFAULT_SEED}]"
+        ),
+    ] = None,
+    max_iter: Annotated[
+        Optional[int], typer.Option(help=f"Lloyd iterations T (always exactly T). [default: {config.DEFAULT_MAX_ITER}]")
+    ] = None,
+    route_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"Demonstrations in each cluster's routed prompt (its members nearest the centroid). "
+            f"[default: {config.DEFAULT_ROUTE_SIZE}]"
+        ),
+    ] = None,
+    instruction: Annotated[
+        Optional[str], typer.Option(help="Task description printed once before the demonstrations. [default: none]")
+    ] = None,
+    input_prefix: Annotated[Optional[str], typer.Option(help="Text before each input. [default: 'Q: ']")] = None,
+    output_prefix: Annotated[
+        Optional[str], typer.Option(help="Text between an input and its answer. [default: '\\nA: ']")
+    ] = None,
+    separator: Annotated[Optional[str], typer.Option(help="Text between demonstrations. [default: '\\n\\n']")] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
+    """Cluster the stored embeddings (quantized k-means) and write the prompt manifest.
+
+    A parameter or prompt-format option left out keeps the value of the store's previous fit
+    (the default on a first fit), so refitting after 'ingest --append' changes nothing else."""
     from . import service
+
+    choices = dict(
+        k=k,
+        eps=eps,
+        dim="auto" if dim is None else (dim or None),
+        seed=seed,
+        max_iter=max_iter,
+        route_size=route_size,
+        instruction=instruction,
+        input_prefix=input_prefix,
+        output_prefix=output_prefix,
+        separator=separator,
+    )
 
     def work():
         return _warned(
             _with_progress(
                 lambda hooks: service.fit(
                     config.store_path(store),
-                    k=k,
-                    eps=eps,
-                    dim="auto" if dim is None else (dim or None),
-                    seed=seed,
-                    max_iter=max_iter,
                     lock_timeout=config.lock_timeout(lock_timeout),
                     key_file=secret_file,
                     hooks=hooks,
+                    **choices,
                 )
             )
         )
 
     def show(r):
         est = r["crossing_estimate"]
+        reused = f"\nkept from the previous fit: {', '.join(r['reused'])}" if r["reused"] else ""
         render.show(
             f"fit {r['n_records']} records: k_eff {r['k_eff']}, eps {r['eps']:.6g}, dim {r['dim']}, "
-            f"T {r['max_iter']}, seed {r['seed']} ({r['elapsed_ms'] / 1000:.2f} s)\n"
+            f"T {r['max_iter']}, seed {r['seed']}, route size {r['route_size']} ({r['elapsed_ms'] / 1000:.2f} s)"
+            f"{reused}\n"
             f"examples: {', '.join(e['id'] for e in r['examples']) or '(none)'}\n"
+            f"routes: {len(r['routes'])}\n"
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}"
         )

@@ -56,7 +56,11 @@ class FitReport(Report):
     dim: int | None
     seed: int
     max_iter: int
+    route_size: int | None
+    prompt_format: dict  # PROMPT_FIELDS
+    reused: list[str]  # parameters and format fields taken from the previous fit
     examples: list[dict]  # {"cluster", "id"}
+    routes: list[dict]  # {"cluster", "ids" (nearest first)}
     prompt_digest: str
     state_digest: str
     crossing_estimate: float | None
@@ -75,6 +79,7 @@ class ForgetBatch(Report):
     dry_run: bool
     elapsed_ms: float | None
     n_forgotten: int
+    routes_changed: list[int] = field(default_factory=list)  # clusters whose route prompt changed
     prompt_changed_is_estimate: bool | None = None
 
     _OMIT_NONE = ("prompt_changed_is_estimate",)

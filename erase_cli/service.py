@@ -8,7 +8,6 @@ go through callbacks so the core never prints.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import orjson
 
-from . import audit
+from . import audit, prompt
 from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
@@ -36,7 +35,7 @@ from .errors import (
     StoreMissing,
 )
 from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
-from .schema import FitParams
+from .schema import MANIFEST_FORMAT_V1, FitParams
 from .store import (
     ACTIONS,
     AUDIT,
@@ -134,29 +133,42 @@ def _vectors(store: Store, rows: np.ndarray, projector: qk.Projector) -> np.ndar
 
 def _params_of(fit_meta: FitMeta) -> qk.Params:
     p = fit_meta.params
-    return qk.Params(k=p.k, eps=p.eps, dim=p.dim, seed=p.seed, max_iter=p.max_iter)
+    return qk.Params(k=p.k, eps=p.eps, dim=p.dim, seed=p.seed, max_iter=p.max_iter, route_size=p.route_size)
 
 
 def _fit_params(params: qk.Params) -> FitParams:
-    return FitParams(k=params.k, eps=params.eps, dim=params.dim, seed=params.seed, max_iter=params.max_iter)
+    return FitParams(
+        k=params.k,
+        eps=params.eps,
+        dim=params.dim,
+        seed=params.seed,
+        max_iter=params.max_iter,
+        route_size=params.route_size,
+    )
 
 
-def build_manifest(store: Store, state: qk.State) -> Manifest:
-    """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states."""
-    examples = []
-    ex = state.examples
-    if ex:
-        ids = [rid for _, rid in ex]
-        rows = store.lookup(ids)
-        datas = store.read_rows("data", rows)
-        for (cluster, rid), raw in zip(ex, datas):
-            rec = orjson.loads(raw)
-            item = {"id": rid, "cluster": int(cluster), "input": rec["input"], "target": rec["target"]}
-            if rec.get("choices") is not None:
-                item["choices"] = rec["choices"]
-            examples.append(item)
+def _example(rid: str, raw: bytes, cluster: int | None = None) -> dict:
+    rec = orjson.loads(raw)
+    item = {"id": rid, "input": rec["input"], "target": rec["target"]}
+    if cluster is not None:
+        item["cluster"] = cluster
+    if rec.get("choices") is not None:
+        item["choices"] = rec["choices"]
+    return item
+
+
+def build_manifest(store: Store, state: qk.State, stored_format: dict | None = None) -> Manifest:
+    """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states.
+
+    A state with routes gives a format-2 manifest in `stored_format` (default: the default
+    format); one from before routes gives the format-1 manifest it was written with."""
+    routes = state.routes
+    wanted = [rid for _, rid in state.examples] + [rid for _, route in routes for rid in route]
+    unique = list(dict.fromkeys(wanted))
+    data = dict(zip(unique, store.read_rows("data", store.lookup(unique)))) if unique else {}
+    examples = [_example(rid, data[rid], int(cluster)) for cluster, rid in state.examples]
     p = state.params
-    return Manifest(
+    fields = dict(
         k=p.k,
         k_eff=int(state.k_eff),
         eps=p.eps_effective,
@@ -167,13 +179,23 @@ def build_manifest(store: Store, state: qk.State) -> Manifest:
         embedder=store.meta.embedder,
         examples=examples,
         centroids=state.centroids[-1].tolist() if state.k_eff else [],
-        prompt_digest=prompt_digest(examples),
         state_digest=state.state_digest(),
     )
-
-
-def prompt_digest(examples: list[dict]) -> str:
-    return hashlib.sha256(orjson.dumps(examples, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if p.route_size is None:
+        return Manifest(**fields, prompt_digest=prompt.digest(examples, None), format=MANIFEST_FORMAT_V1)
+    fmt = stored_format or prompt.PromptFormat().stored()
+    route_list = []
+    for cluster, route in routes:
+        # Prompt order: the member nearest the centroid last, right before the question.
+        demos = [_example(rid, data[rid]) for rid in reversed(route)]
+        route_list.append({"cluster": int(cluster), "examples": demos, "prompt_digest": prompt.digest(demos, fmt)})
+    return Manifest(
+        **fields,
+        prompt_digest=prompt.digest(examples, fmt),
+        route_size=p.route_size,
+        prompt=dict(fmt),
+        routes=route_list,
+    )
 
 
 def _load_state(store: Store) -> qk.State | None:
@@ -423,30 +445,83 @@ def id_hasher(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None =
 # --------------------------------------------------------------------------- fit
 
 
+@dataclass(frozen=True)
+class FitChoices:
+    """What `erase fit` was asked for; None (and "auto" for dim) means: what the store's previous
+    fit used, or the default when there is none. So a refit after `ingest --append` keeps the
+    parameters and prompt format instead of silently resetting them."""
+
+    k: int | None = None
+    eps: float | None = None
+    dim: int | None | str = "auto"  # an int, None (no projection) or "auto"
+    seed: int | None = None
+    max_iter: int | None = None
+    route_size: int | None = None
+    instruction: str | None = None
+    input_prefix: str | None = None
+    output_prefix: str | None = None
+    separator: str | None = None
+
+    def resolve(self, previous: FitMeta | None, d_in: int) -> tuple[qk.Params, dict, list[str]]:
+        """(params, prompt format, names taken from the previous fit)."""
+        from . import config
+
+        old = previous.params if previous else None
+        reused: list[str] = []
+
+        def pick(name: str, given, default):
+            if given is not None:
+                return given
+            stored = getattr(old, name) if old is not None else None
+            if stored is not None:
+                reused.append(name)
+                return stored
+            return default
+
+        if self.dim != "auto":
+            dim = self.dim
+        elif old is not None:
+            dim = old.dim
+            reused.append("dim")
+        else:
+            dim = config.DEFAULT_DIM if d_in > config.DEFAULT_DIM else None
+        assert not isinstance(dim, str), f"dim must be an int, None or 'auto', not {dim!r}"
+        params = qk.Params(
+            k=pick("k", self.k, config.DEFAULT_K),
+            eps=pick("eps", self.eps, config.DEFAULT_EPS),
+            dim=dim,
+            seed=pick("seed", self.seed, config.DEFAULT_SEED),
+            max_iter=pick("max_iter", self.max_iter, config.DEFAULT_MAX_ITER),
+            route_size=pick("route_size", self.route_size, config.DEFAULT_ROUTE_SIZE),
+        )
+        stored = (previous.prompt if previous else None) or {}
+        default = prompt.PromptFormat().stored()
+        fmt = {}
+        for name in prompt.PROMPT_FIELDS:
+            given = getattr(self, name)
+            if given is None and name in stored:
+                reused.append(name)
+            fmt[name] = given if given is not None else stored.get(name, default[name])
+        return params, fmt, reused
+
+
 def fit(
     root: Path,
     *,
-    k: int,
-    eps: float,
-    dim: int | None | str = "auto",
-    seed: int,
-    max_iter: int,
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
+    **choices,
 ) -> FitReport:
-    """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
-    from .config import DEFAULT_DIM
-
+    """Fit the store. `choices` are FitChoices' fields (k, eps, dim, seed, max_iter, route_size,
+    instruction, input_prefix, output_prefix, separator); those not given keep the previous
+    fit's value or take the default."""
     t0 = time.perf_counter()
     with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         d_in = st.dim or 1
-        if dim == "auto":
-            dim = DEFAULT_DIM if d_in > DEFAULT_DIM else None
-        assert not isinstance(dim, str), f"dim must be an int, None or 'auto', not {dim!r}"
-        params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
+        params, fmt, reused = FitChoices(**choices).resolve(st.meta.fit, d_in)
         params.validate(d_in)
-        projector = qk.Projector(d_in, dim, seed)
+        projector = qk.Projector(d_in, params.dim, params.seed)
         rows = st.live_rows()
         old_manifest = st.manifest()
         warnings = []
@@ -458,24 +533,25 @@ def fit(
             )
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
-        if 0 < len(rows) < k:
+        if 0 < len(rows) < params.k:
             warnings.append(
-                f"-k {k} is more than the {len(rows)} records in the store: the fit has "
+                f"-k {params.k} is more than the {len(rows)} records in the store: the fit has "
                 f"{state.k_eff} clusters, one per record, so every record is a "
                 "demonstration; lower -k or ingest more records"
             )
-        manifest = build_manifest(st, state)
+        manifest = build_manifest(st, state, fmt)
         estimate = _crossing_estimate(st, state, rows, projector)
         meta = st.meta.with_(
-            fit=FitMeta(params=_fit_params(params), fit_rows=st.n_slots, stale=False, crossing_estimate=estimate),
+            fit=FitMeta(
+                params=_fit_params(params), fit_rows=st.n_slots, stale=False, crossing_estimate=estimate, prompt=fmt
+            ),
             counters=dict(st.meta.counters, refits=0),
         )
-        new = manifest
-        changed = old_manifest is None or old_manifest.prompt_digest != new.prompt_digest
         with st.transaction("fit") as tx:
             tx.set_fit(state.to_arrays(), manifest)
-            if changed:
-                tx.delete_cache()
+            # Cache files are named by prompt digest: those of prompts the new fit no longer
+            # serves go, the others stay valid.
+            tx.delete_cache(keep=manifest.digests)
             tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit(
@@ -484,24 +560,28 @@ def fit(
                     "n_records": int(state.n),
                     "k_eff": int(state.k_eff),
                     "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
-                    "prompt_digest_after": new.prompt_digest,
+                    "prompt_digest_after": manifest.prompt_digest,
                     "state_digest_before": old_manifest and old_manifest.state_digest,
-                    "state_digest_after": new.state_digest,
+                    "state_digest_after": manifest.state_digest,
                     "elapsed_ms": round(elapsed, 3),
                 }
             )
     return FitReport(
         store=str(root),
         n_records=int(state.n),
-        k=k,
+        k=params.k,
         k_eff=int(state.k_eff),
         eps=params.eps_effective,
-        dim=dim,
-        seed=seed,
-        max_iter=max_iter,
+        dim=params.dim,
+        seed=params.seed,
+        max_iter=params.max_iter,
+        route_size=params.route_size,
+        prompt_format=fmt,
+        reused=reused,
         examples=[{"cluster": c, "id": i} for c, i in state.examples],
-        prompt_digest=new.prompt_digest,
-        state_digest=new.state_digest,
+        routes=[{"cluster": j, "ids": ids} for j, ids in state.routes],
+        prompt_digest=manifest.prompt_digest,
+        state_digest=manifest.state_digest,
         crossing_estimate=estimate,
         warnings=warnings,
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
@@ -591,6 +671,10 @@ def forget(
         if dry_run:
             batch.prompt_changed = refit or hit_example
             batch.prompt_changed_is_estimate = refit and not hit_example
+            # Without a crossing a route changes exactly when it loses a member; a refit may
+            # change more (the estimate flag says so).
+            gone = set(kids)
+            batch.routes_changed = [j for j, route in (state.routes if state else []) if gone & set(route)]
             batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
         if not len(krows):
@@ -608,9 +692,10 @@ def forget(
             prompt_changed = False
             new_manifest = None
             if new_state is not None:
-                new_manifest = build_manifest(st, new_state)
                 assert old_manifest is not None and fit_meta is not None  # the state came from a fit
+                new_manifest = build_manifest(st, new_state, fit_meta.prompt)
                 prompt_changed = new_manifest.prompt_digest != old_manifest.prompt_digest
+                batch.routes_changed = _routes_changed(old_manifest, new_manifest)
                 purged += tx.set_fit(new_state.to_arrays(), new_manifest)
                 if refit:
                     projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
@@ -623,8 +708,11 @@ def forget(
                     meta = meta.counted(examples_replaced=1)
                 if prompt_changed:
                     meta = meta.counted(prompt_changes=1)
-                    if tx.delete_cache():
-                        purged.append(CACHE_DIR)
+                if batch.routes_changed:
+                    meta = meta.counted(route_changes=len(batch.routes_changed), route_change_batches=1)
+                # Only the caches of prompts that changed go (they hold the forgotten
+                # demonstrations); a route the batch did not touch keeps its cached prefix.
+                purged += tx.delete_cache(keep=new_manifest.digests)
             tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
             batch.prompt_changed, batch.purged, batch.elapsed_ms = prompt_changed, purged, elapsed
@@ -634,6 +722,7 @@ def forget(
                     "crossings": batch.crossings,
                     "action_taken": batch.action,
                     "prompt_changed": prompt_changed,
+                    "routes_changed": batch.routes_changed,
                     "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
                     "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
                     "state_digest_before": old_manifest and old_manifest.state_digest,
@@ -644,6 +733,14 @@ def forget(
                 }
             )
     return report
+
+
+def _routes_changed(old: Manifest, new: Manifest) -> list[int]:
+    """Clusters whose route prompt is not the same before and after (a route that appears or
+    disappears counts as changed)."""
+    before = {r["cluster"]: r["prompt_digest"] for r in old.routes}
+    after = {r["cluster"]: r["prompt_digest"] for r in new.routes}
+    return sorted(j for j in before.keys() | after.keys() if before.get(j) != after.get(j))
 
 
 WHITESPACE_HINT = (
@@ -712,7 +809,7 @@ def verify(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = No
             fresh = qk.State.empty(params, state.d_in)
         differences = state.differences(fresh)
         stored_manifest = st.manifest_bytes()
-        if stored_manifest != build_manifest(st, fresh).to_bytes():
+        if stored_manifest != build_manifest(st, fresh, fit_meta.prompt).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
     return {
         "identical": not differences,
