@@ -90,6 +90,14 @@ LockOpt = Annotated[
         help="Seconds to wait for another erase command's lock (default 60); then exit 75.",
     ),
 ]
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="routed: each question gets the prompt of its nearest cluster; global: the one global prompt; "
+        "auto: routed when the fit has routes and erase can embed the question.",
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -586,12 +594,24 @@ def ask(
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
+    mode: ModeOpt = "auto",
+    query_vector: Annotated[
+        Optional[str],
+        typer.Option(
+            "--query-vector",
+            help="The question's vector as a JSON list, or @FILE holding one: routes a question on a store "
+            "ingested with --vector-field.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix."""
+    """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix.
+
+    Routed mode answers each question from the prompt of the cluster nearest it; global mode from
+    the one global prompt (the paper's). --json adds an `erase` object naming the prompt used."""
     from . import service
     from .answer import Question, check_choices, read_questions
 
@@ -600,8 +620,18 @@ def ask(
             from .errors import InvalidInput
 
             raise InvalidInput("no question; pass one as an argument or use --from-file FILE")
+        if query_vector is not None and question is None:
+            from .errors import InvalidInput
+
+            raise InvalidInput("--query-vector goes with a question argument; in --from-file give a 'vector' field")
         qs = (
-            [Question(question, check_choices(list(choices), "--choices") if choices else None)]
+            [
+                Question(
+                    question,
+                    check_choices(list(choices), "--choices") if choices else None,
+                    None if query_vector is None else _query_vector(query_vector),
+                )
+            ]
             if question is not None
             else []
         )
@@ -615,6 +645,7 @@ def ask(
             n_threads=threads,
             n_gpu_layers=n_gpu_layers,
             max_tokens=max_tokens,
+            mode=mode,
             lock_timeout=config.lock_timeout(lock_timeout),
             key_file=secret_file,
             hooks=_hooks(),
@@ -636,6 +667,32 @@ def ask(
         # Not an error (a cron job's question file may be empty today), but never silent.
         source = "stdin" if from_file == "-" else from_file
         render.say(f"warning: {source} holds no questions; nothing was answered")
+
+
+def _query_vector(text: str) -> tuple[float, ...]:
+    """--query-vector: a JSON list, or @FILE holding one; validated like ingest's vectors."""
+    import orjson
+
+    from .errors import InvalidInput, NotFound
+    from .records import normalise_vector
+
+    where = "--query-vector"
+    if text.startswith("@"):
+        where = f"--query-vector file {text[1:]!r}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"{where} does not exist; pass an existing file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{where} cannot be read ({exc}); pass a UTF-8 JSON file") from None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise InvalidInput(f"{where} is not JSON; give a list of numbers like [0.1, -0.2]") from None
+    try:
+        return tuple(normalise_vector(value).tolist())
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- eval, cost

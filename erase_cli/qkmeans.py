@@ -348,14 +348,6 @@ def route(centroids: np.ndarray, clusters: Sequence[int], q: np.ndarray) -> int 
     return order[int(labels[0])]
 
 
-def working_vector(embedding: np.ndarray, d_in: int, dim: int | None, seed: int) -> np.ndarray:
-    """A unit float32 embedding (d_in,) as the fit sees a stored record: fixed point, projected."""
-    x = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-    if x.shape[1] != d_in:
-        raise InvalidInput(f"the query vector has {x.shape[1]} dimensions; the store's vectors have {d_in}")
-    return Projector(d_in, dim, seed)(to_fixed(x))[0]
-
-
 # ----------------------------------------------------------------------------------------------
 # State
 

@@ -502,7 +502,8 @@ class FitChoices:
             if given is None and name in stored:
                 reused.append(name)
             fmt[name] = given if given is not None else stored.get(name, default[name])
-        return params, fmt, reused
+        order = ["k", "eps", "dim", "seed", "max_iter", "route_size", *prompt.PROMPT_FIELDS]
+        return params, fmt, sorted(reused, key=order.index)
 
 
 def fit(
@@ -1179,6 +1180,7 @@ def ask(
     root: Path,
     questions,
     *,
+    mode: str = "auto",
     model: str | None = None,
     n_ctx: int | None = None,
     n_threads: int | None = None,
@@ -1190,24 +1192,41 @@ def ask(
     generator_factory=None,
 ) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+
+    `mode`: "routed" answers each question from the route of the cluster nearest it (embedded
+    with the store's embedder, loaded once, only if a question needs it), "global" from the one
+    global prompt, "auto" routes when the fit has routes and the store embeds its own questions.
     When the fit has no demonstrations (it was made on an empty store) every answer carries a
     `warning`: it is a zero-shot answer, whatever the store was meant to teach.
 
-    The store's lock is held only briefly: shared to read the manifest, exclusive to save the
-    prefix cache after re-checking that the prompt is still the one the cache was built for.
+    The store's lock is held only briefly: shared to read the manifest, exclusive to save a
+    prefix cache after re-checking that its prompt is still one the fit serves.
     `generator_factory` replaces the model (tests)."""
     from .answer import ask as answer
     from .llm import resolve_model
+    from .routing import Router, global_choice, resolve_mode
 
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         manifest = _fitted_manifest(st, root)
+        d_in = st.dim or 0
+        embedder_name = st.meta.embedder
     model_path = resolve_model(model)
-    digest = manifest.prompt_digest
+    resolved = resolve_mode(mode, manifest)
+    if resolved == "routed":
+        router = Router(manifest, d_in, _question_embedder(embedder_name))
 
-    def save_cache(write: Callable[[], None]) -> None:
+        def choose(question):
+            vector = None if question.vector is None else np.asarray(question.vector, dtype=np.float32)
+            return router.choose(question.input, vector)
+    else:
+
+        def choose(question):
+            return global_choice(manifest)
+
+    def save_cache(digest: str, write: Callable[[], None]) -> None:
         with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
             current = st.manifest()
-            if current is None or current.prompt_digest != digest:
+            if current is None or digest not in current.digests:
                 hooks.say("the prompt changed while answering (a forget ran); the prefix cache was not saved")
                 return
             st.cache_dir().mkdir(mode=0o700, exist_ok=True)
@@ -1216,7 +1235,8 @@ def ask(
     options = {} if generator_factory is None else {"generator_factory": generator_factory}
     answers = answer(
         questions,
-        manifest=manifest.to_json(),
+        choose=choose,
+        fmt=prompt.PromptFormat.from_stored(manifest.prompt),
         model_path=model_path,
         cache_dir=root / CACHE_DIR,
         save_cache=save_cache,
@@ -1233,6 +1253,25 @@ def ask(
         "is a zero-shot answer; ingest records and run 'erase fit'"
     )
     return ({**item, "warning": note} for item in answers)
+
+
+def _question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:
+    """text -> unit float32 vector with the store's embedder, loaded on first use; None for a
+    store ingested with --vector-field (its questions must come with vectors)."""
+    from .routing import embeds_questions
+
+    if not embeds_questions(name):
+        return None
+    loaded: list = []
+
+    def embed(text: str) -> np.ndarray:
+        if not loaded:
+            from .embed import load_embedder
+
+            loaded.append(load_embedder(name))
+        return next(iter(loaded[0].embed([text])))[0]
+
+    return embed
 
 
 # --------------------------------------------------------------------------- cost

@@ -434,18 +434,6 @@ def test_route_rule_is_nearest_nonempty_centroid_ties_low():
         assert qk.route(C, live, q) == min(live, key=lambda j: (d2[j], j))
 
 
-def test_working_vector_matches_the_stored_path():
-    rng = np.random.default_rng(2)
-    v = rng.normal(size=(5, 12)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    proj = Projector(12, 4, 7)
-    stored = proj(to_fixed(v.astype(np.float32)))
-    for i in range(5):
-        assert np.array_equal(qk.working_vector(v[i], 12, 4, 7), stored[i])
-    with pytest.raises(InvalidInput, match="12"):
-        qk.working_vector(v[0][:5], 12, 4, 7)
-
-
 def test_legacy_state_without_routes_round_trips():
     ids, x, params, d, _ = next(_cases(1))
     legacy = fit(source(ids, x), params, d)
