@@ -244,17 +244,16 @@ def _run(
     return result
 
 
-def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
-    """A fit's example and route ids as --redact-ids wants them shown."""
+def _examples_view(fit: Optional[dict], ids: _Ids, hide_inputs: bool = False) -> Optional[dict]:
+    """A fit's example and route ids as --redact-ids wants them shown (and, with it, no
+    demonstration inputs when `hide_inputs`: they may name the person)."""
     if not fit:
         return fit
     out = {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
+    if hide_inputs:
+        out["examples"] = [{**e, "input_start": None} for e in out["examples"]]
     if "routes" in fit:
-        out["routes"] = [
-            {**r, **({"ids": [ids(i) for i in r["ids"]]} if "ids" in r else {})}
-            | ({"examples": [{**e, "id": ids(e["id"])} for e in r["examples"]]} if "examples" in r else {})
-            for r in fit["routes"]
-        ]
+        out["routes"] = [{**r, "ids": [ids(i) for i in r["ids"]]} for r in fit["routes"]]
     return out
 
 
@@ -669,6 +668,61 @@ def ask(
         render.say(f"warning: {source} holds no questions; nothing was answered")
 
 
+@app.command("prompt")
+def prompt_(
+    question: Annotated[Optional[str], typer.Argument(help="Show the prompt this question would get.")] = None,
+    route: Annotated[Optional[int], typer.Option("--route", help="Show the prompt of route (cluster) J.")] = None,
+    mode: ModeOpt = "auto",
+    choices: Annotated[
+        Optional[list[str]], typer.Option("--choices", help="A possible answer, listed as ask would; repeat.")
+    ] = None,
+    query_vector: Annotated[
+        Optional[str],
+        typer.Option("--query-vector", help="The question's vector (JSON list or @FILE), for a --vector-field store."),
+    ] = None,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Print the exact text the model gets: the global prompt, route J's, or the one QUESTION is
+    routed to, followed by the question. Needs no model."""
+    from . import service
+    from .answer import check_choices
+
+    def work():
+        vector = None
+        if query_vector is not None:
+            import numpy as np
+
+            vector = np.asarray(_query_vector(query_vector), dtype=np.float32)
+        return service.show_prompt(
+            config.store_path(store),
+            question,
+            route=route,
+            mode=mode,
+            vector=vector,
+            choices=check_choices(list(choices), "--choices") if choices else None,
+            lock_timeout=config.lock_timeout(lock_timeout),
+            key_file=secret_file,
+            hooks=_hooks(),
+        )
+
+    def show(r):
+        where = "global prompt" if r["route"] is None else f"route {r['route']}"
+        render.say(f"{where} ({len(r['examples'])} examples), prompt digest {r['prompt_digest'][:16]}")
+        render.show(r["text"])
+
+    _run(
+        json,
+        work,
+        show,
+        _Ids(redact_ids, store, secret_file, lock_timeout),
+        lambda r, ids: {**r, "examples": [{**e, "id": ids(e["id"])} for e in r["examples"]]},
+    )
+
+
 def _query_vector(text: str) -> tuple[float, ...]:
     """--query-vector: a JSON list, or @FILE holding one; validated like ingest's vectors."""
     import orjson
@@ -709,7 +763,10 @@ def eval_(
     ],
     method: Annotated[
         Optional[list[str]],
-        typer.Option("--method", help="erase, kmeans, random, zero or knn; repeat for several (default: all five)."),
+        typer.Option(
+            "--method",
+            help="erase, routed, kmeans, random, zero or knn; repeat for several (default: all six).",
+        ),
     ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
     seed: Annotated[
@@ -725,10 +782,13 @@ def eval_(
             help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2).",
         ),
     ] = None,
+    route_size: Annotated[
+        int, typer.Option(help="Demonstrations per route of the routed method.")
+    ] = config.DEFAULT_ROUTE_SIZE,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Compare demonstration choices (erase, kmeans, random, zero-shot, knn) on a task."""
+    """Compare demonstration choices (erase, routed, kmeans, random, zero-shot, knn) on a task."""
     from .evaluate import render_table, run_eval
 
     def work():
@@ -743,6 +803,7 @@ def eval_(
                 config.embedder_name(embedder),
                 progress,
                 n_threads=threads,
+                route_size=route_size,
             )
 
     _run(json, work, lambda r: render.out.print(render_table(r)))
@@ -878,17 +939,31 @@ def status(
             lines.append("fit: none yet (run 'erase fit')")
         else:
             est = f["crossing_estimate"]
+            route_size = f.get("route_size")
             lines += [
                 f"fit: k {f['k']} (k_eff {f['k_eff']}), eps {f['eps_effective']}, dim {f['dim']}, "
-                f"T {f['max_iter']}, seed {f['seed']}{' - STALE, run erase fit' if f['stale'] else ''}",
-                f"examples: {', '.join(e['id'] for e in f['examples']) or '(none)'}",
-                f"next single deletion crosses with estimated probability {'n/a' if est is None else f'{est:.1%}'}",
+                f"T {f['max_iter']}, seed {f['seed']}, route size {route_size or 'none (fit from before routes)'}"
+                f"{' - STALE, run erase fit' if f['stale'] else ''}",
+                "global prompt (cluster: id -> target | input):" if f["examples"] else "global prompt: no examples",
             ]
+            for e in f["examples"]:
+                shown = "" if e.get("input_start") is None else f" | {e['input_start']}"
+                lines.append(f"  {e['cluster']}: {e['id']} -> {e['target']}{shown}")
+            if f["examples"]:
+                lines.append(f"  labels: {_balance_text(f['label_balance'])}")
+            for route in f.get("routes", []):
+                lines.append(
+                    f"route {route['cluster']} ({len(route['ids'])} examples): {_balance_text(route['label_balance'])}"
+                )
+            lines.append(
+                f"next single deletion crosses with estimated probability {'n/a' if est is None else f'{est:.1%}'}"
+            )
         c = r["counters"]
         lines.append(
             f"forget batches {c.get('forget_batches', 0)}: {c.get('crossing_batches', 0)} crossed, "
             f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
-            "replaced an example"
+            f"replaced an example, {c.get('route_change_batches', 0)} changed a route "
+            f"({c.get('route_changes', 0)} route prompts in all)"
         )
         lines.append(f"prefix cache files: {r['cache']['files']}")
         if p:
@@ -905,8 +980,12 @@ def status(
         ),
         show,
         _Ids(redact_ids, store, secret_file, lock_timeout),
-        lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)},
+        lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids, hide_inputs=True)},
     )
+
+
+def _balance_text(balance: dict) -> str:
+    return ", ".join(f"{label} {n}" for label, n in balance.items())
 
 
 @app.command()

@@ -105,3 +105,14 @@ class StatusReport(Report):
     cache: dict
     pending: dict | None
     audit_head: str | None
+
+
+@dataclass(eq=False)
+class PromptReport(Report):
+    """`erase prompt`: the exact text the model would get, and which prompt it is."""
+
+    mode: str  # "routed" or "global"
+    route: int | None
+    prompt_digest: str
+    examples: list[dict]  # {"id", "target"}, in prompt order
+    text: str

@@ -34,7 +34,7 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
-from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, StatusReport
+from .reports import FitReport, ForgetBatch, ForgetReport, IngestReport, PromptReport, StatusReport
 from .schema import MANIFEST_FORMAT_V1, FitParams
 from .store import (
     ACTIONS,
@@ -862,12 +862,46 @@ def status(
                 "stale": fit_meta.stale,
                 "n_records": manifest.n_records if manifest else None,
                 "k_eff": manifest.k_eff if manifest else None,
-                "examples": [{"cluster": e["cluster"], "id": e["id"]} for e in (manifest.examples if manifest else [])],
+                "examples": [
+                    {"cluster": e["cluster"], "id": e["id"], "target": _label(e), "input_start": _start(e["input"])}
+                    for e in (manifest.examples if manifest else [])
+                ],
+                "label_balance": _balance(manifest.examples if manifest else []),
+                "routes": [
+                    {
+                        "cluster": r["cluster"],
+                        "ids": [e["id"] for e in r["examples"]],
+                        "label_balance": _balance(r["examples"]),
+                        "prompt_digest": r["prompt_digest"],
+                    }
+                    for r in (manifest.routes if manifest else [])
+                ],
                 "crossing_estimate": fit_meta.crossing_estimate,
                 "prompt_digest": manifest.prompt_digest if manifest else None,
                 "state_digest": manifest.state_digest if manifest else None,
             }
     return out
+
+
+INPUT_START = 40  # characters of a demonstration's input that `status` shows
+
+
+def _label(example: dict) -> str:
+    """The target a demonstration shows (the first of several acceptable ones)."""
+    target = example["target"]
+    return target if isinstance(target, str) else str(target[0])
+
+
+def _start(text: str) -> str:
+    return text if len(text) <= INPUT_START else text[: INPUT_START - 1] + "…"
+
+
+def _balance(examples: list[dict]) -> dict[str, int]:
+    """How many demonstrations show each target, most frequent first (ties by target)."""
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[_label(example)] = counts.get(_label(example), 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def log(
@@ -1253,6 +1287,50 @@ def ask(
         "is a zero-shot answer; ingest records and run 'erase fit'"
     )
     return ({**item, "warning": note} for item in answers)
+
+
+def show_prompt(
+    root: Path,
+    question: str | None = None,
+    *,
+    route: int | None = None,
+    mode: str = "auto",
+    vector: np.ndarray | None = None,
+    choices: list[str] | None = None,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> PromptReport:
+    """The exact text the model would get: route J's prompt with `route`, the prompt `mode` picks
+    for `question` (followed by the question) with one, and the global prompt otherwise."""
+    from .routing import PromptChoice, Router, global_choice, resolve_mode
+
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
+        manifest = _fitted_manifest(st, root)
+        d_in = st.dim or 0
+        embedder_name = st.meta.embedder
+    if route is not None:
+        chosen = manifest.route(route)
+        if chosen is None:
+            have = ", ".join(str(r["cluster"]) for r in manifest.routes) or "none (fit from before routes)"
+            raise InvalidParameter(f"--route {route} is not a route of this fit (routes: {have}); pick one of them")
+        choice = PromptChoice("routed", route, list(chosen["examples"]), chosen["prompt_digest"])
+    elif question is not None and resolve_mode(mode, manifest) == "routed":
+        choice = Router(manifest, d_in, _question_embedder(embedder_name)).choose(question, vector)
+    else:
+        resolve_mode(mode, manifest)  # a bad --mode is an error even without a question
+        choice = global_choice(manifest)
+    fmt = prompt.PromptFormat.from_stored(manifest.prompt)
+    text = prompt.prefix_text(fmt, choice.examples)
+    if question is not None:
+        text += prompt.query_text(fmt, question, choices)
+    return PromptReport(
+        mode=choice.mode,
+        route=choice.route,
+        prompt_digest=choice.prompt_digest,
+        examples=[{"id": e["id"], "target": _label(e)} for e in choice.examples],
+        text=text,
+    )
 
 
 def _question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:

@@ -287,3 +287,57 @@ def test_ask_cli_mode_and_query_vector_errors(vec_store, tmp_path):
     assert r.returncode != 0 and "does not exist" in r.stderr
     r = erase("ask", "q", "--mode", "sideways", "--model", model, "--store", str(store))
     assert r.returncode == 1 and "--mode 'sideways' is not one of auto, routed, global" in r.stderr
+
+
+def test_prompt_command_prints_the_exact_text(vec_store, text_store, tmp_path):
+    store, _ = vec_store
+    m = manifest_of(store)
+    fmt = prompt.PromptFormat.from_stored(m["prompt"])
+    r = erase("prompt", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == prompt.prefix_text(fmt, m["examples"]) + "\n"
+    assert "global prompt" in r.stderr
+    route = m["routes"][1]
+    r = erase("prompt", "--route", str(route["cluster"]), "--store", str(store), "--json")
+    out = json.loads(r.stdout)
+    assert out["text"] == prompt.prefix_text(fmt, route["examples"])
+    assert out["route"] == route["cluster"] and out["prompt_digest"] == route["prompt_digest"]
+    assert [e["id"] for e in out["examples"]] == [e["id"] for e in route["examples"]]
+    r = erase("prompt", "--route", "99", "--store", str(store))
+    assert r.returncode == 1 and "--route 99 is not a route" in r.stderr
+    # a question is routed as ask routes it, and follows the prompt
+    tm = manifest_of(text_store)
+    r = erase(
+        "prompt", "text marker TXT05X", "--choices", "L0", "--choices", "L1", "--store", str(text_store), "--json"
+    )
+    out = json.loads(r.stdout)
+    [answer] = routed_answers(text_store, tmp_path, [Question("text marker TXT05X")])
+    assert out["route"] == answer["erase"]["route"] and out["mode"] == "routed"
+    examples = tm["routes"][[x["cluster"] for x in tm["routes"]].index(out["route"])]["examples"]
+    tfmt = prompt.PromptFormat.from_stored(tm["prompt"])
+    assert out["text"] == prompt.prefix_text(tfmt, examples) + prompt.query_text(
+        tfmt, "text marker TXT05X", ["L0", "L1"]
+    )
+
+
+def test_status_shows_demonstrations_and_label_balance(text_store):
+    r = erase("status", "--store", str(text_store), "--json")
+    fit = json.loads(r.stdout)["fit"]
+    m = manifest_of(text_store)
+    assert [(e["id"], e["target"]) for e in fit["examples"]] == [(e["id"], e["target"]) for e in m["examples"]]
+    assert all(e["input_start"].startswith("text marker TXT") for e in fit["examples"])
+    assert sum(fit["label_balance"].values()) == len(m["examples"])
+    for shown, route in zip(fit["routes"], m["routes"]):
+        labels = [e["target"] for e in route["examples"]]
+        assert shown["label_balance"] == {t: labels.count(t) for t in shown["label_balance"]}
+        assert sum(shown["label_balance"].values()) == len(labels)
+    r = erase("status", "--store", str(text_store))
+    assert r.returncode == 0
+    first = m["examples"][0]
+    assert f"  {first['cluster']}: {first['id']} -> {first['target']} | text marker TXT" in r.stdout
+    assert sum(line.startswith("route ") for line in r.stdout.splitlines()) == len(m["routes"])
+    assert "labels: " in r.stdout
+    r = erase("status", "--store", str(text_store), "--json", "--redact-ids")
+    fit = json.loads(r.stdout)["fit"]
+    assert all(e["input_start"] is None and e["id"].startswith("h:") for e in fit["examples"])
+    assert all(i.startswith("h:") for route in fit["routes"] for i in route["ids"])
