@@ -90,6 +90,14 @@ LockOpt = Annotated[
         help="Seconds to wait for another erase command's lock (default 60); then exit 75.",
     ),
 ]
+QueryVectorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--query-vector",
+        help="The question's vector as a JSON list, or @FILE holding one: routes a question on a store "
+        "ingested with --vector-field.",
+    ),
+]
 ModeOpt = Annotated[
     str,
     typer.Option(
@@ -594,14 +602,7 @@ def ask(
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
-    query_vector: Annotated[
-        Optional[str],
-        typer.Option(
-            "--query-vector",
-            help="The question's vector as a JSON list, or @FILE holding one: routes a question on a store "
-            "ingested with --vector-field.",
-        ),
-    ] = None,
+    query_vector: QueryVectorOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -676,10 +677,7 @@ def prompt_(
     choices: Annotated[
         Optional[list[str]], typer.Option("--choices", help="A possible answer, listed as ask would; repeat.")
     ] = None,
-    query_vector: Annotated[
-        Optional[str],
-        typer.Option("--query-vector", help="The question's vector (JSON list or @FILE), for a --vector-field store."),
-    ] = None,
+    query_vector: QueryVectorOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
