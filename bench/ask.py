@@ -2,6 +2,14 @@
 new process loading the saved prefix versus rebuilding it.
 
     python bench/ask.py [--questions 50] [-k 8] [--threads N] [--model FILE.gguf] [--repeats 3]
+                        [--routed-questions 20]
+
+Routed against knn (issue 10): the sample data's records are embedded (bundled MiniLM) and fitted
+with routes at the defaults (k clusters, --route-size demonstrations each); then, per question in
+file order, routed answers from its route's prefix, loading the route's saved KV file when the
+route differs from the previous question's (building and saving it the first time), as `erase ask`
+does; knn builds its own prompt of the k nearest records for every question. Both timed per
+question, prefix work included.
 
 Data: the first JSONL file in sample_data/ with at least k + questions records, else a synthetic
 multiple-choice list (arithmetic and parity, seeded). Multiple-choice questions are scored;
@@ -105,6 +113,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per mode")
+    parser.add_argument("--routed-questions", type=int, default=20, help="questions for routed vs knn (0: skip)")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "PREFIX_FILE", "RECORD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -180,7 +189,9 @@ def main() -> None:
         f"{proc['rebuild']['set_prefix_s'] * 1000:.0f} ms"
     )
 
+    routed = routed_vs_knn(model, args.threads, args.routed_questions) if args.routed_questions else None
     results = {
+        "routed_vs_knn": routed,
         "model": os.path.basename(model),
         "threads": args.threads,
         "k": args.k,
@@ -226,6 +237,17 @@ def main() -> None:
             "reference",
         ],
     ]
+    if routed:
+        for name in ("routed", "knn"):
+            r = routed[name]
+            table.append(
+                [
+                    f"per query, {name} ({routed['questions']} questions)",
+                    f"{r['median_ms']:.1f} ms (median)",
+                    f"{r['mean_ms']:.1f} ms; prefixes built {r['prefix_builds']}, loaded {r['prefix_loads']}",
+                    f"{routed['knn']['median_ms'] / r['median_ms']:.1f}x faster than knn" if name == "routed" else "",
+                ]
+            )
     write_results(
         "ask",
         started=started,
@@ -260,6 +282,62 @@ def main() -> None:
             else []
         ),
     )
+
+
+def routed_vs_knn(model: str, threads: int, n_questions: int) -> dict:
+    """Per-question latency of routed answers with cached route prefixes against knn's per-query
+    prompts, on the sample data (train = every record not asked)."""
+    from erase_cli import config
+    from erase_cli.baselines import knn_examples
+    from erase_cli.embed import load_embedder
+    from erase_cli.evaluate import routed_prompts
+
+    path = ROOT / "sample_data" / "support_intents.jsonl"
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    train, asked = records[n_questions:], records[:n_questions]
+    embedder = load_embedder(None)
+    x = np.concatenate(list(embedder.embed([r["input"] for r in records])))
+    train_x, test_x = x[n_questions:], x[:n_questions]
+    ids = [r["id"] for r in train]
+    by_id = {r["id"]: r for r in train}
+    k, m = config.DEFAULT_K, config.DEFAULT_ROUTE_SIZE
+    routes = routed_prompts(train_x, ids, test_x, k, config.DEFAULT_SEED, m)
+    generator = LlamaGenerator(model, n_threads=threads)
+    generator.set_prefix("")
+    answer(generator, asked[0])  # warm-up
+    out: dict = {"questions": n_questions, "k": k, "route_size": m, "data": str(path.relative_to(ROOT))}
+    with tempfile.TemporaryDirectory() as tmp:
+        times, builds, loads, current = [], 0, 0, None
+        for (route, demo_ids), record in zip(routes, asked):
+            t = time.perf_counter()
+            if route != current:
+                info = generator.set_prefix(prefix_text(FMT, [by_id[i] for i in demo_ids]), Path(tmp) / f"{route}.kv")
+                if info.loaded:
+                    loads += 1
+                else:
+                    builds += 1
+                    generator.save_prefix(Path(tmp) / f"{route}.kv")
+                current = route
+            answer(generator, record)
+            times.append(time.perf_counter() - t)
+        out["routed"] = _latency(times) | {"prefix_builds": builds, "prefix_loads": loads}
+    times = []
+    for v, record in zip(test_x, asked):
+        t = time.perf_counter()
+        generator.set_prefix(prefix_text(FMT, [by_id[i] for i in knn_examples(train_x, ids, v, k)]))
+        answer(generator, record)
+        times.append(time.perf_counter() - t)
+    out["knn"] = _latency(times) | {"prefix_builds": len(asked), "prefix_loads": 0}
+    log(f"routed {out['routed']['median_ms']:.0f} ms vs knn {out['knn']['median_ms']:.0f} ms per query (median)")
+    return out
+
+
+def _latency(times: list[float]) -> dict:
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "mean_ms": statistics.fmean(times) * 1000,
+        "per_query_ms": [t * 1000 for t in times],
+    }
 
 
 if __name__ == "__main__":

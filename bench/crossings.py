@@ -35,7 +35,23 @@ from erase_cli import config
 from erase_cli import qkmeans as qk
 
 N_CORPUS = 100_000
-DEF = {"k": config.DEFAULT_K, "eps": config.DEFAULT_EPS, "dim": config.DEFAULT_DIM, "T": config.DEFAULT_MAX_ITER}
+DEF = {
+    "k": config.DEFAULT_K,
+    "eps": config.DEFAULT_EPS,
+    "dim": config.DEFAULT_DIM,
+    "T": config.DEFAULT_MAX_ITER,
+    "m": config.DEFAULT_ROUTE_SIZE,
+}
+
+
+def route_grid() -> list[dict]:
+    """Routes (issue 10): the defaults at n = 1e3 and 1e4, then what --route-size, T or eps
+    would bring the route-change rate to at n = 1e4."""
+    out = [{**DEF, "n": n, "sweep": "n"} for n in (1_000, 10_000)]
+    out += [{**DEF, "n": 10_000, "m": m, "sweep": "m"} for m in (1, 2, 4, 16)]
+    out += [{**DEF, "n": 10_000, "T": T, "sweep": "T"} for T in (1, 2)]
+    out += [{**DEF, "n": 10_000, "eps": eps, "sweep": "eps"} for eps in (0.1, 0.2)]
+    return out
 
 
 def grid(quick: bool) -> list[dict]:
@@ -67,10 +83,10 @@ def grid(quick: bool) -> list[dict]:
     add("spec-table", n=10_000, k=16, T=10, dim=None, eps=0.1)
     seen, uniq = set(), []
     for s in out:
-        key = (s["n"], s["k"], s["eps"], s["dim"], s["T"])
+        key = (s["n"], s["k"], s["eps"], s["dim"], s["T"], s["m"])
         if key in seen:
             for u in uniq:
-                if (u["n"], u["k"], u["eps"], u["dim"], u["T"]) == key:
+                if (u["n"], u["k"], u["eps"], u["dim"], u["T"], u["m"]) == key:
                     u["sweep"] += "," + s["sweep"]
             continue
         seen.add(key)
@@ -103,8 +119,9 @@ def measure(s: dict, X: np.ndarray, n_bb: int, seeds: int, max_deletions: int, b
     ids = [f"t{r}" for r in rows]
     cross, fit_s, k_eff, n_examples = [], [], [], []
     costs, crossed, changed, refit_ms, cert_ms = [], 0, 0, [], []
+    routes_changed, routes_rebuilt = 0, []
     for seed in range(seeds):
-        params = qk.Params(k=s["k"], eps=s["eps"], dim=s["dim"], seed=seed, max_iter=s["T"])
+        params = qk.Params(k=s["k"], eps=s["eps"], dim=s["dim"], seed=seed, max_iter=s["T"], route_size=s["m"])
         x = qk.Projector(X.shape[1], s["dim"], seed)(qk.to_fixed(X[rows]))
         src = qk.ArraySource(ids, x)
         t0 = time.perf_counter()
@@ -126,6 +143,12 @@ def measure(s: dict, X: np.ndarray, n_bb: int, seeds: int, max_deletions: int, b
             crossed += c
             (refit_ms if c else cert_ms).append(dt * 1000)
             changed += new.examples != examples
+            # A route's prompt changes when its member list does; each changed route is one
+            # prefix to rebuild (the global prompt is counted by `changed`).
+            before, after = dict(state.routes), dict(new.routes)
+            rebuilt = sum(before.get(j) != after.get(j) for j in before.keys() | after.keys())
+            routes_changed += rebuilt > 0
+            routes_rebuilt.append(rebuilt)
             if len(costs) - m0 >= 20 and time.perf_counter() - t_start > budget_s:
                 break
     m = len(costs)
@@ -144,6 +167,9 @@ def measure(s: dict, X: np.ndarray, n_bb: int, seeds: int, max_deletions: int, b
         "crossing_share_deletions": crossed / m,
         "prompt_change_rate": changed / m,
         "prompt_change_ci95": [lo, hi],
+        "route_change_rate": routes_changed / m,
+        "route_change_ci95": list(wilson(routes_changed, m)),
+        "routes_rebuilt_mean": float(np.mean(routes_rebuilt)),
         "mean_cost_ms": float(np.mean(costs)) * 1000,
         "median_cost_ms": float(np.median(costs)) * 1000,
         "mean_certificate_ms": float(np.mean(cert_ms)) if cert_ms else None,
@@ -250,7 +276,11 @@ def main() -> None:
     )
     ap.add_argument("--corpus", type=int, default=N_CORPUS, help="texts to embed / use (settings with more skip)")
     ap.add_argument("--replot", action="store_true", help="redraw crossings.png from results/crossings.json")
+    ap.add_argument("--routes", action="store_true", help="only the route-change rows: results/routes.md")
     args = ap.parse_args()
+    if args.routes:
+        routes_main(args)
+        return
     if args.replot:
         plot(orjson.loads((RESULTS / "crossings.json").read_bytes())["results"]["rows"], RESULTS / "crossings.png")
         return
@@ -355,6 +385,73 @@ def main() -> None:
             "Shared 2-core machine with other jobs running: costs are upper bounds.",
         ],
         started=started,
+    )
+
+
+def routes_main(args) -> None:
+    """How often a single deletion changes some route's prompt, and how many route prefixes it
+    costs, at the defaults (n = 1e3, 1e4) and around them (n = 1e4)."""
+    started = now_utc()
+    settings = route_grid()
+    X, _, n_bb = embeddings(max(s["n"] for s in settings))
+    rows = []
+    for s in settings:
+        r = measure(s, X, n_bb, args.seeds, args.deletions, args.budget)
+        log(
+            f"{s['sweep']:>4} n={r['n']} m={r['m']} T={r['T']} eps={r['eps']}: route change "
+            f"{r['route_change_rate']:.3f} ({r['routes_rebuilt_mean']:.3f} routes/deletion), prompt "
+            f"{r['prompt_change_rate']:.3f}, crossing {r['crossing_rate']:.3f} ({r['deletions']} deletions)"
+        )
+        rows.append(r)
+    at = {r["n"]: r for r in rows if r["sweep"] == "n"}
+    goal = at[10_000]["route_change_rate"] <= 0.05
+    write_results(
+        "routes",
+        summary=(
+            f"Routes: probability that a single deletion changes some route's prompt, and route prefixes "
+            f"rebuilt per deletion, MiniLM embeddings, defaults {DEF}. Goal <= 5% at n = 1e4: "
+            f"{'met' if goal else 'missed'} ({at[10_000]['route_change_rate']:.1%})."
+        ),
+        timed_region=(
+            f"none (rates, not times): {args.seeds} fit seeds pooled, up to {args.deletions} single "
+            f"deletions per fit within {args.budget} s, each applied with qkmeans.forget"
+        ),
+        started=started,
+        results={"defaults": DEF, "rows": rows, "goal_route_change_le_5pct_at_1e4": goal},
+        header=[
+            "sweep",
+            "n",
+            "route size m",
+            "T",
+            "eps",
+            "deletions",
+            "route-change rate",
+            "95% CI",
+            "route prefixes rebuilt / deletion",
+            "prompt-change rate",
+            "crossing rate",
+        ],
+        table=[
+            [
+                r["sweep"],
+                r["n"],
+                r["m"],
+                r["T"],
+                r["eps"],
+                r["deletions"],
+                r["route_change_rate"],
+                f"{r['route_change_ci95'][0]:.3f}-{r['route_change_ci95'][1]:.3f}",
+                r["routes_rebuilt_mean"],
+                r["prompt_change_rate"],
+                r["crossing_rate"],
+            ]
+            for r in rows
+        ],
+        notes=[
+            "A deletion changes a route when the route's member list changes: a forgotten member "
+            "(the next nearest takes its place), or a crossing that moves the clustering.",
+            "Routes changed per deletion is the number of route prefix caches a forget deletes.",
+        ],
     )
 
 

@@ -7,6 +7,11 @@ prefix, which is its real cost); model load and embedding are outside it.
 
     .venv/bin/python bench/eval.py --limit 60
     .venv/bin/python bench/eval.py --limit 20 --tasks snarks navigate --no-sample
+
+Resumable: with --resume, tasks already in --out's eval.json are kept and skipped (the file is
+rewritten after every task). --methods runs only some methods; --reuse FILE takes the other
+methods' per-item results from an earlier eval.json of the same split, limit, k and seed (their
+code unchanged since), and the report names that file and its date.
 """
 
 from __future__ import annotations
@@ -61,7 +66,10 @@ def main() -> None:
         default=None,
         help="only combine these eval.json files (runs split over processes) into --out",
     )
-    ap.add_argument("--note", default=None, help="a line for the report (with --merge)")
+    ap.add_argument("--note", default=None, help="a line for the report")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), help="methods to run")
+    ap.add_argument("--reuse", type=Path, default=None, help="earlier eval.json for the methods not run")
+    ap.add_argument("--resume", action="store_true", help="keep and skip tasks already in --out's eval.json")
     args = ap.parse_args()
     if args.merge:
         merge(args)
@@ -76,11 +84,20 @@ def main() -> None:
         paths.append(("sample:" + SAMPLE.stem, SAMPLE))
 
     results = []
+    done_tasks: set[str] = set()
+    if args.resume and (args.out / "eval.json").is_file():
+        results = orjson.loads((args.out / "eval.json").read_bytes())["tasks"]
+        done_tasks = {r["task"] for r in results}
+    reused = _reusable(args.reuse)
     for label, path in paths:
+        name = label.split(":", 1)[-1]
+        if name in done_tasks:
+            print(f"{label}: kept from the earlier run", file=sys.stderr, flush=True)
+            continue
         t0 = time.time()
         res = run_eval(
             path,
-            list(METHODS),
+            args.methods,
             limit=args.limit,
             seed=args.seed,
             k=args.k,
@@ -90,11 +107,32 @@ def main() -> None:
         )
         res["model"] = Path(model).name
         res["wall_s"] = time.time() - t0
+        _fill_from(res, reused.get(res["task"]))
         results.append(res)
         accs = " ".join(f"{m}={v['accuracy']:.2f}" for m, v in res["methods"].items())
         print(f"{label}: {accs} ({res['wall_s']:.0f}s)", file=sys.stderr, flush=True)
         _write(args, results, started, model, done=False)
     _write(args, results, started, model, done=True)
+
+
+def _reusable(path: Path | None) -> dict[str, dict]:
+    if path is None:
+        return {}
+    doc = orjson.loads(path.read_bytes())
+    return {t["task"]: {**t, "_from": f"{path.name} of {doc['date_utc']}"} for t in doc["tasks"]}
+
+
+def _fill_from(res: dict, earlier: dict | None) -> None:
+    """Add the methods this run did not run from an earlier run of the same items."""
+    if earlier is None:
+        return
+    if earlier["test_ids"] != res["test_ids"] or earlier["k"] != res["k"] or earlier["seed"] != res["seed"]:
+        raise SystemExit(f"{res['task']}: the earlier run used other items, k or seed; run every method")
+    taken = [m for m in METHODS if m in earlier["methods"] and m not in res["methods"]]
+    methods = {m: res["methods"].get(m) or earlier["methods"][m] for m in METHODS if m in res["methods"] or m in taken}
+    res["methods"] = methods
+    res["reused"] = {"methods": taken, "from": earlier["_from"]}
+    _complete_pairs(res)
 
 
 def merge(args) -> None:
@@ -122,7 +160,8 @@ def _complete_pairs(res: dict) -> None:
     """Recompute the paired differences from the per-item results (runs made before a pair
     was added to run_eval get it too)."""
     ms = res["methods"]
-    pairs = [("erase", m) for m in ms if m != "erase"] + [(m, "zero") for m in ms if m != "zero"]
+    pairs = [("routed", m) for m in ("erase", "knn") if m in ms]
+    pairs += [("erase", m) for m in ms if m not in ("erase", "routed")] + [(m, "zero") for m in ms if m != "zero"]
     for a, b in pairs:
         if a in ms and b in ms:
             res["paired"][f"{a}-{b}"] = paired_difference(ms[a]["per_item"]["correct"], ms[b]["per_item"]["correct"])
@@ -134,6 +173,7 @@ def summary(results: list[dict]) -> dict:
     their items (paired), and the unweighted mean of the per-task means."""
     per_task = {}
     pooled_e, pooled_r, means = [], [], []
+    routed_a, routed_b, routed_means = [], [], []
     for res in results:
         ek = res["paired"].get("erase-kmeans")
         beats_zero = [
@@ -154,7 +194,13 @@ def summary(results: list[dict]) -> dict:
             pooled_e += res["methods"]["erase"]["per_item"]["correct"]
             pooled_r += res["methods"]["random"]["per_item"]["correct"]
             means.append(res["paired"]["erase-random"]["mean"])
+            if "routed" in res["methods"]:
+                routed_a += res["methods"]["routed"]["per_item"]["correct"]
+                routed_b += res["methods"]["erase"]["per_item"]["correct"]
+                routed_means.append(res["paired"]["routed-erase"]["mean"])
     return {
+        "routed_minus_erase_pooled": paired_difference(routed_a, routed_b) if routed_a else None,
+        "routed_minus_erase_mean_of_tasks": sum(routed_means) / len(routed_means) if routed_means else None,
         "per_task": per_task,
         "tasks_beating_zero": [t for t, v in per_task.items() if v["methods_beating_zero"]],
         "erase_minus_random_pooled": paired_difference(pooled_e, pooled_r) if pooled_e else None,
@@ -182,6 +228,7 @@ def _write(args, results, started, model, done: bool) -> None:
         "limit": args.limit,
         "complete": done,
         "total_wall_s": time.time() - started,
+        "note": args.note,
         "summary": summary(results),
         "tasks": results,
     }
@@ -225,19 +272,24 @@ def markdown(doc: dict) -> str:
         out += [
             head,
             "",
-            "| method | accuracy [95% CI] | mean-logprob acc | erase − method | "
-            "method − zero | top share | ms/query mean / median |",
-            "|---|---|---|---|---|---|---|",
+            "| method | accuracy [95% CI] | mean-logprob acc | erase − method | routed − method | "
+            "method − zero | top share | ms/query mean / median | prefix builds |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for m, v in res["methods"].items():
             mean_acc = v.get("accuracy_mean_logprob")
+            builds = v.get("prefix_builds")
             out.append(
                 f"| {m} | {_ci(v)} | {'–' if mean_acc is None else f'{mean_acc:.2f}'} | "
-                f"{_diff(res['paired'].get(f'erase-{m}')) if m != 'erase' else '–'} | "
+                f"{_diff(res['paired'].get(f'erase-{m}')) if m not in ('erase', 'routed') else '–'} | "
+                f"{_diff(res['paired'].get(f'routed-{m}')) if f'routed-{m}' in res['paired'] else '–'} | "
                 f"{_diff(res['paired'].get(f'{m}-zero')) if m != 'zero' else '–'} | "
                 f"{v['most_frequent_share']:.2f} | "
-                f"{v['latency_ms_mean']:.0f} / {v['latency_ms_median']:.0f} |"
+                f"{v['latency_ms_mean']:.0f} / {v['latency_ms_median']:.0f} | "
+                f"{'–' if builds is None else builds} |"
             )
+        if res.get("reused"):
+            out.append(f"\n(reused from {res['reused']['from']}: {', '.join(res['reused']['methods'])})")
         out.append("")
     s = doc["summary"]
     out += ["## Summary against SPEC 7", ""]
@@ -258,6 +310,12 @@ def markdown(doc: dict) -> str:
             f"erase − random over those tasks (items pooled, paired): {_diff(pooled)} "
             f"(n = {pooled['n']}); unweighted mean of per-task means "
             f"{s['erase_minus_random_mean_of_tasks']:+.3f}."
+        )
+    routed = s.get("routed_minus_erase_pooled")
+    if routed:
+        out.append(
+            f"routed − erase over those tasks (items pooled, paired): {_diff(routed)} (n = {routed['n']}); "
+            f"unweighted mean of per-task means {s['routed_minus_erase_mean_of_tasks']:+.3f}."
         )
     out.append("")
     return "\n".join(out)

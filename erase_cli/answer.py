@@ -12,12 +12,17 @@ import orjson
 from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.llm import Generator, LlamaGenerator, model_identity
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
+from erase_cli.records import normalise_vector
+from erase_cli.routing import PromptChoice
 
 
 @dataclass(frozen=True)
 class Question:
     input: str
     choices: list[str] | None = None
+    # A unit float32 vector's values (a tuple keeps the question comparable), for routing on a
+    # store ingested with --vector-field.
+    vector: tuple[float, ...] | None = None
 
 
 def cache_file_name(prompt_digest: str, model_id: str) -> str:
@@ -28,25 +33,27 @@ def cache_file_name(prompt_digest: str, model_id: str) -> str:
 def ask(
     questions: Iterable[Question],
     *,
-    manifest: dict,
+    choose: Callable[[Question], PromptChoice],
+    fmt: PromptFormat,
     model_path: str,
     cache_dir: Path | None,
-    save_cache: Callable[[Callable[[], None]], None] | None,
+    save_cache: Callable[[str, Callable[[], None]], None] | None,
     n_ctx: int | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     max_tokens: int = 64,
     generator_factory: Callable[..., Generator] = LlamaGenerator,
-    fmt: PromptFormat = PromptFormat(),
 ) -> Iterator[dict]:
     """Answer each question in order, loading the model once (and only if there is a question).
 
-    The demonstration prefix comes from `manifest["examples"]`. Its KV state is read from
-    `cache_dir / cache_file_name(...)` when present; otherwise it is evaluated and handed to
-    `save_cache(write)`, which must call `write()` only while the prompt is still current (the
-    store does so under its lock after re-checking the prompt digest). Each answer:
+    `choose(question)` gives the prompt (routing.PromptChoice: the global prompt or a route's).
+    A prompt's KV state is read from `cache_dir / cache_file_name(digest, model)` when present;
+    otherwise it is evaluated and handed to `save_cache(digest, write)`, which must call `write()`
+    only while that prompt is still one the fit serves (the store does so under its lock after
+    re-checking). Consecutive questions on the same prompt reuse the prefix in memory. Each answer:
     `{"question", "answer", "choices" (best first; only with choices), "cache": {"hit",
-    "tokens_evaluated"}}`; `hit` is false only for the query that paid for evaluating the prefix.
+    "tokens_evaluated"}, "erase": {"mode", "route", "prompt_digest"}}`; `hit` is false only for a
+    query that paid for evaluating its prefix.
     """
     if max_tokens < 1:
         raise InvalidParameter(f"--max-tokens {max_tokens} must be at least 1")
@@ -56,36 +63,38 @@ def ask(
         raise InvalidParameter(f"--threads {n_threads} must be at least 1")
     return _answers(
         questions,
-        manifest,
+        choose,
+        fmt,
         model_path,
         cache_dir,
         save_cache,
         dict(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers),
         max_tokens,
         generator_factory,
-        fmt,
     )
 
 
 def _answers(
-    questions, manifest, model_path, cache_dir, save_cache, model_options, max_tokens, generator_factory, fmt
+    questions, choose, fmt, model_path, cache_dir, save_cache, model_options, max_tokens, generator_factory
 ) -> Iterator[dict]:
-    prefix = prefix_text(fmt, manifest.get("examples") or [])
     stop = [fmt.separator] if fmt.separator else []
     generator = None
-    prefix_cost = 0  # tokens spent on the prefix, charged to the first query
-    prefix_hit = True
+    current = None  # digest of the prompt whose prefix the generator holds
+    prefix_cost, prefix_hit = 0, True  # tokens spent on a prefix, charged to the next query
     for question in questions:
+        choice = choose(question)
         if generator is None:
             generator = generator_factory(model_path, **model_options)
+            model_id = model_identity(model_path)
+        if choice.prompt_digest != current:
             cache_file = None
-            digest = manifest.get("prompt_digest")
-            if cache_dir is not None and digest:
-                cache_file = Path(cache_dir) / cache_file_name(digest, model_identity(model_path))
-            info = generator.set_prefix(prefix, cache_file)
+            if cache_dir is not None:
+                cache_file = Path(cache_dir) / cache_file_name(choice.prompt_digest, model_id)
+            info = generator.set_prefix(prefix_text(fmt, choice.examples), cache_file)
             prefix_hit, prefix_cost = info.loaded, info.tokens_evaluated
+            current = choice.prompt_digest
             if not info.loaded and cache_file is not None and save_cache is not None:
-                save_cache(lambda g=generator, f=cache_file: g.save_prefix(f))  # called at once
+                save_cache(current, lambda g=generator, f=cache_file: g.save_prefix(f))  # called at once
         query = query_text(fmt, question.input, question.choices)
         result: dict = {"question": question.input}
         if question.choices:
@@ -99,6 +108,7 @@ def _answers(
             text, evaluated = generator.generate(query, max_tokens, stop)
             result["answer"] = text.strip()
         result["cache"] = {"hit": prefix_hit, "tokens_evaluated": evaluated + prefix_cost}
+        result["erase"] = choice.to_json()
         prefix_cost, prefix_hit = 0, True
         yield result
 
@@ -139,9 +149,13 @@ def _parse_question(line: str, source: str, number: int) -> Question:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"{where}: needs a non-empty string field 'input'")
     choices = obj.get("choices")
-    if choices is None:
-        return Question(text)
-    return Question(text, check_choices(choices, where))
+    vector = None
+    if obj.get("vector") is not None:
+        try:
+            vector = tuple(normalise_vector(obj["vector"]).tolist())
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+    return Question(text, None if choices is None else check_choices(choices, where), vector)
 
 
 def check_choices(choices: object, where: str = "--choices") -> list[str]:

@@ -123,6 +123,22 @@ LockOpt = Annotated[
         ),
     ),
 ]
+QueryVectorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--query-vector",
+        help="The question's vector as a JSON list, or @FILE holding one: routes a question on a store "
+        "ingested with --vector-field.",
+    ),
+]
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="routed: each question gets the prompt of its nearest cluster; global: the one global prompt; "
+        "auto: routed when the fit has routes and erase can embed the question.",
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -275,8 +291,17 @@ def _run(
     return result
 
 
-def _examples_view(fit: Optional[dict], ids: _Ids) -> Optional[dict]:
-    return fit and {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
+def _examples_view(fit: Optional[dict], ids: _Ids, hide_inputs: bool = False) -> Optional[dict]:
+    """A fit's example and route ids as --redact-ids wants them shown (and, with it, no
+    demonstration inputs when `hide_inputs`: they may name the person)."""
+    if not fit:
+        return fit
+    out = {**fit, "examples": [{**e, "id": ids(e["id"])} for e in fit["examples"]]}
+    if hide_inputs:
+        out["examples"] = [{**e, "input_start": None} for e in out["examples"]]
+    if "routes" in fit:
+        out["routes"] = [{**r, "ids": [ids(i) for i in r["ids"]]} for r in fit["routes"]]
+    return out
 
 
 def _notices() -> Callable[[str], None]:
@@ -430,10 +455,16 @@ def ingest(
 
 @app.command()
 def fit(
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of clusters = in-context examples.")] = config.DEFAULT_K,
+    k: Annotated[
+        Optional[int],
+        typer.Option("-k", "--k", help=f"Number of clusters = in-context examples. [default: {config.DEFAULT_K}]"),
+    ] = None,
     eps: Annotated[
-        float, typer.Option(help="Lattice step of the quantized centroids (unit-norm space).")
-    ] = config.DEFAULT_EPS,
+        Optional[float],
+        typer.Option(
+            help=f"Lattice step of the quantized centroids (unit-norm space). [default: {config.DEFAULT_EPS}]"
+        ),
+    ] = None,
     dim: Annotated[
         Optional[int],
         typer.Option(
@@ -442,41 +473,76 @@ def fit(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the k-means++ race, lattice phases and projection.")
-    ] = config.DEFAULT_SEED,
-    max_iter: Annotated[int, typer.Option(help="Lloyd iterations T (always exactly T).")] = config.DEFAULT_MAX_ITER,
+        Optional[int],
+        typer.Option(
+            help=f"Seed of the k-means++ race, lattice phases and projection. [default: {config.DEFAULT_SEED}]"
+        ),
+    ] = None,
+    max_iter: Annotated[
+        Optional[int], typer.Option(help=f"Lloyd iterations T (always exactly T). [default: {config.DEFAULT_MAX_ITER}]")
+    ] = None,
+    route_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"Demonstrations in each cluster's routed prompt (its members nearest the centroid). "
+            f"[default: {config.DEFAULT_ROUTE_SIZE}]"
+        ),
+    ] = None,
+    instruction: Annotated[
+        Optional[str], typer.Option(help="Task description printed once before the demonstrations. [default: none]")
+    ] = None,
+    input_prefix: Annotated[Optional[str], typer.Option(help="Text before each input. [default: 'Q: ']")] = None,
+    output_prefix: Annotated[
+        Optional[str], typer.Option(help="Text between an input and its answer. [default: '\\nA: ']")
+    ] = None,
+    separator: Annotated[Optional[str], typer.Option(help="Text between demonstrations. [default: '\\n\\n']")] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     redact_ids: RedactOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Cluster the stored embeddings (quantized k-means) and write the prompt manifest."""
+    """Cluster the stored embeddings (quantized k-means) and write the prompt manifest.
+
+    A parameter or prompt-format option left out keeps the value of the store's previous fit
+    (the default on a first fit), so refitting after 'ingest --append' changes nothing else."""
     from . import service
+
+    choices = dict(
+        k=k,
+        eps=eps,
+        dim="auto" if dim is None else (dim or None),
+        seed=seed,
+        max_iter=max_iter,
+        route_size=route_size,
+        instruction=instruction,
+        input_prefix=input_prefix,
+        output_prefix=output_prefix,
+        separator=separator,
+    )
 
     def work():
         return _warned(
             _with_progress(
                 lambda hooks: service.fit(
-                    config.store_path(store),
-                    k=k,
-                    eps=eps,
-                    dim="auto" if dim is None else (dim or None),
-                    seed=seed,
-                    max_iter=max_iter,
-                    lock_timeout=config.lock_timeout(lock_timeout),
+                    store,
+                    lock_timeout=lock_timeout,
                     key_file=secret_file,
                     hooks=hooks,
+                    **choices,
                 )
             )
         )
 
     def show(r):
         est = r["crossing_estimate"]
+        reused = f"\nkept from the previous fit: {', '.join(r['reused'])}" if r["reused"] else ""
         render.show(
             f"fit {r['n_records']} records: k_eff {r['k_eff']}, eps {r['eps']:.6g}, dim {r['dim']}, "
-            f"T {r['max_iter']}, seed {r['seed']} ({r['elapsed_ms'] / 1000:.2f} s)\n"
+            f"T {r['max_iter']}, seed {r['seed']}, route size {r['route_size']} ({r['elapsed_ms'] / 1000:.2f} s)"
+            f"{reused}\n"
             f"examples: {', '.join(e['id'] for e in r['examples']) or '(none)'}\n"
+            f"routes: {len(r['routes'])}\n"
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}"
         )
@@ -589,12 +655,17 @@ def ask(
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
+    mode: ModeOpt = "auto",
+    query_vector: QueryVectorOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix."""
+    """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix.
+
+    Routed mode answers each question from the prompt of the cluster nearest it; global mode from
+    the one global prompt (the paper's). --json adds an `erase` object naming the prompt used."""
     from . import service
     from .answer import Question, check_choices, read_questions
 
@@ -603,22 +674,33 @@ def ask(
             from .errors import InvalidInput
 
             raise InvalidInput("no question; pass one as an argument or use --from-file FILE")
+        if query_vector is not None and question is None:
+            from .errors import InvalidInput
+
+            raise InvalidInput("--query-vector goes with a question argument; in --from-file give a 'vector' field")
         qs = (
-            [Question(question, check_choices(list(choices), "--choices") if choices else None)]
+            [
+                Question(
+                    question,
+                    check_choices(list(choices), "--choices") if choices else None,
+                    None if query_vector is None else _query_vector(query_vector),
+                )
+            ]
             if question is not None
             else []
         )
         if from_file is not None:
             qs += read_questions(from_file)
         return service.ask(
-            config.store_path(store),
+            store,
             qs,
-            model=config.model_flag(model),
+            model=model,
             n_ctx=n_ctx,
             n_threads=threads,
             n_gpu_layers=n_gpu_layers,
             max_tokens=max_tokens,
-            lock_timeout=config.lock_timeout(lock_timeout),
+            mode=mode,
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         )
@@ -641,6 +723,84 @@ def ask(
         render.say(f"warning: {source} holds no questions; nothing was answered")
 
 
+@app.command("prompt")
+def prompt_(
+    question: Annotated[Optional[str], typer.Argument(help="Show the prompt this question would get.")] = None,
+    route: Annotated[Optional[int], typer.Option("--route", help="Show the prompt of route (cluster) J.")] = None,
+    mode: ModeOpt = "auto",
+    choices: Annotated[
+        Optional[list[str]], typer.Option("--choices", help="A possible answer, listed as ask would; repeat.")
+    ] = None,
+    query_vector: QueryVectorOpt = None,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    redact_ids: RedactOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Print the exact text the model gets: the global prompt, route J's, or the one QUESTION is
+    routed to, followed by the question. Needs no model."""
+    from . import service
+    from .answer import check_choices
+
+    def work():
+        vector = None
+        if query_vector is not None:
+            import numpy as np
+
+            vector = np.asarray(_query_vector(query_vector), dtype=np.float32)
+        return service.show_prompt(
+            store,
+            question,
+            route=route,
+            mode=mode,
+            vector=vector,
+            choices=check_choices(list(choices), "--choices") if choices else None,
+            lock_timeout=lock_timeout,
+            key_file=secret_file,
+            hooks=_hooks(),
+        )
+
+    def show(r):
+        where = "global prompt" if r["route"] is None else f"route {r['route']}"
+        render.say(f"{where} ({len(r['examples'])} examples), prompt digest {r['prompt_digest'][:16]}")
+        render.show(r["text"])
+
+    _run(
+        json,
+        work,
+        show,
+        _Ids(redact_ids, store, secret_file, lock_timeout),
+        lambda r, ids: {**r, "examples": [{**e, "id": ids(e["id"])} for e in r["examples"]]},
+    )
+
+
+def _query_vector(text: str) -> tuple[float, ...]:
+    """--query-vector: a JSON list, or @FILE holding one; validated like ingest's vectors."""
+    import orjson
+
+    from .errors import InvalidInput, NotFound
+    from .records import normalise_vector
+
+    where = "--query-vector"
+    if text.startswith("@"):
+        where = f"--query-vector file {text[1:]!r}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"{where} does not exist; pass an existing file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{where} cannot be read ({exc}); pass a UTF-8 JSON file") from None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise InvalidInput(f"{where} is not JSON; give a list of numbers like [0.1, -0.2]") from None
+    try:
+        return tuple(normalise_vector(value).tolist())
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- eval, cost
 
 
@@ -655,7 +815,10 @@ def eval_(
     ],
     method: Annotated[
         Optional[list[str]],
-        typer.Option("--method", help="erase, kmeans, random, zero or knn; repeat for several (default: all five)."),
+        typer.Option(
+            "--method",
+            help="erase, routed, kmeans, random, zero or knn; repeat for several (default: all six).",
+        ),
     ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N test items (by id).")] = None,
     seed: Annotated[
@@ -670,10 +833,13 @@ def eval_(
             help=_names(config.ENV_EMBEDDER, "sentence-transformers model (default: the bundled all-MiniLM-L6-v2)."),
         ),
     ] = None,
+    route_size: Annotated[
+        int, typer.Option(help="Demonstrations per route of the routed method.")
+    ] = config.DEFAULT_ROUTE_SIZE,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Compare demonstration choices (erase, kmeans, random, zero-shot, knn) on a task."""
+    """Compare demonstration choices (erase, routed, kmeans, random, zero-shot, knn) on a task."""
     from .evaluate import render_table, run_eval
 
     def work():
@@ -688,6 +854,7 @@ def eval_(
                 embedder,
                 progress,
                 n_threads=threads,
+                route_size=route_size,
             )
 
     _run(json, work, lambda r: render.out.print(render_table(r)))
@@ -823,17 +990,31 @@ def status(
             lines.append("fit: none yet (run 'erase fit')")
         else:
             est = f["crossing_estimate"]
+            route_size = f.get("route_size")
             lines += [
                 f"fit: k {f['k']} (k_eff {f['k_eff']}), eps {f['eps_effective']}, dim {f['dim']}, "
-                f"T {f['max_iter']}, seed {f['seed']}{' - STALE, run erase fit' if f['stale'] else ''}",
-                f"examples: {', '.join(e['id'] for e in f['examples']) or '(none)'}",
-                f"next single deletion crosses with estimated probability {'n/a' if est is None else f'{est:.1%}'}",
+                f"T {f['max_iter']}, seed {f['seed']}, route size {route_size or 'none (fit from before routes)'}"
+                f"{' - STALE, run erase fit' if f['stale'] else ''}",
+                "global prompt (cluster: id -> target | input):" if f["examples"] else "global prompt: no examples",
             ]
+            for e in f["examples"]:
+                shown = "" if e.get("input_start") is None else f" | {e['input_start']}"
+                lines.append(f"  {e['cluster']}: {e['id']} -> {e['target']}{shown}")
+            if f["examples"]:
+                lines.append(f"  labels: {_balance_text(f['label_balance'])}")
+            for route in f.get("routes", []):
+                lines.append(
+                    f"route {route['cluster']} ({len(route['ids'])} examples): {_balance_text(route['label_balance'])}"
+                )
+            lines.append(
+                f"next single deletion crosses with estimated probability {'n/a' if est is None else f'{est:.1%}'}"
+            )
         c = r["counters"]
         lines.append(
             f"forget batches {c.get('forget_batches', 0)}: {c.get('crossing_batches', 0)} crossed, "
             f"{c.get('prompt_changes', 0)} changed the prompt, {c.get('examples_replaced', 0)} "
-            "replaced an example"
+            f"replaced an example, {c.get('route_change_batches', 0)} changed a route "
+            f"({c.get('route_changes', 0)} route prompts in all)"
         )
         lines.append(f"prefix cache files: {r['cache']['files']}")
         if p:
@@ -843,15 +1024,19 @@ def status(
     _run(
         json,
         lambda: service.status(
-            config.store_path(store),
-            lock_timeout=config.lock_timeout(lock_timeout),
+            store,
+            lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
         ),
         show,
         _Ids(redact_ids, store, secret_file, lock_timeout),
-        lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids)},
+        lambda r, ids: {**r, "fit": _examples_view(r["fit"], ids, hide_inputs=True)},
     )
+
+
+def _balance_text(balance: dict) -> str:
+    return ", ".join(f"{label} {n}" for label, n in balance.items())
 
 
 @app.command()

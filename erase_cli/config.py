@@ -15,6 +15,9 @@ DEFAULT_K = 8
 DEFAULT_EPS = 0.05
 DEFAULT_DIM = 32
 DEFAULT_MAX_ITER = 3
+# Demonstrations per route (cluster prompt): the eval table and the route-change rate in
+# bench/results/ are measured at this value; the README says why.
+DEFAULT_ROUTE_SIZE = 8
 DEFAULT_SEED = 0
 DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_BATCH_SIZE = 64

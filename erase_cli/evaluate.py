@@ -39,8 +39,8 @@ from erase_cli.baselines import kmeans_float, knn_examples, random_examples
 from erase_cli.errors import InvalidInput, InvalidParameter, NotFound
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
 
-METHODS = ("erase", "kmeans", "random", "zero", "knn")
-_NEEDS_EMBEDDINGS = ("erase", "kmeans", "knn")
+METHODS = ("erase", "routed", "kmeans", "random", "zero", "knn")
+_NEEDS_EMBEDDINGS = ("erase", "routed", "kmeans", "knn")
 Z95 = 1.959963984540054
 DEFAULT_MAX_TOKENS = 32
 EMBED_BATCH = 64
@@ -256,8 +256,8 @@ def chance_level(items: Sequence[Item]) -> float | None:
 # ------------------------------------------------------------------------------------- selection
 
 
-def erase_examples(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int) -> list[str]:
-    """The ids the quantized fit selects, in prompt (cluster) order, with the default eps/dim/T."""
+def erase_state(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int, route_size: int | None = None):
+    """The quantized fit of the train items with the default eps/dim/T: (state, projector)."""
     from erase_cli import qkmeans
 
     d_in = train_x.shape[1]
@@ -268,12 +268,30 @@ def erase_examples(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int) -
         dim=dim,
         seed=seed,
         max_iter=config.DEFAULT_MAX_ITER,
+        route_size=route_size,
     )
-    fixed = qkmeans.to_fixed(np.asarray(train_x, dtype=np.float32))
-    if dim:
-        fixed = qkmeans.Projector(d_in, dim, seed)(fixed)
-    state = qkmeans.fit(qkmeans.ArraySource(list(ids), fixed), params, d_in)
+    projector = qkmeans.Projector(d_in, dim, seed)
+    fixed = projector(qkmeans.to_fixed(np.asarray(train_x, dtype=np.float32)))
+    return qkmeans.fit(qkmeans.ArraySource(list(ids), fixed), params, d_in), projector
+
+
+def erase_examples(train_x: np.ndarray, ids: Sequence[str], k: int, seed: int) -> list[str]:
+    """The ids the quantized fit selects, in prompt (cluster) order, with the default eps/dim/T."""
+    state, _ = erase_state(train_x, ids, k, seed)
     return [example_id for _, example_id in state.examples]
+
+
+def routed_prompts(
+    train_x: np.ndarray, ids: Sequence[str], test_x: np.ndarray, k: int, seed: int, route_size: int
+) -> list[tuple[int | None, list[str]]]:
+    """(route, demonstration ids in prompt order) for each test vector: the rule `erase ask
+    --mode routed` applies (routing.route_vectors), on a fit with routes of `route_size`."""
+    from erase_cli.routing import route_vectors
+
+    state, projector = erase_state(train_x, ids, k, seed, route_size)
+    routes = dict(state.routes)
+    chosen = route_vectors(state.centroids[-1], list(routes), projector, test_x) if len(test_x) else []
+    return [(j, [] if j is None else list(reversed(routes[j]))) for j in chosen]
 
 
 def _working_dim(d_in: int) -> int | None:
@@ -312,6 +330,7 @@ def run_eval(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
+    route_size: int | None = None,
 ) -> dict:
     """Evaluate each method on the task's test items; returns a JSON-ready dict.
 
@@ -326,8 +345,11 @@ def run_eval(
     methods = _check_methods(methods)
     seed = config.DEFAULT_SEED if seed is None else seed
     k = config.DEFAULT_K if k is None else k
+    route_size = config.DEFAULT_ROUTE_SIZE if route_size is None else route_size
     if k < 1:
         raise InvalidParameter(f"-k must be at least 1, got {k}")
+    if route_size < 1:
+        raise InvalidParameter(f"--route-size must be at least 1, got {route_size}")
     if max_tokens < 1:
         raise InvalidParameter(f"--max-tokens must be at least 1, got {max_tokens}")
     task = load_task(task_path, limit)
@@ -354,10 +376,22 @@ def run_eval(
     for method in methods:
         if method == "knn":
 
-            def examples_for(index, _x=test_x):
-                return [by_id[i] for i in knn_examples(train_x, train_ids, _x[index], k)]
+            def prompt_for(index, _x=test_x):
+                return None, [by_id[i] for i in knn_examples(train_x, train_ids, _x[index], k)]
 
-            results[method] = _score_method(task, generator, None, examples_for, max_tokens, progress, method)
+            results[method] = _score_method(task, generator, prompt_for, max_tokens, progress, method)
+            continue
+        if method == "routed":
+            routed = routed_prompts(train_x, train_ids, test_x, k, seed, route_size)
+            results[method] = _score_method(
+                task,
+                generator,
+                lambda index, _r=routed: (("route", _r[index][0]), [by_id[i] for i in _r[index][1]]),
+                max_tokens,
+                progress,
+                method,
+            )
+            results[method]["routes"] = [j for j, _ in routed]
             continue
         if method == "erase":
             chosen = erase_examples(train_x, train_ids, k, seed)
@@ -367,10 +401,13 @@ def run_eval(
             chosen = random_examples(train_ids, k, seed)
         else:
             chosen = []
-        results[method] = _score_method(task, generator, [by_id[i] for i in chosen], None, max_tokens, progress, method)
+        shared = [by_id[i] for i in chosen]
+        results[method] = _score_method(
+            task, generator, lambda index, _s=shared: ("shared", _s), max_tokens, progress, method
+        )
         results[method]["examples"] = chosen
 
-    return _summarise(task, methods, results, seed, k, model_name, embedder)
+    return _summarise(task, methods, results, seed, k, route_size, model_name, embedder)
 
 
 def _check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -382,46 +419,56 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def _score_method(task, generator, shared, examples_for, max_tokens, progress, method) -> dict:
-    """Run one method over the test items. `shared` = demonstrations of a shared prefix, set
-    once; otherwise `examples_for(i)` gives item i's own demonstrations (knn), and the prefix
-    build is part of that query's latency since nothing can be cached across queries."""
+def _score_method(task, generator, prompt_for, max_tokens, progress, method) -> dict:
+    """Run one method over the test items. `prompt_for(i)` gives (key, demonstrations) of item
+    i. Items are answered grouped by key (first appearance order), so a prompt that several items
+    share (the global prompt; a route) is built once and its build time goes to `prefix_ms`, as a
+    cached prefix would be. A key of None is the item's own prompt (knn): its build is part of
+    that query's latency, since nothing can be cached across queries."""
     fmt = task.fmt
     stop = [fmt.separator] if fmt.separator else []
-    prefix_ms = None
-    if shared is not None:
-        started = time.perf_counter()
-        generator.set_prefix(prefix_text(fmt, [it.as_example() for it in shared]))
-        prefix_ms = (time.perf_counter() - started) * 1000.0
-    preds, preds_mean, correct, correct_mean, latency = [], [], [], [], []
     total = len(task.test)
-    for index, item in enumerate(task.test):
+    prompts = [prompt_for(index) for index in range(total)]
+    groups: dict = {}
+    for index, (key, _) in enumerate(prompts):
+        groups.setdefault(("item", index) if key is None else key, []).append(index)
+    preds, preds_mean = [""] * total, [""] * total
+    correct, correct_mean, latency = [False] * total, [False] * total, [0.0] * total
+    prefix_ms, builds, done = 0.0, 0, 0
+    for key, indices in groups.items():
+        own = key[0] == "item"
         started = time.perf_counter()
-        if shared is None:
-            demos = examples_for(index)
-            generator.set_prefix(prefix_text(fmt, [it.as_example() for it in demos]))
-        query = query_text(fmt, item.input, list(item.choices) if item.choices else None)
-        if item.choices:
-            scored = generator.score(query, list(item.choices))
-            by_total, by_mean = _argmax_choices(item.choices, scored)
-        else:
-            text, _ = generator.generate(query, max_tokens, stop)
-            by_total = by_mean = text.strip()
-        latency.append((time.perf_counter() - started) * 1000.0)
-        accepted = {t.strip() for t in item.targets}
-        preds.append(by_total)
-        preds_mean.append(by_mean)
-        correct.append(by_total.strip() in accepted)
-        correct_mean.append(by_mean.strip() in accepted)
-        if progress:
-            progress(method, index + 1, total)
+        generator.set_prefix(prefix_text(fmt, [it.as_example() for it in prompts[indices[0]][1]]))
+        builds += 1
+        build_ms = (time.perf_counter() - started) * 1000.0
+        if not own:
+            prefix_ms += build_ms
+        for index in indices:
+            item = task.test[index]
+            started = time.perf_counter()
+            query = query_text(fmt, item.input, list(item.choices) if item.choices else None)
+            if item.choices:
+                scored = generator.score(query, list(item.choices))
+                by_total, by_mean = _argmax_choices(item.choices, scored)
+            else:
+                text, _ = generator.generate(query, max_tokens, stop)
+                by_total = by_mean = text.strip()
+            latency[index] = (time.perf_counter() - started) * 1000.0 + (build_ms if own else 0.0)
+            accepted = {t.strip() for t in item.targets}
+            preds[index], preds_mean[index] = by_total, by_mean
+            correct[index] = by_total.strip() in accepted
+            correct_mean[index] = by_mean.strip() in accepted
+            done += 1
+            if progress:
+                progress(method, done, total)
     return {
         "predictions": preds,
         "predictions_mean": preds_mean,
         "correct": correct,
         "correct_mean": correct_mean,
         "latency_ms": latency,
-        "prefix_ms": prefix_ms,
+        "prefix_ms": None if all(key[0] == "item" for key in groups) else prefix_ms,  # knn: in latency
+        "prefix_builds": builds,
     }
 
 
@@ -433,7 +480,7 @@ def _argmax_choices(choices: Sequence[str], scored) -> tuple[str, str]:
     return best_total, best_mean
 
 
-def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
+def _summarise(task, methods, results, seed, k, route_size, model_name, embedder) -> dict:
     n = len(task.test)
     out_methods = {}
     for method in methods:
@@ -451,6 +498,7 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
             "latency_ms_mean": statistics.fmean(r["latency_ms"]),
             "latency_ms_median": statistics.median(r["latency_ms"]),
             "prefix_ms": r["prefix_ms"],
+            "prefix_builds": r["prefix_builds"],
             "per_item": {
                 "prediction": r["predictions"],
                 "correct": r["correct"],
@@ -464,11 +512,15 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
             entry["ci95_mean_logprob"] = list(mean_ci) if mean_ci else None
         if "examples" in r:
             entry["examples"] = r["examples"]
+        if "routes" in r:
+            entry["per_item"]["route"] = r["routes"]
         out_methods[method] = entry
 
-    # erase against every baseline (SPEC: erase - kmeans, erase - random), and every method
+    # erase against every baseline (SPEC: erase - kmeans, erase - random), routed against erase
+    # and knn (what routing buys, and what it leaves to per-query prompts), and every method
     # against zero-shot, which says whether demonstrations help at all.
-    pairs = [("erase", m) for m in methods if m != "erase"]
+    pairs = [("routed", m) for m in ("erase", "knn") if m in methods]
+    pairs += [("erase", m) for m in methods if m not in ("erase", "routed")]
     pairs += [(m, "zero") for m in methods if m != "zero"]
     pairs = list(dict.fromkeys(pairs))
     paired = {
@@ -490,6 +542,7 @@ def _summarise(task, methods, results, seed, k, model_name, embedder) -> dict:
             "eps": config.DEFAULT_EPS,
             "dim": config.DEFAULT_DIM,
             "max_iter": config.DEFAULT_MAX_ITER,
+            "route_size": route_size,
         },
         "model": model_name,
         "embedder": getattr(embedder, "name", None),
@@ -516,6 +569,9 @@ def render_table(result: Mapping):
     if result["kind"] != "generative":
         table.add_column("mean-logprob acc", justify="right")
     table.add_column("erase − method [95% CI]", justify="right")
+    routed = "routed" in result["methods"]
+    if routed:
+        table.add_column("routed − method [95% CI]", justify="right")
     table.add_column("top answer share", justify="right")
     table.add_column("ms/query mean / median", justify="right")
     for method, m in result["methods"].items():
@@ -525,6 +581,9 @@ def render_table(result: Mapping):
             row.append(f"{m['accuracy_mean_logprob']:.3f}")
         diff = result["paired"].get(f"erase-{method}")
         row.append(_fmt_diff(diff) if diff else "")
+        if routed:
+            diff = result["paired"].get(f"routed-{method}")
+            row.append(_fmt_diff(diff) if diff else "")
         share = m["most_frequent_share"]
         row.append(f"{share:.2f}" if share is not None else "")
         row.append(f"{m['latency_ms_mean']:.0f} / {m['latency_ms_median']:.0f}")

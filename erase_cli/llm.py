@@ -310,7 +310,9 @@ class LlamaGenerator:
         if self._n_ctx_flag is None:
             fit = -(-(prefix_tokens + self._reserve) // 256) * 256
             want = min(self.n_ctx_train, max(DEFAULT_N_CTX, fit))
-            if want != self.n_ctx:
+            # Only grow: routed answers switch between prefixes of different lengths, and a
+            # context big enough for the longest one serves them all without reloading.
+            if want > self.n_ctx:
                 self._load(want)
 
     def _tokenize(self, text: str, *, bos: bool = False) -> list[int]:

@@ -6,10 +6,14 @@ same for every query and its KV state is cached; `query_text` is what each quest
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 CHOICE_PREFIX = "\n  choice: "
+PROMPT_FIELDS = ("instruction", "input_prefix", "output_prefix", "separator")  # as a store keeps them
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,28 @@ class PromptFormat:
     output_prefix: str = "\nA: "
     separator: str = "\n\n"
     append_choices: bool = True
+
+    def stored(self) -> dict[str, str]:
+        """The format as a store keeps it (manifest and store.json `prompt`); the task prefix is
+        called the instruction there."""
+        return {
+            "instruction": self.prefix,
+            "input_prefix": self.input_prefix,
+            "output_prefix": self.output_prefix,
+            "separator": self.separator,
+        }
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, str] | None) -> PromptFormat:
+        """A store's format; None (a fit from before prompt control) is the default."""
+        if stored is None:
+            return cls()
+        return cls(
+            prefix=stored["instruction"],
+            input_prefix=stored["input_prefix"],
+            output_prefix=stored["output_prefix"],
+            separator=stored["separator"],
+        )
 
     @classmethod
     def from_bigbench(cls, task: Mapping) -> PromptFormat:
@@ -76,3 +102,11 @@ def prefix_text(fmt: PromptFormat, examples: Sequence[Mapping]) -> str:
     if not demos:
         return head
     return head + fmt.separator.join(demos) + fmt.separator
+
+
+def digest(examples: Sequence[Mapping], stored_format: Mapping[str, str] | None) -> str:
+    """The prompt digest: sha256 over the canonical JSON of the examples and the format, so that a
+    changed demonstration or a changed layout both give a new digest (it names the prefix cache).
+    A fit from before prompt control (no stored format) digests its examples alone, as it did."""
+    value: object = list(examples) if stored_format is None else {"examples": list(examples), "format": stored_format}
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()

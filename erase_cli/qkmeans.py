@@ -32,11 +32,14 @@ import numpy as np
 from erase_cli.errors import InvalidInput, InvalidParameter, StoreDamaged
 
 SCALE = 1 << 16
+# Ranked candidates kept per cluster: at least this many, and twice the route size, so that most
+# forgets leave enough survivors in the list to name the route without a rescan.
 N_CANDIDATES = 16
 # Upper limits of the fit parameters: k demonstrations must fit in a prompt and every Lloyd
 # iteration is kept in the state, so values far beyond these are mistakes, not workloads.
 MAX_K = 10_000
 MAX_ITER = 1_000
+MAX_ROUTE = 256
 
 Progress = Callable[[str, int, int], None]
 
@@ -116,6 +119,9 @@ class Params:
     dim: int | None
     seed: int
     max_iter: int
+    # Demonstrations per route (cluster prompt); None is a fit made before routes existed, which
+    # keeps its 16 candidates and its old state digest.
+    route_size: int | None = None
 
     @property
     def E(self) -> int:
@@ -128,6 +134,10 @@ class Params:
 
     def working_dim(self, d_in: int) -> int:
         return d_in if self.dim is None else self.dim
+
+    @property
+    def n_candidates(self) -> int:
+        return N_CANDIDATES if self.route_size is None else max(N_CANDIDATES, 2 * self.route_size)
 
     def validate(self, d_in: int) -> None:
         """Raise InvalidParameter naming the parameter and an acceptable value (no CLI flag names:
@@ -151,6 +161,10 @@ class Params:
         if self.eps > 16:
             raise InvalidParameter(
                 f"eps {self.eps} is far larger than the distance between unit vectors; use eps = 2 or less"
+            )
+        if self.route_size is not None and (not _is_int(self.route_size) or not 1 <= self.route_size <= MAX_ROUTE):
+            raise InvalidParameter(
+                f"route_size must be between 1 and {MAX_ROUTE} (got {self.route_size}); use e.g. route_size = 8"
             )
         if self.dim is not None and (not _is_int(self.dim) or not 1 <= self.dim <= d_in):
             raise InvalidParameter(
@@ -321,8 +335,26 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return labels.astype(np.int64), d2.astype(np.int64)
 
 
+def route(centroids: np.ndarray, clusters: Sequence[int], q: np.ndarray) -> int | None:
+    """The routing rule, shared by ask, eval and the server: of `clusters` (the non-empty ones),
+    the one whose final centroid is nearest the working-space query q (int64 (d,)) by exact
+    squared distance, ties to the lower cluster index; None when there is no cluster.
+
+    centroids: the final centroids (k_eff, d) int64, indexed by cluster."""
+    order = sorted(int(j) for j in clusters)
+    if not order:
+        return None
+    labels, _ = assign(np.asarray(q, dtype=np.int64)[None, :], np.asarray(centroids, dtype=np.int64)[order])
+    return order[int(labels[0])]
+
+
 # ----------------------------------------------------------------------------------------------
 # State
+
+
+def _needed(route_size: int | None, final_counts: np.ndarray) -> list[int]:
+    """Ranked candidates each cluster must hold for its example and its route to be known."""
+    return [min(route_size or 1, int(c)) for c in final_counts]
 
 
 def _pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +390,20 @@ class State:
         """(cluster, id) of each cluster's record nearest its final centroid, in cluster order."""
         return [(j, self.candidates[j][0]) for j in range(self.k_eff) if self.final_counts[j] > 0]
 
+    @property
+    def routes(self) -> list[tuple[int, list[str]]]:
+        """(cluster, ids nearest first) of each non-empty cluster: its min(route_size, members)
+        members nearest its final centroid, ranked by (squared distance, id). [] for a fit made
+        before routes existed."""
+        m = self.params.route_size
+        if m is None:
+            return []
+        return [
+            (j, self.candidates[j][: min(m, int(self.final_counts[j]))])
+            for j in range(self.k_eff)
+            if self.final_counts[j] > 0
+        ]
+
     @classmethod
     def empty(cls, params: Params, d_in: int) -> State:
         d = params.working_dim(d_in)
@@ -390,19 +436,24 @@ class State:
 
     def _params_key(self) -> tuple:
         p = self.params
-        return (p.k, p.E, p.dim, p.seed, p.max_iter)
+        return (p.k, p.E, p.dim, p.seed, p.max_iter, p.route_size)
 
     def state_digest(self) -> str:
         """sha256 hex over the canonical O(T*k*d) state: what decides later behaviour."""
         h = hashlib.sha256(b"erase-state/1\0")
-        k, E, dim, seed, T = self._params_key()
+        k, E, dim, seed, T, route_size = self._params_key()
         head = [k, E, -1 if dim is None else dim, seed, T, self.d_in, self.d, self.n, self.k_eff]
+        if route_size is not None:  # a fit from before routes keeps the digest it was written with
+            head.append(route_size)
         h.update(np.asarray(head, dtype="<i8").tobytes())
         for name in ("centroids", "sums", "counts", "final_counts"):
             arr = np.ascontiguousarray(getattr(self, name), dtype="<i8")
             h.update(name.encode() + b"\0" + np.asarray(arr.shape, dtype="<i8").tobytes())
             h.update(arr.tobytes())
-        for label, ids in (("init", self.init_ids), ("examples", [f"{j}:{i}" for j, i in self.examples])):
+        lists = [("init", self.init_ids), ("examples", [f"{j}:{i}" for j, i in self.examples])]
+        if route_size is not None:
+            lists.append(("routes", [f"{j}:{i}" for j, route in self.routes for i in route]))
+        for label, ids in lists:
             data, offsets = _pack_ids(ids)
             h.update(label.encode() + b"\0" + offsets.astype("<i8").tobytes() + data.tobytes())
         return h.hexdigest()
@@ -429,6 +480,8 @@ class State:
                 out.append(f"{name} differ first at index {where}")
         if self.examples != other.examples:
             out.append(f"examples {self.examples} != {other.examples}")
+        if self.routes != other.routes:
+            out.append(f"routes {self.routes} != {other.routes}")
         if len(self.candidates) == len(other.candidates):
             for j, (a, b) in enumerate(zip(self.candidates, other.candidates)):
                 da, db = self.cand_dists[j], other.cand_dists[j]
@@ -443,7 +496,11 @@ class State:
         flat = [i for c in self.candidates for i in c]
         cand_data, cand_off = _pack_ids(flat)
         return {
-            "params_int": np.asarray([p.k, -1 if p.dim is None else p.dim, p.seed, p.max_iter], dtype=np.int64),
+            "params_int": np.asarray(
+                [p.k, -1 if p.dim is None else p.dim, p.seed, p.max_iter]
+                + ([] if p.route_size is None else [p.route_size]),
+                dtype=np.int64,
+            ),
             "params_eps": np.asarray([p.eps], dtype=np.float64),
             "shape": np.asarray([self.d_in, self.d, self.n, self.k_eff], dtype=np.int64),
             "init_ids_utf8": init_data,
@@ -474,11 +531,15 @@ class State:
         pi = get("params_int", np.int64, 1)
         pe = get("params_eps", np.float64, 1)
         shape = get("shape", np.int64, 1)
-        if len(pi) != 4 or len(pe) != 1 or len(shape) != 4:
+        # Four integers: a fit from before routes; five: the route size follows.
+        if len(pi) not in (4, 5) or len(pe) != 1 or len(shape) != 4:
             raise bad("parameter arrays have the wrong length")
-        k, dim, seed, T = (int(v) for v in pi)
+        k, dim, seed, T = (int(v) for v in pi[:4])
+        route_size = int(pi[4]) if len(pi) == 5 else None
         d_in, d, n, k_eff = (int(v) for v in shape)
-        params = Params(k=k, eps=float(pe[0]), dim=None if dim == -1 else dim, seed=seed, max_iter=T)
+        params = Params(
+            k=k, eps=float(pe[0]), dim=None if dim == -1 else dim, seed=seed, max_iter=T, route_size=route_size
+        )
         try:
             params.validate(d_in)
         except InvalidParameter as exc:
@@ -500,7 +561,7 @@ class State:
             raise bad("cluster counts do not add up to the number of records")
         cand_len = get("cand_len", np.int64, 1)
         cand_dists = get("cand_dists", np.int64, 1)
-        if len(cand_len) != k_eff or (cand_len < 0).any() or (cand_len > N_CANDIDATES).any():
+        if len(cand_len) != k_eff or (cand_len < 0).any() or (cand_len > params.n_candidates).any():
             raise bad("candidate list lengths are wrong")
         try:
             init_ids = _unpack_ids(get("init_ids_utf8", np.uint8, 1), get("init_ids_off", np.int64, 1))
@@ -513,8 +574,9 @@ class State:
         starts = [0] + ends[:-1]
         candidates = [flat[a:b] for a, b in zip(starts, ends)]
         dists = [cand_dists[a:b].tolist() for a, b in zip(starts, ends)]
-        if any(final_counts[j] > 0 and not candidates[j] for j in range(k_eff)):
-            raise bad("a non-empty cluster has no example")
+        need = _needed(route_size, final_counts)
+        if any(len(candidates[j]) < need[j] for j in range(k_eff)):
+            raise bad("a non-empty cluster has fewer ranked members than its example and route need")
         return cls(
             params,
             d_in,
@@ -680,9 +742,8 @@ def _lloyd(
             progress("lloyd", t, T)
 
 
-def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: np.ndarray) -> None:
-    """Merge a sorted-by-distance block segment into cluster j's top list, ranked by (dist, id)."""
-    M = N_CANDIDATES
+def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: np.ndarray, M: int) -> None:
+    """Merge a sorted-by-distance block segment into cluster j's top-M list, ranked by (dist, id)."""
     cur = cands[j]
     if len(dists) > M:
         # Keep every member tied with the M-th distance: the id decides among them.
@@ -698,9 +759,9 @@ def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: n
 
 
 def _final_pass(
-    source: Source, C: np.ndarray, only: set[int] | None = None
+    source: Source, C: np.ndarray, M: int, only: set[int] | None = None
 ) -> tuple[np.ndarray, list[list[tuple[int, str]]]]:
-    """Final counts (k,) and top candidates per cluster (only for clusters in `only` if given)."""
+    """Final counts (k,) and top-M candidates per cluster (only for clusters in `only` if given)."""
     k = len(C)
     Cf = C.astype(np.float64)
     c2 = np.einsum("ij,ij->i", Cf, Cf)
@@ -723,7 +784,7 @@ def _final_pass(
             if lo == hi or (only is not None and j not in only):
                 continue
             seg = order[lo:hi]
-            _merge(cands, j, sd[lo:hi], blk.ids[seg])
+            _merge(cands, j, sd[lo:hi], blk.ids[seg], M)
     return counts, cands
 
 
@@ -739,7 +800,7 @@ def _finish(
     n: int,
     progress: Progress | None,
 ) -> State:
-    final_counts, cands = _final_pass(source, centroids[-1])
+    final_counts, cands = _final_pass(source, centroids[-1], params.n_candidates)
     if progress:
         progress("examples", 1, 1)
     return State(
@@ -907,8 +968,9 @@ def forget(
     # batch's (exact integers), and the final assignment to C[T] is unchanged for every survivor,
     # so the final counts drop exactly the batch's labels. A candidate list is sorted by
     # (distance, id) over the cluster's members: removing ids keeps the rest in order and still
-    # the nearest survivors, so its head (the cluster's example) is the one fit would pick. A
-    # list emptied while its cluster keeps members is rescanned over the survivors.
+    # the nearest survivors, so its first min(route_size, members) entries (the route; its head is
+    # the cluster's example) are the ones fit would pick, as long as that many remain. A list
+    # left shorter than that is rescanned over the survivors (a full top list, as fit keeps).
     cert = Certificate([], None, None)
     labels, _ = assign(x, state.centroids[T])
     final_counts = state.final_counts - np.bincount(labels, minlength=k)
@@ -916,9 +978,10 @@ def forget(
         raise InvalidInput("the batch holds vectors that the fit does not cover; pass members of the fitted set")
     candidates = [[i for i in c if i not in batch] for c in state.candidates]
     cand_dists = [[dv for i, dv in zip(c, dl) if i not in batch] for c, dl in zip(state.candidates, state.cand_dists)]
-    needy = {j for j in range(k) if final_counts[j] > 0 and not candidates[j]}
+    need = _needed(p.route_size, final_counts)
+    needy = {j for j in range(k) if len(candidates[j]) < need[j]}
     if needy:
-        _, fresh = _final_pass(survivors, state.centroids[T], needy)
+        _, fresh = _final_pass(survivors, state.centroids[T], p.n_candidates, needy)
         for j in needy:
             candidates[j] = [i for _, i in fresh[j]]
             cand_dists[j] = [dv for dv, _ in fresh[j]]

@@ -57,7 +57,11 @@ class FitReport(Report):
     dim: int | None
     seed: int
     max_iter: int
+    route_size: int | None
+    prompt_format: dict  # PROMPT_FIELDS
+    reused: list[str]  # parameters and format fields taken from the previous fit
     examples: list[dict]  # {"cluster", "id"}
+    routes: list[dict]  # {"cluster", "ids" (nearest first)}
     prompt_digest: str
     state_digest: str
     crossing_estimate: float | None
@@ -76,6 +80,7 @@ class ForgetBatch(Report):
     dry_run: bool
     elapsed_ms: float | None
     n_forgotten: int
+    routes_changed: list[int] = field(default_factory=list)  # clusters whose route prompt changed
     prompt_changed_is_estimate: bool | None = None
 
     _OMIT_NONE = ("prompt_changed_is_estimate",)
@@ -146,3 +151,14 @@ class ExportReport(Report):
     audit_hash: str
     warnings: list[str]
     elapsed_ms: float
+
+
+@dataclass(eq=False)
+class PromptReport(Report):
+    """`erase prompt`: the exact text the model would get, and which prompt it is."""
+
+    mode: str  # "routed" or "global"
+    route: int | None
+    prompt_digest: str
+    examples: list[dict]  # {"id", "target"}, in prompt order
+    text: str

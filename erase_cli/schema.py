@@ -18,8 +18,20 @@ from .errors import StoreDamaged
 
 STORE_FORMAT = "erase-store/2"
 STORE_FORMAT_VERSION = 2
-MANIFEST_FORMAT = "erase-manifest/1"
-COUNTERS = ("forget_batches", "crossing_batches", "prompt_changes", "refits", "examples_replaced")
+# Format 2 adds routes and the prompt format; a format-1 manifest (a fit from before routes) is
+# still read, served with its global prompt, and verified by its own rules until the next fit.
+MANIFEST_FORMAT = "erase-manifest/2"
+MANIFEST_FORMAT_V1 = "erase-manifest/1"
+PROMPT_FIELDS = ("instruction", "input_prefix", "output_prefix", "separator")
+COUNTERS = (
+    "forget_batches",
+    "crossing_batches",
+    "prompt_changes",
+    "refits",
+    "examples_replaced",
+    "route_changes",  # routes whose prompt changed, summed over batches
+    "route_change_batches",  # batches that changed at least one route
+)
 
 
 def _damaged(path: Path, what: str, fix: str = "restore the store from a backup") -> StoreDamaged:
@@ -37,6 +49,14 @@ def _num(value) -> bool:
 # --------------------------------------------------------------------------- store.json
 
 
+def _prompt_ok(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == set(PROMPT_FIELDS)
+        and all(isinstance(value[name], str) for name in PROMPT_FIELDS)
+    )
+
+
 @dataclass(frozen=True)
 class FitParams:
     k: int
@@ -44,9 +64,13 @@ class FitParams:
     dim: int | None
     seed: int
     max_iter: int
+    route_size: int | None = None  # None: a fit from before routes (the key is not written)
 
     def to_json(self) -> dict:
-        return {"k": self.k, "eps": self.eps, "dim": self.dim, "seed": self.seed, "max_iter": self.max_iter}
+        out = {"k": self.k, "eps": self.eps, "dim": self.dim, "seed": self.seed, "max_iter": self.max_iter}
+        if self.route_size is not None:
+            out["route_size"] = self.route_size
+        return out
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,8 @@ class FitMeta:
     fit_rows: int
     stale: bool = False
     crossing_estimate: float | None = None
+    # The prompt format the fit was made with (PROMPT_FIELDS); None before routes existed.
+    prompt: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -70,31 +96,40 @@ class FitMeta:
             or not all(_int(p.get(n)) for n in ("k", "seed", "max_iter"))
             or not _num(p.get("eps"))
             or not (p.get("dim") is None or _int(p.get("dim")))
+            or not (p.get("route_size") is None or _int(p.get("route_size")))
         ):
             raise _damaged(path, "has fit parameters that are not numbers")
+        if raw.get("prompt") is not None and not _prompt_ok(raw["prompt"]):
+            raise _damaged(path, "has a prompt format that is not four strings")
         if not _int(raw.get("fit_rows")) or raw["fit_rows"] < 0:
             raise _damaged(path, "has a fit without the number of rows it covers")
         estimate = raw.get("crossing_estimate")
         if estimate is not None and not _num(estimate):
             raise _damaged(path, "has a crossing estimate that is not a number")
-        params = FitParams(k=p["k"], eps=p["eps"], dim=p["dim"], seed=p["seed"], max_iter=p["max_iter"])
-        known = ("params", "fit_rows", "stale", "crossing_estimate")
+        params = FitParams(
+            k=p["k"], eps=p["eps"], dim=p["dim"], seed=p["seed"], max_iter=p["max_iter"], route_size=p.get("route_size")
+        )
+        known = ("params", "fit_rows", "stale", "crossing_estimate", "prompt")
         return cls(
             params=params,
             fit_rows=raw["fit_rows"],
             stale=bool(raw.get("stale")),
             crossing_estimate=estimate,
+            prompt=raw.get("prompt"),
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
     def to_json(self) -> dict:
-        return {
+        out = {
             **self.extra,
             "params": self.params.to_json(),
             "fit_rows": self.fit_rows,
             "stale": self.stale,
             "crossing_estimate": self.crossing_estimate,
         }
+        if self.prompt is not None:
+            out["prompt"] = dict(self.prompt)
+        return out
 
     def with_(self, **changes) -> FitMeta:
         return replace(self, **changes)
@@ -241,7 +276,11 @@ class StoreMeta:
 @dataclass(frozen=True)
 class Manifest:
     """SPEC 3's manifest. `to_bytes()` is canonical: sorted keys, no times or paths, so equal
-    states give byte-identical manifests."""
+    states give byte-identical manifests.
+
+    Format 2 adds `route_size`, `prompt` (the format: PROMPT_FIELDS) and `routes`: one
+    `{"cluster", "examples", "prompt_digest"}` per non-empty cluster, its examples in prompt order
+    (the one nearest the centroid last, next to the question). Format 1 has none of them."""
 
     k: int
     k_eff: int
@@ -256,6 +295,9 @@ class Manifest:
     prompt_digest: str
     state_digest: str
     format: str = MANIFEST_FORMAT
+    route_size: int | None = None
+    prompt: dict | None = None
+    routes: list[dict] = field(default_factory=list)
 
     @classmethod
     def parse(cls, data: bytes, path: Path) -> Manifest:
@@ -266,21 +308,26 @@ class Manifest:
             raise StoreDamaged(f"{path} is not valid JSON; {fix}") from None
         if not isinstance(raw, dict):
             raise _damaged(path, "is not a manifest", fix)
-        if raw.get("format") != MANIFEST_FORMAT:
-            raise _damaged(
-                path, f"has the unknown format {raw.get('format')!r} (this erase reads {MANIFEST_FORMAT})", fix
-            )
+        fmt = raw.get("format")
+        if fmt not in (MANIFEST_FORMAT, MANIFEST_FORMAT_V1):
+            raise _damaged(path, f"has the unknown format {fmt!r} (this erase reads {MANIFEST_FORMAT})", fix)
         if (
             not all(_int(raw.get(n)) for n in ("k", "k_eff", "seed", "max_iter", "n_records"))
             or not _num(raw.get("eps"))
             or not (raw.get("dim") is None or _int(raw["dim"]))
-            or not isinstance(raw.get("examples"), list)
-            or not all(isinstance(e, dict) for e in raw["examples"])
+            or not _examples_ok(raw.get("examples"))
             or not isinstance(raw.get("centroids"), list)
             or not isinstance(raw.get("prompt_digest"), str)
             or not isinstance(raw.get("state_digest"), str)
         ):
             raise _damaged(path, "is not a complete manifest", fix)
+        if fmt == MANIFEST_FORMAT and (
+            not _int(raw.get("route_size"))
+            or not _prompt_ok(raw.get("prompt"))
+            or not isinstance(raw.get("routes"), list)
+            or not all(_route_ok(r) for r in raw["routes"])
+        ):
+            raise _damaged(path, "has incomplete routes or prompt format", fix)
         return cls(
             k=raw["k"],
             k_eff=raw["k_eff"],
@@ -294,11 +341,27 @@ class Manifest:
             centroids=raw["centroids"],
             prompt_digest=raw["prompt_digest"],
             state_digest=raw["state_digest"],
-            format=raw["format"],
+            format=fmt,
+            route_size=raw.get("route_size"),
+            prompt=raw.get("prompt"),
+            routes=raw.get("routes") or [],
         )
 
+    @property
+    def routed(self) -> bool:
+        """Whether this fit has routes (format 2; a format-1 fit serves its global prompt)."""
+        return self.format == MANIFEST_FORMAT
+
+    def route(self, cluster: int) -> dict | None:
+        return next((r for r in self.routes if r["cluster"] == cluster), None)
+
+    @property
+    def digests(self) -> set[str]:
+        """Every prompt digest this fit can serve: the global prompt's and each route's."""
+        return {self.prompt_digest} | {r["prompt_digest"] for r in self.routes}
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": self.format,
             "k": self.k,
             "k_eff": self.k_eff,
@@ -313,6 +376,24 @@ class Manifest:
             "prompt_digest": self.prompt_digest,
             "state_digest": self.state_digest,
         }
+        if self.routed:
+            out.update(route_size=self.route_size, prompt=self.prompt, routes=self.routes)
+        return out
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def _examples_ok(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(e, dict) and isinstance(e.get("input"), str) and isinstance(e.get("id"), str) for e in value
+    )
+
+
+def _route_ok(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and _int(value.get("cluster"))
+        and _examples_ok(value.get("examples"))
+        and isinstance(value.get("prompt_digest"), str)
+    )

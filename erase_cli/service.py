@@ -8,7 +8,6 @@ go through callbacks so the core never prints.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import orjson
 
-from . import audit, interrupts
+from . import audit, interrupts, prompt
 from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
@@ -42,11 +41,12 @@ from .reports import (
     ForgetReport,
     IngestReport,
     LogReport,
+    PromptReport,
     RecoverReport,
     StatusReport,
     VerifyReport,
 )
-from .schema import FitParams
+from .schema import MANIFEST_FORMAT_V1, FitParams
 from .store import (
     ACTIONS,
     AUDIT,
@@ -144,29 +144,42 @@ def _vectors(store: Store, rows: np.ndarray, projector: qk.Projector) -> np.ndar
 
 def _params_of(fit_meta: FitMeta) -> qk.Params:
     p = fit_meta.params
-    return qk.Params(k=p.k, eps=p.eps, dim=p.dim, seed=p.seed, max_iter=p.max_iter)
+    return qk.Params(k=p.k, eps=p.eps, dim=p.dim, seed=p.seed, max_iter=p.max_iter, route_size=p.route_size)
 
 
 def _fit_params(params: qk.Params) -> FitParams:
-    return FitParams(k=params.k, eps=params.eps, dim=params.dim, seed=params.seed, max_iter=params.max_iter)
+    return FitParams(
+        k=params.k,
+        eps=params.eps,
+        dim=params.dim,
+        seed=params.seed,
+        max_iter=params.max_iter,
+        route_size=params.route_size,
+    )
 
 
-def build_manifest(store: Store, state: qk.State) -> Manifest:
-    """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states."""
-    examples = []
-    ex = state.examples
-    if ex:
-        ids = [rid for _, rid in ex]
-        rows = store.lookup(ids)
-        datas = store.read_rows("data", rows)
-        for (cluster, rid), raw in zip(ex, datas):
-            rec = orjson.loads(raw)
-            item = {"id": rid, "cluster": int(cluster), "input": rec["input"], "target": rec["target"]}
-            if rec.get("choices") is not None:
-                item["choices"] = rec["choices"]
-            examples.append(item)
+def _example(rid: str, raw: bytes, cluster: int | None = None) -> dict:
+    rec = orjson.loads(raw)
+    item = {"id": rid, "input": rec["input"], "target": rec["target"]}
+    if cluster is not None:
+        item["cluster"] = cluster
+    if rec.get("choices") is not None:
+        item["choices"] = rec["choices"]
+    return item
+
+
+def build_manifest(store: Store, state: qk.State, stored_format: dict | None = None) -> Manifest:
+    """The canonical manifest: sorted keys, no times or paths, byte-identical for equal states.
+
+    A state with routes gives a format-2 manifest in `stored_format` (default: the default
+    format); one from before routes gives the format-1 manifest it was written with."""
+    routes = state.routes
+    wanted = [rid for _, rid in state.examples] + [rid for _, route in routes for rid in route]
+    unique = list(dict.fromkeys(wanted))
+    data = dict(zip(unique, store.read_rows("data", store.lookup(unique)))) if unique else {}
+    examples = [_example(rid, data[rid], int(cluster)) for cluster, rid in state.examples]
     p = state.params
-    return Manifest(
+    fields = dict(
         k=p.k,
         k_eff=int(state.k_eff),
         eps=p.eps_effective,
@@ -177,13 +190,23 @@ def build_manifest(store: Store, state: qk.State) -> Manifest:
         embedder=store.meta.embedder,
         examples=examples,
         centroids=state.centroids[-1].tolist() if state.k_eff else [],
-        prompt_digest=prompt_digest(examples),
         state_digest=state.state_digest(),
     )
-
-
-def prompt_digest(examples: list[dict]) -> str:
-    return hashlib.sha256(orjson.dumps(examples, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if p.route_size is None:
+        return Manifest(**fields, prompt_digest=prompt.digest(examples, None), format=MANIFEST_FORMAT_V1)
+    fmt = stored_format or prompt.PromptFormat().stored()
+    route_list = []
+    for cluster, route in routes:
+        # Prompt order: the member nearest the centroid last, right before the question.
+        demos = [_example(rid, data[rid]) for rid in reversed(route)]
+        route_list.append({"cluster": int(cluster), "examples": demos, "prompt_digest": prompt.digest(demos, fmt)})
+    return Manifest(
+        **fields,
+        prompt_digest=prompt.digest(examples, fmt),
+        route_size=p.route_size,
+        prompt=dict(fmt),
+        routes=route_list,
+    )
 
 
 def _load_state(store: Store) -> qk.State | None:
@@ -433,30 +456,84 @@ def id_hasher(root: Path, *, lock_timeout: float = 60.0, key_file: Path | None =
 # --------------------------------------------------------------------------- fit
 
 
+@dataclass(frozen=True)
+class FitChoices:
+    """What `erase fit` was asked for; None (and "auto" for dim) means: what the store's previous
+    fit used, or the default when there is none. So a refit after `ingest --append` keeps the
+    parameters and prompt format instead of silently resetting them."""
+
+    k: int | None = None
+    eps: float | None = None
+    dim: int | None | str = "auto"  # an int, None (no projection) or "auto"
+    seed: int | None = None
+    max_iter: int | None = None
+    route_size: int | None = None
+    instruction: str | None = None
+    input_prefix: str | None = None
+    output_prefix: str | None = None
+    separator: str | None = None
+
+    def resolve(self, previous: FitMeta | None, d_in: int) -> tuple[qk.Params, dict, list[str]]:
+        """(params, prompt format, names taken from the previous fit)."""
+        from . import config
+
+        old = previous.params if previous else None
+        reused: list[str] = []
+
+        def pick(name: str, given, default):
+            if given is not None:
+                return given
+            stored = getattr(old, name) if old is not None else None
+            if stored is not None:
+                reused.append(name)
+                return stored
+            return default
+
+        if self.dim != "auto":
+            dim = self.dim
+        elif old is not None:
+            dim = old.dim
+            reused.append("dim")
+        else:
+            dim = config.DEFAULT_DIM if d_in > config.DEFAULT_DIM else None
+        assert not isinstance(dim, str), f"dim must be an int, None or 'auto', not {dim!r}"
+        params = qk.Params(
+            k=pick("k", self.k, config.DEFAULT_K),
+            eps=pick("eps", self.eps, config.DEFAULT_EPS),
+            dim=dim,
+            seed=pick("seed", self.seed, config.DEFAULT_SEED),
+            max_iter=pick("max_iter", self.max_iter, config.DEFAULT_MAX_ITER),
+            route_size=pick("route_size", self.route_size, config.DEFAULT_ROUTE_SIZE),
+        )
+        stored = (previous.prompt if previous else None) or {}
+        default = prompt.PromptFormat().stored()
+        fmt = {}
+        for name in prompt.PROMPT_FIELDS:
+            given = getattr(self, name)
+            if given is None and name in stored:
+                reused.append(name)
+            fmt[name] = given if given is not None else stored.get(name, default[name])
+        order = ["k", "eps", "dim", "seed", "max_iter", "route_size", *prompt.PROMPT_FIELDS]
+        return params, fmt, sorted(reused, key=order.index)
+
+
 def fit(
     root: Path,
     *,
-    k: int,
-    eps: float,
-    dim: int | None | str = "auto",
-    seed: int,
-    max_iter: int,
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
+    **choices,
 ) -> FitReport:
-    """`dim="auto"` projects to DEFAULT_DIM only when the embeddings are wider than that."""
-    from .config import DEFAULT_DIM
-
+    """Fit the store. `choices` are FitChoices' fields (k, eps, dim, seed, max_iter, route_size,
+    instruction, input_prefix, output_prefix, separator); those not given keep the previous
+    fit's value or take the default."""
     t0 = time.perf_counter()
     with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         d_in = st.dim or 1
-        if dim == "auto":
-            dim = DEFAULT_DIM if d_in > DEFAULT_DIM else None
-        assert not isinstance(dim, str), f"dim must be an int, None or 'auto', not {dim!r}"
-        params = qk.Params(k=k, eps=eps, dim=dim, seed=seed, max_iter=max_iter)
+        params, fmt, reused = FitChoices(**choices).resolve(st.meta.fit, d_in)
         params.validate(d_in)
-        projector = qk.Projector(d_in, dim, seed)
+        projector = qk.Projector(d_in, params.dim, params.seed)
         rows = st.live_rows()
         old_manifest = st.manifest()
         warnings = []
@@ -468,24 +545,25 @@ def fit(
             )
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
-        if 0 < len(rows) < k:
+        if 0 < len(rows) < params.k:
             warnings.append(
-                f"-k {k} is more than the {len(rows)} records in the store: the fit has "
+                f"-k {params.k} is more than the {len(rows)} records in the store: the fit has "
                 f"{state.k_eff} clusters, one per record, so every record is a "
                 "demonstration; lower -k or ingest more records"
             )
-        manifest = build_manifest(st, state)
+        manifest = build_manifest(st, state, fmt)
         estimate = _crossing_estimate(st, state, rows, projector)
         meta = st.meta.with_(
-            fit=FitMeta(params=_fit_params(params), fit_rows=st.n_slots, stale=False, crossing_estimate=estimate),
+            fit=FitMeta(
+                params=_fit_params(params), fit_rows=st.n_slots, stale=False, crossing_estimate=estimate, prompt=fmt
+            ),
             counters=dict(st.meta.counters, refits=0),
         )
-        new = manifest
-        changed = old_manifest is None or old_manifest.prompt_digest != new.prompt_digest
         with st.transaction("fit") as tx:
             tx.set_fit(state.to_arrays(), manifest)
-            if changed:
-                tx.delete_cache()
+            # Cache files are named by prompt digest: those of prompts the new fit no longer
+            # serves go, the others stay valid.
+            tx.delete_cache(keep=manifest.digests)
             tx.set_meta(meta)
             elapsed = (time.perf_counter() - t0) * 1000
             tx.commit(
@@ -494,24 +572,28 @@ def fit(
                     "n_records": int(state.n),
                     "k_eff": int(state.k_eff),
                     "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
-                    "prompt_digest_after": new.prompt_digest,
+                    "prompt_digest_after": manifest.prompt_digest,
                     "state_digest_before": old_manifest and old_manifest.state_digest,
-                    "state_digest_after": new.state_digest,
+                    "state_digest_after": manifest.state_digest,
                     "elapsed_ms": round(elapsed, 3),
                 }
             )
     return FitReport(
         store=str(root),
         n_records=int(state.n),
-        k=k,
+        k=params.k,
         k_eff=int(state.k_eff),
         eps=params.eps_effective,
-        dim=dim,
-        seed=seed,
-        max_iter=max_iter,
+        dim=params.dim,
+        seed=params.seed,
+        max_iter=params.max_iter,
+        route_size=params.route_size,
+        prompt_format=fmt,
+        reused=reused,
         examples=[{"cluster": c, "id": i} for c, i in state.examples],
-        prompt_digest=new.prompt_digest,
-        state_digest=new.state_digest,
+        routes=[{"cluster": j, "ids": ids} for j, ids in state.routes],
+        prompt_digest=manifest.prompt_digest,
+        state_digest=manifest.state_digest,
         crossing_estimate=estimate,
         warnings=warnings,
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
@@ -601,6 +683,10 @@ def forget(
         if dry_run:
             batch.prompt_changed = refit or hit_example
             batch.prompt_changed_is_estimate = refit and not hit_example
+            # Without a crossing a route changes exactly when it loses a member; a refit may
+            # change more (the estimate flag says so).
+            gone = set(kids)
+            batch.routes_changed = [j for j, route in (state.routes if state else []) if gone & set(route)]
             batch.elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
             return report
         if not len(krows):
@@ -618,9 +704,10 @@ def forget(
             prompt_changed = False
             new_manifest = None
             if new_state is not None:
-                new_manifest = build_manifest(st, new_state)
                 assert old_manifest is not None and fit_meta is not None  # the state came from a fit
+                new_manifest = build_manifest(st, new_state, fit_meta.prompt)
                 prompt_changed = new_manifest.prompt_digest != old_manifest.prompt_digest
+                batch.routes_changed = _routes_changed(old_manifest, new_manifest)
                 purged += tx.set_fit(new_state.to_arrays(), new_manifest)
                 if refit:
                     projector = qk.Projector(new_state.d_in, new_state.params.dim, new_state.params.seed)
@@ -633,8 +720,11 @@ def forget(
                     meta = meta.counted(examples_replaced=1)
                 if prompt_changed:
                     meta = meta.counted(prompt_changes=1)
-                    if tx.delete_cache():
-                        purged.append(CACHE_DIR)
+                if batch.routes_changed:
+                    meta = meta.counted(route_changes=len(batch.routes_changed), route_change_batches=1)
+                # Only the caches of prompts that changed go (they hold the forgotten
+                # demonstrations); a route the batch did not touch keeps its cached prefix.
+                purged += tx.delete_cache(keep=new_manifest.digests)
             tx.set_meta(meta)
             elapsed = round((time.perf_counter() - t0) * 1000, 3)
             batch.prompt_changed, batch.purged, batch.elapsed_ms = prompt_changed, purged, elapsed
@@ -644,6 +734,7 @@ def forget(
                     "crossings": batch.crossings,
                     "action_taken": batch.action,
                     "prompt_changed": prompt_changed,
+                    "routes_changed": batch.routes_changed,
                     "prompt_digest_before": old_manifest and old_manifest.prompt_digest,
                     "prompt_digest_after": new_manifest and new_manifest.prompt_digest,
                     "state_digest_before": old_manifest and old_manifest.state_digest,
@@ -654,6 +745,14 @@ def forget(
                 }
             )
     return report
+
+
+def _routes_changed(old: Manifest, new: Manifest) -> list[int]:
+    """Clusters whose route prompt is not the same before and after (a route that appears or
+    disappears counts as changed)."""
+    before = {r["cluster"]: r["prompt_digest"] for r in old.routes}
+    after = {r["cluster"]: r["prompt_digest"] for r in new.routes}
+    return sorted(j for j in before.keys() | after.keys() if before.get(j) != after.get(j))
 
 
 WHITESPACE_HINT = (
@@ -724,7 +823,7 @@ def verify(
             fresh = qk.State.empty(params, state.d_in)
         differences = state.differences(fresh)
         stored_manifest = st.manifest_bytes()
-        if stored_manifest != build_manifest(st, fresh).to_bytes():
+        if stored_manifest != build_manifest(st, fresh, fit_meta.prompt).to_bytes():
             differences.append("manifest.json differs from the manifest of a fresh fit")
     return VerifyReport(
         identical=not differences,
@@ -783,12 +882,46 @@ def status(
                 "stale": fit_meta.stale,
                 "n_records": manifest.n_records if manifest else None,
                 "k_eff": manifest.k_eff if manifest else None,
-                "examples": [{"cluster": e["cluster"], "id": e["id"]} for e in (manifest.examples if manifest else [])],
+                "examples": [
+                    {"cluster": e["cluster"], "id": e["id"], "target": _label(e), "input_start": _start(e["input"])}
+                    for e in (manifest.examples if manifest else [])
+                ],
+                "label_balance": _balance(manifest.examples if manifest else []),
+                "routes": [
+                    {
+                        "cluster": r["cluster"],
+                        "ids": [e["id"] for e in r["examples"]],
+                        "label_balance": _balance(r["examples"]),
+                        "prompt_digest": r["prompt_digest"],
+                    }
+                    for r in (manifest.routes if manifest else [])
+                ],
                 "crossing_estimate": fit_meta.crossing_estimate,
                 "prompt_digest": manifest.prompt_digest if manifest else None,
                 "state_digest": manifest.state_digest if manifest else None,
             }
     return out
+
+
+INPUT_START = 40  # characters of a demonstration's input that `status` shows
+
+
+def _label(example: dict) -> str:
+    """The target a demonstration shows (the first of several acceptable ones)."""
+    target = example["target"]
+    return target if isinstance(target, str) else str(target[0])
+
+
+def _start(text: str) -> str:
+    return text if len(text) <= INPUT_START else text[: INPUT_START - 1] + "…"
+
+
+def _balance(examples: list[dict]) -> dict[str, int]:
+    """How many demonstrations show each target, most frequent first (ties by target)."""
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[_label(example)] = counts.get(_label(example), 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def log(
@@ -1103,6 +1236,7 @@ def ask(
     root: Path,
     questions,
     *,
+    mode: str = "auto",
     model: str | None = None,
     n_ctx: int | None = None,
     n_threads: int | None = None,
@@ -1114,24 +1248,41 @@ def ask(
     generator_factory=None,
 ) -> Iterator[dict]:
     """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+
+    `mode`: "routed" answers each question from the route of the cluster nearest it (embedded
+    with the store's embedder, loaded once, only if a question needs it), "global" from the one
+    global prompt, "auto" routes when the fit has routes and the store embeds its own questions.
     When the fit has no demonstrations (it was made on an empty store) every answer carries a
     `warning`: it is a zero-shot answer, whatever the store was meant to teach.
 
-    The store's lock is held only briefly: shared to read the manifest, exclusive to save the
-    prefix cache after re-checking that the prompt is still the one the cache was built for.
+    The store's lock is held only briefly: shared to read the manifest, exclusive to save a
+    prefix cache after re-checking that its prompt is still one the fit serves.
     `generator_factory` replaces the model (tests)."""
     from .answer import ask as answer
     from .llm import resolve_model
+    from .routing import Router, global_choice, resolve_mode
 
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         manifest = _fitted_manifest(st, root)
+        d_in = st.dim or 0
+        embedder_name = st.meta.embedder
     model_path = resolve_model(model)
-    digest = manifest.prompt_digest
+    resolved = resolve_mode(mode, manifest)
+    if resolved == "routed":
+        router = Router(manifest, d_in, _question_embedder(embedder_name))
 
-    def save_cache(write: Callable[[], None]) -> None:
+        def choose(question):
+            vector = None if question.vector is None else np.asarray(question.vector, dtype=np.float32)
+            return router.choose(question.input, vector)
+    else:
+
+        def choose(question):
+            return global_choice(manifest)
+
+    def save_cache(digest: str, write: Callable[[], None]) -> None:
         with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
             current = st.manifest()
-            if current is None or current.prompt_digest != digest:
+            if current is None or digest not in current.digests:
                 hooks.say("the prompt changed while answering (a forget ran); the prefix cache was not saved")
                 return
             st.cache_dir().mkdir(mode=0o700, exist_ok=True)
@@ -1140,7 +1291,8 @@ def ask(
     options = {} if generator_factory is None else {"generator_factory": generator_factory}
     answers = answer(
         questions,
-        manifest=manifest.to_json(),
+        choose=choose,
+        fmt=prompt.PromptFormat.from_stored(manifest.prompt),
         model_path=model_path,
         cache_dir=root / CACHE_DIR,
         save_cache=save_cache,
@@ -1157,6 +1309,69 @@ def ask(
         "is a zero-shot answer; ingest records and run 'erase fit'"
     )
     return ({**item, "warning": note} for item in answers)
+
+
+def show_prompt(
+    root: Path,
+    question: str | None = None,
+    *,
+    route: int | None = None,
+    mode: str = "auto",
+    vector: np.ndarray | None = None,
+    choices: list[str] | None = None,
+    lock_timeout: float = 60.0,
+    key_file: Path | None = None,
+    hooks: Hooks = Hooks(),
+) -> PromptReport:
+    """The exact text the model would get: route J's prompt with `route`, the prompt `mode` picks
+    for `question` (followed by the question) with one, and the global prompt otherwise."""
+    from .routing import PromptChoice, Router, global_choice, resolve_mode
+
+    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
+        manifest = _fitted_manifest(st, root)
+        d_in = st.dim or 0
+        embedder_name = st.meta.embedder
+    if route is not None:
+        chosen = manifest.route(route)
+        if chosen is None:
+            have = ", ".join(str(r["cluster"]) for r in manifest.routes) or "none (fit from before routes)"
+            raise InvalidParameter(f"--route {route} is not a route of this fit (routes: {have}); pick one of them")
+        choice = PromptChoice("routed", route, list(chosen["examples"]), chosen["prompt_digest"])
+    elif question is not None and resolve_mode(mode, manifest) == "routed":
+        choice = Router(manifest, d_in, _question_embedder(embedder_name)).choose(question, vector)
+    else:
+        resolve_mode(mode, manifest)  # a bad --mode is an error even without a question
+        choice = global_choice(manifest)
+    fmt = prompt.PromptFormat.from_stored(manifest.prompt)
+    text = prompt.prefix_text(fmt, choice.examples)
+    if question is not None:
+        text += prompt.query_text(fmt, question, choices)
+    return PromptReport(
+        mode=choice.mode,
+        route=choice.route,
+        prompt_digest=choice.prompt_digest,
+        examples=[{"id": e["id"], "target": _label(e)} for e in choice.examples],
+        text=text,
+    )
+
+
+def _question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:
+    """text -> unit float32 vector with the store's embedder, loaded on first use; None for a
+    store ingested with --vector-field (its questions must come with vectors)."""
+    from .routing import embeds_questions
+
+    if not embeds_questions(name):
+        return None
+    loaded: list = []
+
+    def embed(text: str) -> np.ndarray:
+        if not loaded:
+            from .embed import load_embedder
+
+            loaded.append(load_embedder(name))
+        return next(iter(loaded[0].embed([text])))[0]
+
+    return embed
 
 
 # --------------------------------------------------------------------------- cost

@@ -86,8 +86,10 @@ _REPLACEABLE = re.compile(
     rf"(?:store\.json|secret|manifest\.json|forgotten\.json|fit/state\.npz|{_INDEX_FILE}"
     rf"|records\.zarr/zarr\.json|records\.zarr/{_ARRAY}/zarr\.json|{_CHUNK})"
 )
-_DELETABLE = re.compile(rf"(?:cache|{_INDEX_FILE}|{_CHUNK})")
+_CACHE_FILE = r"cache/[0-9a-f]{64}-[0-9a-f]{16}\.kv"  # answer.cache_file_name: prompt digest, model id
+_DELETABLE = re.compile(rf"(?:cache|{_CACHE_FILE}|{_INDEX_FILE}|{_CHUNK})")
 _IS_CHUNK = re.compile(_CHUNK)
+_DELETABLE_CACHE = re.compile(_CACHE_FILE)
 # Known places checked for symbolic links when a store is opened (a few lstat calls); deeper
 # paths (chunk directories) are checked as they are used.
 _LAYOUT = (
@@ -901,12 +903,21 @@ class Transaction:
         self.write_file(MANIFEST, manifest.to_bytes())
         return [STATE, MANIFEST]
 
-    def delete_cache(self) -> bool:
-        """Drop the prefix KV cache (built for a prompt that changed); whether there was one."""
-        if not (self.store.root / CACHE_DIR).exists():
-            return False
-        self.delete(CACHE_DIR)
-        return True
+    def delete_cache(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Drop the prefix KV cache files of every prompt whose digest is not in `keep` (they
+        were built for prompts the fit no longer serves); returns what goes. A file that is not
+        a cache file by name takes the whole directory with it."""
+        cache = self.store.root / CACHE_DIR
+        if not cache.is_dir():
+            return []
+        names = sorted(p.name for p in cache.iterdir())
+        if not all(_DELETABLE_CACHE.fullmatch(f"{CACHE_DIR}/{name}") for name in names):
+            self.delete(CACHE_DIR)
+            return [CACHE_DIR]
+        gone = [f"{CACHE_DIR}/{name}" for name in names if name.split("-", 1)[0] not in keep]
+        for rel in gone:
+            self.delete(rel)
+        return gone
 
     def write_files(self, files: dict[str, bytes | None]) -> None:
         """Stage small files: bytes to write, None to delete."""

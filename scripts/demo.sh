@@ -18,6 +18,7 @@ victim=$("$erase" status --json | .venv/bin/python -c 'import json,sys; print(js
 step forget "$victim"
 step verify
 # Without --choices the model generates an answer; with them it scores each option.
+step prompt "I was charged twice for my order this month, can you fix it?"
 step ask "I was charged twice for my order this month, can you fix it?"
 step ask "I was charged twice for my order this month, can you fix it?" \
     --choices "question about a charge" --choices "track a package" --choices "reset a password"

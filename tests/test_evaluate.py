@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import orjson
 import pytest
 
@@ -172,12 +173,16 @@ def test_run_eval_end_to_end_with_fakes(tmp_path):
     path = _mc_task(tmp_path)
     gen = _ParityGenerator()
     out = run_eval(path, None, limit=10, seed=1, k=3, generator=gen, embedder=FakeEmbedder(16))
-    assert list(out["methods"]) == ["erase", "kmeans", "random", "zero", "knn"]
+    assert list(out["methods"]) == ["erase", "routed", "kmeans", "random", "zero", "knn"]
     n = out["n_test"]
     assert n == 10
-    # 4 shared prefixes once each, then knn builds one prefix per query.
-    assert gen.prefix_evaluations == 4 + n
-    for method in ("erase", "kmeans", "random", "knn"):
+    # 4 shared prefixes once each, one per route used, then knn builds one prefix per query.
+    routes_used = len(set(out["methods"]["routed"]["per_item"]["route"]))
+    assert 1 <= routes_used <= 3
+    assert gen.prefix_evaluations == 4 + routes_used + n
+    assert [out["methods"][m]["prefix_builds"] for m in ("erase", "routed", "knn")] == [1, routes_used, n]
+    assert out["methods"]["knn"]["prefix_ms"] is None and out["methods"]["routed"]["prefix_ms"] >= 0
+    for method in ("erase", "routed", "kmeans", "random", "knn"):
         m = out["methods"][method]
         assert m["accuracy"] == 1.0 and m["correct"] == n
         assert len(m["per_item"]["latency_ms"]) == n
@@ -187,6 +192,8 @@ def test_run_eval_end_to_end_with_fakes(tmp_path):
     assert zero["most_frequent_answer"] == "yes" and zero["most_frequent_share"] == 1.0
     assert out["paired"]["erase-zero"]["mean"] == pytest.approx((n - evens) / n)
     assert out["paired"]["erase-kmeans"]["mean"] == 0
+    assert out["paired"]["routed-erase"]["mean"] == 0 and "routed-knn" in out["paired"]
+    assert "erase-routed" not in out["paired"]
     assert len(out["methods"]["erase"]["examples"]) <= 3
     assert len(out["methods"]["random"]["examples"]) == 3
     assert out["methods"]["zero"]["examples"] == []
@@ -213,6 +220,26 @@ def test_run_eval_rejects_bad_options(tmp_path):
         run_eval(path, ["bogus"], generator=FakeGenerator())
     with pytest.raises(InvalidParameter):
         run_eval(path, ["zero"], k=0, generator=FakeGenerator())
+
+
+def test_routed_prompts_follow_the_routing_rule():
+    """eval's routed method routes a test vector exactly as ask does (routing.route_vectors on
+    the fit's final centroids), and its prompt is the route's members, nearest last."""
+    from erase_cli import qkmeans as qk
+    from erase_cli.evaluate import erase_state, routed_prompts
+
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(60, 40)).astype(np.float32)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    test = rng.normal(size=(15, 40)).astype(np.float32)
+    test /= np.linalg.norm(test, axis=1, keepdims=True)
+    ids = [f"i{n}" for n in range(60)]
+    got = routed_prompts(train, ids, test, 4, 0, 3)
+    state, projector = erase_state(train, ids, 4, 0, 3)
+    routes = dict(state.routes)
+    for (j, demos), v in zip(got, projector(qk.to_fixed(test))):
+        assert j == qk.route(state.centroids[-1], list(routes), v)
+        assert demos == list(reversed(routes[j])) and len(demos) == min(3, int(state.final_counts[j]))
 
 
 def test_render_table_has_a_row_per_method(tmp_path):

@@ -19,6 +19,7 @@ from erase_cli.llm import (
     resolve_model,
 )
 from erase_cli.prompt import PromptFormat, prefix_text, query_text
+from erase_cli.routing import PromptChoice
 
 MANIFEST = {
     "prompt_digest": "d" * 64,
@@ -36,14 +37,22 @@ def model_file(tmp_path):
     return str(path)
 
 
+def fixed(manifest):
+    """A `choose` that answers every question from the manifest's one prompt."""
+    choice = PromptChoice("global", None, manifest["examples"], manifest["prompt_digest"])
+    return lambda question: choice
+
+
 class Recorder:
     """A `save_cache` that runs the write like the store would, and counts calls."""
 
     def __init__(self):
         self.calls = 0
+        self.digests = []
 
-    def __call__(self, write):
+    def __call__(self, digest, write):
         self.calls += 1
+        self.digests.append(digest)
         write()
 
 
@@ -55,7 +64,8 @@ def run_ask(questions, model_file, cache_dir, save_cache, generators, **kw):
     return list(
         ask(
             questions,
-            manifest=kw.pop("manifest", MANIFEST),
+            choose=kw.pop("choose", None) or fixed(kw.pop("manifest", MANIFEST)),
+            fmt=kw.pop("fmt", PromptFormat()),
             model_path=model_file,
             cache_dir=cache_dir,
             save_cache=save_cache,
@@ -87,7 +97,8 @@ def test_equal_scores_keep_input_order(model_file):
     out = list(
         ask(
             [Question("q", ["b", "a", "c"])],
-            manifest=MANIFEST,
+            choose=fixed(MANIFEST),
+            fmt=PromptFormat(),
             model_path=model_file,
             cache_dir=None,
             save_cache=None,
@@ -126,7 +137,7 @@ def test_no_save_callback_writes_nothing(model_file, tmp_path):
 
 def test_save_callback_may_decline(model_file, tmp_path):
     # The store skips the write when the prompt changed meanwhile; ask must still answer.
-    out = run_ask([Question("q")], model_file, tmp_path, lambda write: None, [])
+    out = run_ask([Question("q")], model_file, tmp_path, lambda digest, write: None, [])
     assert len(out) == 1 and list(tmp_path.glob("*.kv")) == []
 
 
@@ -136,6 +147,27 @@ def test_other_prompt_digest_misses(model_file, tmp_path):
     other = dict(MANIFEST, prompt_digest="e" * 64)
     out = run_ask([Question("q")], model_file, tmp_path, save, [], manifest=other)
     assert out[0]["cache"]["hit"] is False and save.calls == 2
+
+
+def test_routed_questions_switch_prefixes_and_cache_each_prompt(model_file, tmp_path):
+    """Each prompt gets its own prefix and cache file; consecutive questions on one prompt reuse
+    it; every answer names the prompt it was answered from."""
+    routes = {
+        0: PromptChoice("routed", 0, MANIFEST["examples"][:1], "a" * 64),
+        1: PromptChoice("routed", 1, MANIFEST["examples"][1:], "b" * 64),
+    }
+    save = Recorder()
+    generators = []
+    questions = [Question("grass?"), Question("sky?"), Question("sea?"), Question("moss?")]
+    pick = {"grass?": 0, "moss?": 0, "sky?": 1, "sea?": 1}
+    out = run_ask(questions, model_file, tmp_path, save, generators, choose=lambda q: routes[pick[q.input]])
+    assert [o["erase"] for o in out] == [
+        {"mode": "routed", "route": pick[q.input], "prompt_digest": routes[pick[q.input]].prompt_digest}
+        for q in questions
+    ]
+    assert [o["cache"]["hit"] for o in out] == [False, False, True, True]  # moss? loads route 0's file
+    assert save.digests == ["a" * 64, "b" * 64] and len(generators) == 1
+    assert sorted(p.name[:1] for p in tmp_path.glob("*.kv")) == ["a", "b"]
 
 
 def test_no_questions_loads_no_model(model_file):
@@ -170,7 +202,8 @@ def test_bad_parameters_rejected_before_loading(model_file, kw):
     with pytest.raises(InvalidParameter):
         ask(
             [Question("q")],
-            manifest=MANIFEST,
+            choose=fixed(MANIFEST),
+            fmt=PromptFormat(),
             model_path=model_file,
             cache_dir=None,
             save_cache=None,
@@ -387,7 +420,13 @@ def test_ask_end_to_end_with_cache(smol, tmp_path):
     save = Recorder()
     questions = [Question("What is the code for red?", ["zorblat", "quimble"]), Question("What is the code for horse?")]
     opts = dict(
-        manifest=manifest, model_path=smol, cache_dir=tmp_path, save_cache=save, n_threads=THREADS, max_tokens=8
+        choose=fixed(manifest),
+        fmt=FMT,
+        model_path=smol,
+        cache_dir=tmp_path,
+        save_cache=save,
+        n_threads=THREADS,
+        max_tokens=8,
     )
     first = list(ask(questions, **opts))
     second = list(ask(questions, **opts))

@@ -223,6 +223,7 @@ def datasets(draw, max_n=60):
         dim=dim,
         seed=seed,
         max_iter=draw(st.integers(1, 4)),
+        route_size=draw(st.one_of(st.none(), st.integers(1, 12))),
     )
     xw = Projector(d, dim, seed)(x)
     ids = [f"r{i:03d}" if i % 3 else f"é{i}" for i in rng.permutation(n).tolist()]
@@ -257,6 +258,7 @@ def assert_same(a: State, b: State):
     for key in ("centroids", "sums", "counts", "final_counts", "init_ids_utf8", "init_ids_off", "shape"):
         assert np.array_equal(ta[key], tb[key]), key
     assert a.examples == b.examples
+    assert a.routes == b.routes
 
 
 def forget_ids(state, ids, x, batch, block_size=7):
@@ -307,7 +309,7 @@ def test_sequential_deletions_until_empty(ds, data):
             cur_x = np.concatenate([x[live], x[[r]]])
             state, _, surv = forget_ids(state, cur_ids, cur_x, [ids[r]], block_size=3)
             assert_same(state, fit(surv, params, d))
-            assert all(len(c) <= cache for c in state.candidates)
+            assert all(len(c) <= params.n_candidates for c in state.candidates)
         assert_same(state, State.empty(params, d))
 
 
@@ -379,6 +381,70 @@ def test_candidate_rescan_when_list_runs_out():
     assert not cert.crossings and not set(batch) & set(new.candidates[0])
     assert len(new.candidates[0]) == qk.N_CANDIDATES
     assert_same(new, fit(surv, params, 2))
+
+
+def _tight_cluster_forgets(route_size: int, drop: int):
+    """(state, forgotten state, refit) for tight one-cluster fits where forgetting `drop` of the
+    ranked members crosses nothing: the route must be refilled from the survivors."""
+    rng = np.random.default_rng(5)
+    n = 60
+    x = 1000 * np.ones((n, 2), dtype=np.int64) + rng.integers(-50, 50, size=(n, 2))
+    ids = [f"m{i}" for i in range(n)]
+    for seed in range(40):
+        params = Params(k=1, eps=1.0, dim=None, seed=seed, max_iter=2, route_size=route_size)
+        state = fit(source(ids, x), params, 2)
+        batch = [i for i in state.candidates[0][: drop + 1] if i != state.init_ids[0]][:drop]
+        new, cert, surv = forget_ids(state, ids, x, batch)
+        if not cert.crossings:
+            yield state, batch, new, fit(surv, params, 2)
+
+
+def test_route_rescan_when_fewer_than_route_size_remain():
+    cases = list(_tight_cluster_forgets(route_size=8, drop=9))
+    assert cases
+    for state, batch, new, refit in cases:
+        assert len(state.candidates[0]) == 16 and state.routes[0][1] == state.candidates[0][:8]
+        assert len(new.routes[0][1]) == 8 and not set(batch) & set(new.routes[0][1])
+        assert_same(new, refit)
+
+
+def test_weakened_rescan_rule_breaks_routes(monkeypatch):
+    """The old rule (rescan only an emptied list) gives routes a refit would not: caught."""
+
+    def mismatches():
+        return sum(bool(new.differences(refit)) for _, _, new, refit in _tight_cluster_forgets(8, 9))
+
+    assert mismatches() == 0
+    monkeypatch.setattr(qk, "_needed", lambda route_size, counts: [min(1, int(c)) for c in counts])
+    assert mismatches() > 0
+
+
+def test_route_rule_is_nearest_nonempty_centroid_ties_low():
+    C = np.array([[0, 0], [10, 0], [10, 0], [100, 100]], dtype=np.int64)
+    assert qk.route(C, [0, 1, 2, 3], np.array([9, 0])) == 1  # 1 and 2 tie: the lower index
+    assert qk.route(C, [2, 3, 0], np.array([9, 0])) == 2  # 1 is empty (not listed)
+    assert qk.route(C, [3], np.array([0, 0])) == 3
+    assert qk.route(C, [], np.array([0, 0])) is None
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        C = rng.integers(-5, 6, size=(6, 3))
+        q = rng.integers(-5, 6, size=3)
+        live = sorted(rng.choice(6, int(rng.integers(1, 7)), replace=False).tolist())
+        d2 = {j: int(((C[j] - q) ** 2).sum()) for j in live}
+        assert qk.route(C, live, q) == min(live, key=lambda j: (d2[j], j))
+
+
+def test_legacy_state_without_routes_round_trips():
+    ids, x, params, d, _ = next(_cases(1))
+    legacy = fit(source(ids, x), params, d)
+    assert legacy.params.route_size is None and legacy.routes == []
+    arrays = legacy.to_arrays()
+    assert len(arrays["params_int"]) == 4
+    assert_same(State.from_arrays(arrays), legacy)
+    routed = fit(source(ids, x), Params(**{**params.__dict__, "route_size": 4}), d)
+    assert routed.examples == legacy.examples and routed.state_digest() != legacy.state_digest()
+    assert [r[0] for r in routed.routes] == [j for j, _ in routed.examples]
+    assert all(r[1][0] == e for r, (_, e) in zip(routed.routes, routed.examples))
 
 
 def test_weakened_certificate_is_caught(monkeypatch):
@@ -468,6 +534,8 @@ def test_certificate_reports_winner_and_first_iteration():
         (dict(max_iter=0), "max_iter = 3"),
         (dict(seed=-1), "seed must be"),
         (dict(seed=2**63), "seed must be"),
+        (dict(route_size=0), "route_size = 8"),
+        (dict(route_size=1000), "route_size = 8"),
     ],
 )
 def test_params_validate_names_the_fix(kwargs, word):

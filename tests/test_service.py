@@ -239,4 +239,12 @@ def test_status_fit_lists_the_parameters_as_store_json_does(tmp_path):
     store = tmp_path / "s"
     ingest(store, make_records(12), tmp_path)
     service.fit(store, **FIT)
-    assert list(service.status(store)["fit"])[:6] == ["dim", "eps", "k", "max_iter", "seed", "eps_effective"]
+    assert list(service.status(store)["fit"])[:7] == [
+        "dim",
+        "eps",
+        "k",
+        "max_iter",
+        "route_size",
+        "seed",
+        "eps_effective",
+    ]
