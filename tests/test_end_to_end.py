@@ -52,9 +52,12 @@ def cached_digests(store: Path) -> set[str]:
     return {p.name.split("-")[0] for p in (store / "cache").glob("*.kv")}
 
 
-def test_routed_ask_with_choices_then_cache_hits(store):
-    first = ask(store, "--from-file", str(QUESTIONS))
-    assert len(first) == 10
+def test_routed_ask_with_choices_then_cache_hits(store, tmp_path):
+    # Five of the sample questions (they reach several routes) keep the two model runs short.
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(QUESTIONS.read_text().splitlines(keepends=True)[:5]))
+    first = ask(store, "--from-file", str(questions))
+    assert len(first) == 5 and len({a["erase"]["route"] for a in first}) > 1
     seen: set[str] = set()
     for a in first:
         # auto routes on a store that embeds its questions; a route's prefix is built once
@@ -65,7 +68,7 @@ def test_routed_ask_with_choices_then_cache_hits(store):
         assert scores == sorted(scores, reverse=True) and a["answer"] == a["choices"][0]["text"]
     assert cached_digests(store) == seen
     # a new process loads each route's saved prefix: only the questions' own tokens are evaluated
-    again = ask(store, "--from-file", str(QUESTIONS))
+    again = ask(store, "--from-file", str(questions))
     assert all(a["cache"]["hit"] for a in again)
     assert [a["erase"] for a in again] == [a["erase"] for a in first]
     for a, b in zip(first, again):
