@@ -10,13 +10,14 @@ server will be). README "Use from Python" shows it at work:
         print(reply.answer, reply.erase.prompt_digest, reply.erase.generation)
     api.forget("./store", ["r-17"])
 
-- `ingest(store, path, ...)`, `fit(store, ...)`, `forget(store, ids, ...)`, `status(store)` and
-  `verify(store)` are the commands of the same names: each opens the store with the lock it
-  needs, does one thing and returns a typed report whose `to_json()` is exactly what the
-  command's `--json` prints (a report also reads as that mapping: `report["batch"]`). Keyword
-  arguments are the commands' options (`vector_field=`, `append=`, `k=`, `route_size=`,
-  `dry_run=`, ...); `lock_timeout` and `key_file` are every command's `--lock-timeout` and
-  `--secret-file`.
+- `ingest(store, path, ...)`, `fit(store, ...)`, `forget(store, ids, ...)`, `status(store)`,
+  `verify(store)` and `show_prompt(store, question)` are the commands `ingest`, `fit`,
+  `forget`, `status`, `verify` and `prompt`: each opens the store with the lock it needs, does
+  one thing and returns a typed report whose `to_json()` is exactly what the command's `--json`
+  prints (a report also reads as that mapping: `report["batch"]`). Keyword arguments are the
+  commands' options (`vector_field=`, `append=`, `k=`, `route_size=`, `dry_run=`, ...);
+  `lock_timeout` and `key_file` are every command's `--lock-timeout` and `--secret-file`. The
+  library reads no ERASE_* variable but ERASE_MODEL (the model when none is given).
 - `Answerer(store, ...)` holds the model and the embedder across many questions, and follows the
   store: an answer that starts after a forget returned is answered from the new prompts and
   says so (`Answer.erase.generation`). See answer.Answerer for the contract.
@@ -39,10 +40,11 @@ from .reports import (
     FitReport,
     ForgetReport,
     IngestReport,
+    PromptReport,
     StatusReport,
     VerifyReport,
 )
-from .service import Hooks, fit, forget, ingest, status, verify
+from .service import Hooks, fit, forget, ingest, show_prompt, status, verify
 
 __all__ = [
     "Answer",
@@ -55,6 +57,7 @@ __all__ = [
     "Generation",
     "Hooks",
     "IngestReport",
+    "PromptReport",
     "Question",
     "StatusReport",
     "VerifyReport",
@@ -62,6 +65,7 @@ __all__ = [
     "forget",
     "ingest",
     "read_questions",
+    "show_prompt",
     "status",
     "verify",
 ]

@@ -234,7 +234,7 @@ def _crossing_estimate(store: Store, state: qk.State, rows: np.ndarray, projecto
 
 def ingest(
     root: str | Path,
-    path: str,
+    path: str | Path,
     *,
     id_field: str = "id",
     input_field: str = "input",
@@ -258,6 +258,7 @@ def ingest(
     from .records import read_jsonl
 
     t0 = time.perf_counter()
+    path = str(path)  # as the messages name it
     if batch_size < 1:
         raise InvalidParameter(f"--batch-size {batch_size} must be at least 1")
     records, skipped = read_jsonl(
@@ -1277,7 +1278,7 @@ def _answering(answerer: Answerer, questions: Iterable[Question]) -> Iterator[An
 
 
 def show_prompt(
-    root: Path,
+    root: str | Path,
     question: str | None = None,
     *,
     route: int | None = None,

@@ -5,13 +5,16 @@ its answers are `erase ask --json`'s objects."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
-from helpers import make_records, write_jsonl
+from helpers import ROOT, clean_env, make_records, write_jsonl
 
 from erase_cli import api, generation, service, store
 from erase_cli.answer import Answerer, Question
@@ -355,3 +358,26 @@ def test_the_api_module_exports_what_it_documents():
     for name in api.__all__:
         assert getattr(api, name) is not None
     assert api.Answerer is Answerer and api.forget is service.forget
+
+
+# -- the README's example --------------------------------------------------------------------
+
+
+def readme_python_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Use from Python") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.integration
+def test_the_readme_python_example_runs(tmp_path):
+    """The exact code of README "Use from Python", on the bundled models, from the repository
+    root as the README says (its temporary directory goes under tmp_path)."""
+    code = readme_python_example()
+    assert "api.forget" in code and "api.Answerer" in code
+    env = clean_env(TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    before, forget, after, erase = r.stdout.splitlines()
+    assert before.split()[-1] < after.split()[-1]  # the generations, in order
+    assert "'generation': '" + after.split()[-1] in erase
