@@ -8,6 +8,7 @@ the store's current fit. One answer path for both.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -334,35 +335,40 @@ class Answerer:
         with self._lock:
             if self._closed:
                 raise ValueError("this Answerer is closed; make a new one")
-            self._refresh()
-            snapshot = self._snapshot
-            self._check(snapshot)
-            assert snapshot.manifest is not None and snapshot.fit is not None  # _check passed
-            if self._plan is None:
-                self._plan = self._make_plan()
-            choose, fmt = self._plan
-            result = self._responder.answer(
-                question,
-                choose(question),
-                fmt,
-                generation=str(snapshot.generation),
-                stale=snapshot.fit.stale,
-            )
-            if not snapshot.manifest.examples:
-                result.warning = (
-                    f"the fit of store {self._label} has no demonstrations (it was made with no records): "
-                    "this is a zero-shot answer; ingest records and run 'erase fit'"
-                )
             self._follow()
-            return result
+            try:
+                return self._answer_now(question)
+            finally:
+                # Drop the prefix at once if the fit moved on while the answer ran; an error
+                # here is the next answer's to report.
+                with contextlib.suppress(EraseError, OSError):
+                    self._follow()
 
     def _follow(self) -> None:
-        """After an answer: drop its prefix now if the fit moved on while it ran."""
+        """Bring the fit up to date; when that fails, what is current cannot be told: keep no
+        prefix in memory."""
         try:
             self._refresh()
-        except (EraseError, OSError):
-            # What is current cannot be told now (the next answer reports why): keep nothing.
+        except BaseException:
             self._responder.keep_only(())
+            raise
+
+    def _answer_now(self, question: Question) -> Answer:
+        snapshot = self._snapshot
+        self._check(snapshot)
+        assert snapshot.manifest is not None and snapshot.fit is not None  # _check passed
+        if self._plan is None:
+            self._plan = self._make_plan()
+        choose, fmt = self._plan
+        result = self._responder.answer(
+            question, choose(question), fmt, generation=str(snapshot.generation), stale=snapshot.fit.stale
+        )
+        if not snapshot.manifest.examples:
+            result.warning = (
+                f"the fit of store {self._label} has no demonstrations (it was made with no records): "
+                "this is a zero-shot answer; ingest records and run 'erase fit'"
+            )
+        return result
 
     # -- what it serves ------------------------------------------------------------------------
 

@@ -250,6 +250,17 @@ def test_a_torn_pair_is_never_served(text_store):
         generation.read(text_store.resolve())
 
 
+def test_a_fit_that_cannot_be_read_leaves_no_prefix_in_memory(text_store, answerer):
+    answerer.answer(QUESTION)
+    old = (text_store / "manifest.json").read_bytes()
+    service.forget(text_store, ["t00"])
+    (text_store / "manifest.json.tmp").write_bytes(old)
+    (text_store / "manifest.json.tmp").replace(text_store / "manifest.json")
+    with pytest.raises(StoreDamaged):
+        answerer.answer(QUESTION)
+    assert Recording.made[0].prefix is None
+
+
 def test_a_writer_that_died_between_the_renames_is_read_through_its_journal(text_store, monkeypatch):
     """A forget dies after renaming store.json and before manifest.json: the committed fit is
     the journal's, and read() finds it (under the lock, which is free); completing the journal
