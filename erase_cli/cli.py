@@ -665,7 +665,8 @@ def ask(
     """Answer with a local GGUF model, using the fitted demonstrations as a cached prompt prefix.
 
     Routed mode answers each question from the prompt of the cluster nearest it; global mode from
-    the one global prompt (the paper's). --json adds an `erase` object naming the prompt used."""
+    the one global prompt (the paper's). --json adds an `erase` object naming the prompt and the store
+    generation used."""
     from . import service
     from .answer import Question, check_choices, read_questions
 
@@ -708,14 +709,14 @@ def ask(
     answered = 0
     with _handled(json):
         for answer in answers():
-            if answered == 0 and answer.get("warning"):
-                render.say(f"warning: {answer['warning']}")
+            if answered == 0 and answer.warning:
+                render.say(f"warning: {answer.warning}")
             answered += 1
             if json:
-                render.emit_json(answer)
+                render.emit_json(answer.to_json())
                 continue
-            render.show(answer["answer"])
-            for c in answer.get("choices") or []:
+            render.show(answer.answer)
+            for c in answer.choices or []:
                 render.say(f"  {c['score']:9.3f}  (mean {c['score_mean']:7.3f})  {c['text']}")
     if not answered:
         # Not an error (a cron job's question file may be empty today), but never silent.

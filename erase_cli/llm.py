@@ -115,13 +115,16 @@ class CacheInfo:
 
 class Generator(Protocol):
     """A causal LM seen through what `ask` needs. `last_tokens_evaluated` counts the tokens
-    evaluated by the latest `score` or `generate` call."""
+    evaluated by the latest `score` or `generate` call; `drop_prefix` wipes the prefix from
+    memory (its prompt is no longer served)."""
 
     last_tokens_evaluated: int
 
     def set_prefix(self, text: str, cache_file: Path | None = None) -> CacheInfo: ...
 
     def save_prefix(self, path: Path) -> None: ...
+
+    def drop_prefix(self) -> None: ...
 
     def score(self, query: str, choices: Sequence[str]) -> list[tuple[str, float, float]]: ...
 
@@ -226,6 +229,10 @@ class LlamaBackend:
 
     def detokenize(self, tokens: Sequence[int]) -> bytes:
         return self._llm._model.detokenize(list(tokens))
+
+    def clear(self) -> None:
+        """Remove every KV cell and zero the buffers that held them."""
+        self._llm._ctx.kv_cache_clear()
 
     def save_state(self) -> bytes:
         """The sequence's KV state (no logits, no scores array)."""
@@ -386,6 +393,13 @@ class LlamaGenerator:
             return True
         return self._backend.load_state(state)
 
+    def drop_prefix(self) -> None:
+        """Forget the prefix: its KV state is wiped from the context (a prompt that holds a
+        forgotten demonstration must not stay in memory); the next query needs set_prefix."""
+        if self._backend is not None:
+            self._backend.clear()
+        self._prefix_text, self._prefix_len, self._pos = None, 0, 0
+
     def save_prefix(self, path: Path) -> None:
         """Write the prefix's KV state (this sequence only: no logits, no scores array) to `path`,
         atomically and owner-only."""
@@ -510,6 +524,9 @@ class FakeGenerator:
             return CacheInfo(loaded=True, prefix_tokens=n, tokens_evaluated=0)
         self.prefix_evaluations += 1
         return CacheInfo(loaded=False, prefix_tokens=n, tokens_evaluated=n)
+
+    def drop_prefix(self) -> None:
+        self.prefix = None
 
     def save_prefix(self, path: Path) -> None:
         atomic_write(Path(path), (self.prefix or "").encode())

@@ -162,3 +162,40 @@ class PromptReport(Report):
     prompt_digest: str
     examples: list[dict]  # {"id", "target"}, in prompt order
     text: str
+
+
+@dataclass(eq=False)
+class CacheUse(Report):
+    """An answer's `cache`: `hit` is false only for an answer that paid for evaluating its
+    prompt's prefix; `tokens_evaluated` counts those tokens too."""
+
+    hit: bool
+    tokens_evaluated: int
+
+
+@dataclass(eq=False)
+class AnswerSource(Report):
+    """An answer's `erase` object: the prompt it was answered from and the store generation that
+    prompt belonged to (generation.py; None only from the store-free `answer.ask`). `stale` is
+    true when records were appended after the fit: the fit is still exact for the records it
+    covers, but does not cover the new ones."""
+
+    mode: str  # "routed" or "global"
+    route: int | None  # the cluster, for a routed answer
+    prompt_digest: str
+    generation: str | None
+    stale: bool
+
+
+@dataclass(eq=False)
+class Answer(Report):
+    """One answer of `erase ask` (an NDJSON line of --json) or of `Answerer.answer`."""
+
+    question: str
+    answer: str
+    choices: list[dict] | None  # {"text", "score", "score_mean"}, best first; only with choices
+    cache: CacheUse
+    erase: AnswerSource
+    warning: str | None = None  # a zero-shot answer: the fit has no demonstrations
+
+    _OMIT_NONE = ("choices", "warning")

@@ -106,3 +106,20 @@ class Router:
         if route is None:  # no non-empty cluster: the global prompt (zero-shot on an empty fit)
             return global_choice(self.manifest)
         return PromptChoice("routed", j, list(route["examples"]), route["prompt_digest"])
+
+
+def question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:
+    """text -> unit float32 vector with the store's embedder, loaded on first use; None for a
+    store ingested with --vector-field (its questions must come with vectors)."""
+    if not embeds_questions(name):
+        return None
+    loaded: list = []
+
+    def embed(text: str) -> np.ndarray:
+        if not loaded:
+            from .embed import load_embedder
+
+            loaded.append(load_embedder(name))
+        return next(iter(loaded[0].embed([text])))[0]
+
+    return embed

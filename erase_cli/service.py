@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ import orjson
 
 from . import audit, interrupts, prompt
 from . import qkmeans as qk
+from .answer import Answerer, Question
 from .durable import fsync_path
 from .errors import (
     InvalidInput,
@@ -35,6 +36,7 @@ from .errors import (
     StoreMissing,
 )
 from .reports import (
+    Answer,
     ExportReport,
     FitReport,
     ForgetBatch,
@@ -50,7 +52,6 @@ from .schema import MANIFEST_FORMAT_V1, FitParams
 from .store import (
     ACTIONS,
     AUDIT,
-    CACHE_DIR,
     INDEX_DIR,
     INDEX_DTYPE,
     JOURNAL_DIR,
@@ -232,8 +233,8 @@ def _crossing_estimate(store: Store, state: qk.State, rows: np.ndarray, projecto
 
 
 def ingest(
-    root: Path,
-    path: str,
+    root: str | Path,
+    path: str | Path,
     *,
     id_field: str = "id",
     input_field: str = "input",
@@ -257,6 +258,7 @@ def ingest(
     from .records import read_jsonl
 
     t0 = time.perf_counter()
+    path = str(path)  # as the messages name it
     if batch_size < 1:
         raise InvalidParameter(f"--batch-size {batch_size} must be at least 1")
     records, skipped = read_jsonl(
@@ -344,7 +346,7 @@ def ingest(
 
 
 def _admit(
-    st: Store, root: Path, path: str, records, append: bool, allow_relearn: bool
+    st: Store, root: str | Path, path: str, records, append: bool, allow_relearn: bool
 ) -> tuple[np.ndarray, list[str]]:
     """Which of `records` may go into the existing store `st` (a mask), and the ids left out
     because they were forgotten before; raises for what refuses the whole file."""
@@ -380,7 +382,7 @@ def _vector_rule(st: Store) -> tuple[int, str] | None:
     return st.meta.dim, st.meta.embedder
 
 
-def _check_vectors(rule: tuple[int, str] | None, root: Path, path: str, dim: int, name: str) -> None:
+def _check_vectors(rule: tuple[int, str] | None, root: str | Path, path: str, dim: int, name: str) -> None:
     if rule is None:
         return
     if dim != rule[0]:
@@ -518,7 +520,7 @@ class FitChoices:
 
 
 def fit(
-    root: Path,
+    root: str | Path,
     *,
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
@@ -604,7 +606,7 @@ def fit(
 
 
 def forget(
-    root: Path,
+    root: str | Path,
     ids: list[str],
     *,
     dry_run: bool = False,
@@ -783,7 +785,7 @@ def _whitespace_hints(st: Store, statuses: list[dict]) -> None:
 # --------------------------------------------------------------------------- read-only
 
 
-def _fitted(st: Store, root: Path) -> FitMeta:
+def _fitted(st: Store, root: str | Path) -> FitMeta:
     """The fit's metadata, after checking that the store has a fresh fit."""
     fit_meta = st.meta.fit
     if not fit_meta:
@@ -793,7 +795,7 @@ def _fitted(st: Store, root: Path) -> FitMeta:
     return fit_meta
 
 
-def _fitted_manifest(st: Store, root: Path) -> Manifest:
+def _fitted_manifest(st: Store, root: str | Path) -> Manifest:
     """The manifest of a fresh fit (a fit without its manifest is damage)."""
     _fitted(st, root)
     manifest = st.manifest()
@@ -803,7 +805,7 @@ def _fitted_manifest(st: Store, root: Path) -> Manifest:
 
 
 def verify(
-    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+    root: str | Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
 ) -> VerifyReport:
     """Check every file the store must have, then refit from scratch on the stored embeddings of
     the remaining records and compare."""
@@ -853,7 +855,7 @@ def _pending(st: Store) -> dict | None:
 
 
 def status(
-    root: Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
+    root: str | Path, *, lock_timeout: float = 60.0, key_file: Path | None = None, hooks: Hooks = Hooks()
 ) -> StatusReport:
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         meta = st.meta
@@ -1233,8 +1235,8 @@ def _publish(handle: BinaryIO, path: Path | None, output: Path | None, stream: B
 
 
 def ask(
-    root: Path,
-    questions,
+    root: str | Path,
+    questions: Iterable[Question],
     *,
     mode: str = "auto",
     model: str | None = None,
@@ -1246,73 +1248,37 @@ def ask(
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
     generator_factory=None,
-) -> Iterator[dict]:
-    """Answer questions with the fitted demonstrations; NDJSON-ready dicts, one per question.
+) -> Iterator[Answer]:
+    """`erase ask`: answer questions with the fitted demonstrations, one answer.Answerer for
+    them all (see it for the modes, the prefix cache and how answers follow a forget).
 
-    `mode`: "routed" answers each question from the route of the cluster nearest it (embedded
-    with the store's embedder, loaded once, only if a question needs it), "global" from the one
-    global prompt, "auto" routes when the fit has routes and the store embeds its own questions.
-    When the fit has no demonstrations (it was made on an empty store) every answer carries a
-    `warning`: it is a zero-shot answer, whatever the store was meant to teach.
-
-    The store's lock is held only briefly: shared to read the manifest, exclusive to save a
-    prefix cache after re-checking that its prompt is still one the fit serves.
-    `generator_factory` replaces the model (tests)."""
-    from .answer import ask as answer
-    from .llm import resolve_model
-    from .routing import Router, global_choice, resolve_mode
-
-    with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
-        manifest = _fitted_manifest(st, root)
-        d_in = st.dim or 0
-        embedder_name = st.meta.embedder
-    model_path = resolve_model(model)
-    resolved = resolve_mode(mode, manifest)
-    if resolved == "routed":
-        router = Router(manifest, d_in, _question_embedder(embedder_name))
-
-        def choose(question):
-            vector = None if question.vector is None else np.asarray(question.vector, dtype=np.float32)
-            return router.choose(question.input, vector)
-    else:
-
-        def choose(question):
-            return global_choice(manifest)
-
-    def save_cache(digest: str, write: Callable[[], None]) -> None:
-        with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
-            current = st.manifest()
-            if current is None or digest not in current.digests:
-                hooks.say("the prompt changed while answering (a forget ran); the prefix cache was not saved")
-                return
-            st.cache_dir().mkdir(mode=0o700, exist_ok=True)
-            write()
-
-    options = {} if generator_factory is None else {"generator_factory": generator_factory}
-    answers = answer(
-        questions,
-        choose=choose,
-        fmt=prompt.PromptFormat.from_stored(manifest.prompt),
-        model_path=model_path,
-        cache_dir=root / CACHE_DIR,
-        save_cache=save_cache,
+    The store, the fit, the mode and the model are checked here, before the first answer; a
+    stale fit is refused. When the fit has no demonstrations (it was made on an empty store)
+    every answer carries a `warning`: it is a zero-shot answer. `generator_factory` replaces
+    the model (tests)."""
+    answerer = Answerer(
+        root,
+        mode=mode,
+        model=model,
         n_ctx=n_ctx,
         n_threads=n_threads,
         n_gpu_layers=n_gpu_layers,
         max_tokens=max_tokens,
-        **options,
+        lock_timeout=lock_timeout,
+        key_file=key_file,
+        on_message=hooks.say,
+        generator_factory=generator_factory,
     )
-    if manifest.examples:
-        return answers
-    note = (
-        f"the fit of store {root} has no demonstrations (it was made with no records): this "
-        "is a zero-shot answer; ingest records and run 'erase fit'"
-    )
-    return ({**item, "warning": note} for item in answers)
+    return _answering(answerer, questions)
+
+
+def _answering(answerer: Answerer, questions: Iterable[Question]) -> Iterator[Answer]:
+    with answerer:
+        yield from answerer.answer_many(questions)
 
 
 def show_prompt(
-    root: Path,
+    root: str | Path,
     question: str | None = None,
     *,
     route: int | None = None,
@@ -1325,7 +1291,7 @@ def show_prompt(
 ) -> PromptReport:
     """The exact text the model would get: route J's prompt with `route`, the prompt `mode` picks
     for `question` (followed by the question) with one, and the global prompt otherwise."""
-    from .routing import PromptChoice, Router, global_choice, resolve_mode
+    from .routing import PromptChoice, Router, global_choice, question_embedder, resolve_mode
 
     with open_store(root, write=False, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         manifest = _fitted_manifest(st, root)
@@ -1338,7 +1304,7 @@ def show_prompt(
             raise InvalidParameter(f"--route {route} is not a route of this fit (routes: {have}); pick one of them")
         choice = PromptChoice("routed", route, list(chosen["examples"]), chosen["prompt_digest"])
     elif question is not None and resolve_mode(mode, manifest) == "routed":
-        choice = Router(manifest, d_in, _question_embedder(embedder_name)).choose(question, vector)
+        choice = Router(manifest, d_in, question_embedder(embedder_name)).choose(question, vector)
     else:
         resolve_mode(mode, manifest)  # a bad --mode is an error even without a question
         choice = global_choice(manifest)
@@ -1353,25 +1319,6 @@ def show_prompt(
         examples=[{"id": e["id"], "target": _label(e)} for e in choice.examples],
         text=text,
     )
-
-
-def _question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:
-    """text -> unit float32 vector with the store's embedder, loaded on first use; None for a
-    store ingested with --vector-field (its questions must come with vectors)."""
-    from .routing import embeds_questions
-
-    if not embeds_questions(name):
-        return None
-    loaded: list = []
-
-    def embed(text: str) -> np.ndarray:
-        if not loaded:
-            from .embed import load_embedder
-
-            loaded.append(load_embedder(name))
-        return next(iter(loaded[0].embed([text])))[0]
-
-    return embed
 
 
 # --------------------------------------------------------------------------- cost

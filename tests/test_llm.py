@@ -162,7 +162,13 @@ def test_routed_questions_switch_prefixes_and_cache_each_prompt(model_file, tmp_
     pick = {"grass?": 0, "moss?": 0, "sky?": 1, "sea?": 1}
     out = run_ask(questions, model_file, tmp_path, save, generators, choose=lambda q: routes[pick[q.input]])
     assert [o["erase"] for o in out] == [
-        {"mode": "routed", "route": pick[q.input], "prompt_digest": routes[pick[q.input]].prompt_digest}
+        {
+            "mode": "routed",
+            "route": pick[q.input],
+            "prompt_digest": routes[pick[q.input]].prompt_digest,
+            "generation": None,  # answered without a store
+            "stale": False,
+        }
         for q in questions
     ]
     assert [o["cache"]["hit"] for o in out] == [False, False, True, True]  # moss? loads route 0's file

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from helpers import erase, find_bytes, make_records, record_needles, write_jsonl
 
-from erase_cli import prompt, service
+from erase_cli import generation, prompt, service
 from erase_cli import qkmeans as qk
 from erase_cli.answer import Question
 from erase_cli.embed import FakeEmbedder
@@ -27,6 +27,10 @@ FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
 
 def manifest_of(store: Path) -> dict:
     return orjson.loads((store / "manifest.json").read_bytes())
+
+
+def current_generation(store: Path) -> str:
+    return str(generation.read(store.resolve()).generation)
 
 
 def fake_model(tmp_path: Path) -> str:
@@ -140,6 +144,8 @@ def test_routed_ask_uses_the_nearest_cluster_and_names_it(vec_store, tmp_path):
             "mode": "routed",
             "route": j,
             "prompt_digest": m["routes"][live.index(j)]["prompt_digest"],
+            "generation": current_generation(store),
+            "stale": False,
         }
     # one cache file per route used, each named by its route's digest
     used = {a["erase"]["prompt_digest"] for a in out}
@@ -150,7 +156,13 @@ def test_modes_on_a_vector_field_store(vec_store, tmp_path):
     store, _ = vec_store
     m = manifest_of(store)
     [auto] = routed_answers(store, tmp_path, [Question("q")])
-    assert auto["erase"] == {"mode": "global", "route": None, "prompt_digest": m["prompt_digest"]}
+    assert auto["erase"] == {
+        "mode": "global",
+        "route": None,
+        "prompt_digest": m["prompt_digest"],
+        "generation": current_generation(store),
+        "stale": False,
+    }
     with pytest.raises(InvalidInput, match="--query-vector"):
         routed_answers(store, tmp_path, [Question("q")], mode="routed")
     with pytest.raises(InvalidInput, match="16"):
