@@ -148,36 +148,6 @@ class Responder:
         self._generator, self._current = None, None
 
 
-def ask(
-    questions: Iterable[Question],
-    *,
-    choose: Callable[[Question], PromptChoice],
-    fmt: PromptFormat,
-    model_path: str,
-    cache_dir: Path | None,
-    save_cache: SaveCache | None,
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
-    n_gpu_layers: int = 0,
-    max_tokens: int = 64,
-    generator_factory: Callable[..., Generator] = LlamaGenerator,
-) -> Iterator[Answer]:
-    """Answer each question in order from the prompt `choose(question)` gives, without a store
-    (the answers' `generation` is None). The model is loaded once, and only if there is a
-    question; bad parameters are refused before that."""
-    responder = Responder(
-        model_path,
-        cache_dir=cache_dir,
-        save_cache=save_cache,
-        n_ctx=n_ctx,
-        n_threads=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        max_tokens=max_tokens,
-        generator_factory=generator_factory,
-    )
-    return (responder.answer(question, choose(question), fmt) for question in questions)
-
-
 def _quiet(_msg: str) -> None:
     pass
 

@@ -403,7 +403,7 @@ def run_eval(
             chosen = []
         shared = [by_id[i] for i in chosen]
         results[method] = _score_method(
-            task, generator, lambda index, _s=shared: ("shared", _s), max_tokens, progress, method
+            task, generator, lambda index, _s=shared: (("shared",), _s), max_tokens, progress, method
         )
         results[method]["examples"] = chosen
 

@@ -176,7 +176,7 @@ class CacheUse(Report):
 @dataclass(eq=False)
 class AnswerSource(Report):
     """An answer's `erase` object: the prompt it was answered from and the store generation that
-    prompt belonged to (generation.py; None only from the store-free `answer.ask`). `stale` is
+    prompt belonged to (generation.py; None only from a bare answer.Responder, with no store). `stale` is
     true when records were appended after the fit: the fit is still exact for the records it
     covers, but does not cover the new ones."""
 

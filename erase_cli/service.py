@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import orjson
 
 from . import audit, interrupts, prompt
 from . import qkmeans as qk
-from .answer import Answerer, Question
 from .durable import fsync_path
 from .errors import (
     InvalidInput,
@@ -68,6 +67,9 @@ from .store import (
     open_store,
     read_key_file,
 )
+
+if TYPE_CHECKING:  # answer.py brings llm and records: only `ask` needs them at run time
+    from .answer import Answerer, Question
 
 # Records whose vectors a fit keeps in memory instead of streaming from zarr on every pass.
 IN_MEMORY_BYTES = 512 * 2**20
@@ -1256,6 +1258,8 @@ def ask(
     stale fit is refused. When the fit has no demonstrations (it was made on an empty store)
     every answer carries a `warning`: it is a zero-shot answer. `generator_factory` replaces
     the model (tests)."""
+    from .answer import Answerer
+
     answerer = Answerer(
         root,
         mode=mode,

@@ -1,4 +1,4 @@
-"""answer.ask with a fake generator; llm.py against the real bundled SmolLM2 (integration)."""
+"""answer.Responder with a fake generator; llm.py against the real bundled SmolLM2 (integration)."""
 
 import io
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from erase_cli import llm
-from erase_cli.answer import Question, ask, cache_file_name, check_choices, read_questions
+from erase_cli.answer import Question, Responder, cache_file_name, check_choices, read_questions
 from erase_cli.durable import atomic_write
 from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing, NotFound, PromptTooLong
 from erase_cli.llm import (
@@ -43,6 +43,13 @@ def fixed(manifest):
     return lambda question: choice
 
 
+def ask(questions, *, choose, fmt, model_path, **options):
+    """Answer each question from the prompt `choose(question)` gives, with no store: one
+    Responder, as the store's Answerer uses it (the answers' generation is None)."""
+    responder = Responder(model_path, **options)
+    return (responder.answer(question, choose(question), fmt) for question in questions)
+
+
 class Recorder:
     """A `save_cache` that runs the write like the store would, and counts calls."""
 
@@ -75,7 +82,7 @@ def run_ask(questions, model_file, cache_dir, save_cache, generators, **kw):
     )
 
 
-# -- answer.ask with the fake ---------------------------------------------------------------------
+# -- answer.Responder with the fake ---------------------------------------------------------------
 
 
 def test_choices_ranked_best_first(model_file, tmp_path):
