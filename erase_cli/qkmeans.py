@@ -25,7 +25,7 @@ import decimal
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -597,7 +597,7 @@ class State:
 # Fitting: exponential-race k-means++, quantized Lloyd, final pass
 
 
-def _neg_log_u(idh: np.ndarray, mix: np.uint64 | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _neg_log_u(idh: np.ndarray, mix: np.uint64 | np.ndarray | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-ln U for U = a / 2**54, a = 2*(splitmix64(idh ^ mix) >> 11) + 1; returns (-ln U, a).
 
     Computed without cancellation near U = 1 (log1p of the exact complement), so the float key is
@@ -658,7 +658,7 @@ class RacePartial(NamedTuple):
 
 
 def race_part(
-    blocks: Iterable[Block], memo: RaceMemo | None, pending: np.ndarray, r: int, mix: np.uint64
+    blocks: Iterable[Block], memo: RaceMemo | None, pending: np.ndarray, r: int, mix: np.uint64 | np.ndarray
 ) -> tuple[RacePartial, RaceMemo]:
     """One race round over one part: fold the `pending` centres (p, d) into the part's distances,
     then draw every record's key. `memo` None starts the part's race (its first round).
@@ -803,7 +803,7 @@ class Runner(Protocol):
 
     n: int
 
-    def race(self, r: int, mix: np.uint64, pending: np.ndarray, start: bool) -> list[RacePartial]: ...
+    def race(self, r: int, mix: np.uint64 | np.ndarray, pending: np.ndarray, start: bool) -> list[RacePartial]: ...
 
     def lloyd(self, C: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
@@ -818,7 +818,7 @@ class LocalRunner:
         self.n = source.n
         self._memo: RaceMemo | None = None
 
-    def race(self, r: int, mix: np.uint64, pending: np.ndarray, start: bool) -> list[RacePartial]:
+    def race(self, r: int, mix: np.uint64 | np.ndarray, pending: np.ndarray, start: bool) -> list[RacePartial]:
         partial, self._memo = race_part(self.source.blocks(), None if start else self._memo, pending, r, mix)
         return [partial]
 
@@ -830,7 +830,7 @@ class LocalRunner:
 
 
 def _runner(source: Source | Runner) -> Runner:
-    return source if hasattr(source, "race") else LocalRunner(source)  # type: ignore[arg-type]
+    return cast(Runner, source) if hasattr(source, "race") else LocalRunner(cast(Source, source))
 
 
 def _race(
