@@ -597,7 +597,7 @@ class State:
 # Fitting: exponential-race k-means++, quantized Lloyd, final pass
 
 
-def _neg_log_u(idh: np.ndarray, mix: np.uint64 | np.ndarray | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _neg_log_u(idh: np.ndarray, mix: np.uint64 | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-ln U for U = a / 2**54, a = 2*(splitmix64(idh ^ mix) >> 11) + 1; returns (-ln U, a).
 
     Computed without cancellation near U = 1 (log1p of the exact complement), so the float key is
