@@ -33,6 +33,9 @@ ENV_SECRET_FILE = "ERASE_SECRET_FILE"
 ENV_REDACT_IDS = "ERASE_REDACT_IDS"
 ENV_MODEL = "ERASE_MODEL"
 ENV_EMBEDDER = "ERASE_EMBEDDER"
+# ingest and fit only: forget never reads it (a refit uses a scheduler only when its own
+# --scheduler asks), so a cron forget stays a local, self-contained command.
+ENV_DASK_SCHEDULER = "ERASE_DASK_SCHEDULER"
 
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
@@ -99,3 +102,25 @@ def embedder_name(flag: str | None) -> str | None:
 def model_flag(flag: str | None) -> str | None:
     """None means the bundled SmolLM2 GGUF (resolved by llm.resolve_model)."""
     return flag or _env(ENV_MODEL)
+
+
+def scheduler(flag: str | None) -> str | None:
+    """ingest's and fit's --scheduler, else ERASE_DASK_SCHEDULER; None means no Dask."""
+    from .distributed import check_address
+
+    raw = flag or _env(ENV_DASK_SCHEDULER)
+    return None if raw is None else check_address(raw)
+
+
+def forget_scheduler(flag: str | None) -> str | None:
+    """forget's --scheduler: the flag alone, never the variable."""
+    from .distributed import check_address
+
+    return None if flag is None else check_address(flag)
+
+
+def device(flag: str | None) -> str:
+    """--device: auto (the default), cpu or cuda; checked here so a bad value is a one-line error."""
+    from .embed import check_device
+
+    return check_device(flag)

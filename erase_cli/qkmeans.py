@@ -187,6 +187,8 @@ class Projector:
     def __init__(self, d_in: int, dim: int | None, seed: int):
         self.d_in = d_in
         self.d = d_in if dim is None else dim
+        self.dim = dim
+        self.seed = seed
         self.identity = dim is None
         if self.identity:
             self.R = None
