@@ -131,6 +131,27 @@ QueryVectorOpt = Annotated[
         "ingested with --vector-field.",
     ),
 ]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        callback=config.device,
+        help="Where the embedder runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda "
+        "(an error without CUDA). [default: auto]",
+    ),
+]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler",
+        callback=config.scheduler,
+        help=_names(
+            config.ENV_DASK_SCHEDULER,
+            "Run the work on a Dask cluster: a scheduler address (tcp://HOST:8786) whose workers can read "
+            "the store, or local:N for N worker processes on this machine. Needs erase-cli[dask].",
+        ),
+    ),
+]
 ModeOpt = Annotated[
     str,
     typer.Option(
@@ -362,6 +383,12 @@ def _secs(x: float | None) -> str:
     return f"{x:.4g} s"
 
 
+def _say_dask(report: Optional[dict], what: str) -> None:
+    if report:
+        tasks = ", ".join(f"{w} {n}" for w, n in report["tasks_by_worker"].items())
+        render.say(f"{report['workers']} Dask worker(s) at {report['scheduler']} {what} (tasks: {tasks})")
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -396,6 +423,8 @@ def ingest(
     allow_relearn: Annotated[
         bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")
     ] = False,
+    device: DeviceOpt = None,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -422,6 +451,8 @@ def ingest(
                 lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
+                device=device,
+                scheduler=scheduler,
             )
         )
 
@@ -436,6 +467,7 @@ def ingest(
             )
         if r["stale_fit"]:
             render.say("the fit is now stale: run 'erase fit'")
+        _say_dask(r.get("dask"), "embedded")
 
     def view(r, ids):
         return {
@@ -496,6 +528,7 @@ def fit(
         Optional[str], typer.Option(help="Text between an input and its answer. [default: '\\nA: ']")
     ] = None,
     separator: Annotated[Optional[str], typer.Option(help="Text between demonstrations. [default: '\\n\\n']")] = None,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -529,6 +562,7 @@ def fit(
                     lock_timeout=lock_timeout,
                     key_file=secret_file,
                     hooks=hooks,
+                    scheduler=scheduler,
                     **choices,
                 )
             )
@@ -546,6 +580,7 @@ def fit(
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}"
         )
+        _say_dask(r.get("dask"), "ran the passes")
 
     _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), _examples_view)
 
@@ -569,6 +604,15 @@ def forget(
             help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).",
         ),
     ] = False,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(
+            "--scheduler",
+            callback=config.forget_scheduler,
+            help="A Dask scheduler (or local:N) for the passes of a refit, used only if the batch crosses. "
+            f"Never read from {config.ENV_DASK_SCHEDULER}: a forget runs locally unless asked here.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -595,6 +639,7 @@ def forget(
                 lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
+                scheduler=scheduler,
             )
         )
 
@@ -657,6 +702,7 @@ def ask(
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
     query_vector: QueryVectorOpt = None,
+    device: DeviceOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -704,6 +750,7 @@ def ask(
             lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
+            device=device,
         )
 
     answered = 0
@@ -838,6 +885,7 @@ def eval_(
         int, typer.Option(help="Demonstrations per route of the routed method.")
     ] = config.DEFAULT_ROUTE_SIZE,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Compare demonstration choices (erase, routed, kmeans, random, zero-shot, knn) on a task."""
@@ -856,6 +904,7 @@ def eval_(
                 progress,
                 n_threads=threads,
                 route_size=route_size,
+                device=device,
             )
 
     _run(json, work, lambda r: render.out.print(render_table(r)))

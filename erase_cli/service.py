@@ -1324,6 +1324,7 @@ def ask(
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
     generator_factory=None,
+    device: str | None = None,
 ) -> Iterator[Answer]:
     """`erase ask`: answer questions with the fitted demonstrations, one answer.Answerer for
     them all (see it for the modes, the prefix cache and how answers follow a forget).
@@ -1341,6 +1342,7 @@ def ask(
         n_ctx=n_ctx,
         n_threads=n_threads,
         n_gpu_layers=n_gpu_layers,
+        device=device,
         max_tokens=max_tokens,
         lock_timeout=lock_timeout,
         key_file=key_file,
