@@ -37,12 +37,47 @@ class Question:
     vector: tuple[float, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How one answer is generated, beyond the Answerer's defaults."""
+
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    on_piece: OnPiece | None = None
+
+
 def cache_file_name(prompt_digest: str, model_id: str) -> str:
     """Cache files are named by what makes them valid, so a changed prompt or model never hits."""
     return f"{prompt_digest}-{model_id}.kv"
 
 
 SaveCache = Callable[[str, Callable[[], None]], None]
+# Hears each new piece of a generated answer, with the prompt it comes from (for streaming).
+OnPiece = Callable[[str, AnswerSource], None]
+
+
+class _Pieces:
+    """Turns the generator's growing text into pieces of the answer the Responder returns
+    (stripped, cut at the first stop string): a piece is passed on only once no later token can
+    change it, so the pieces always add up to the final answer."""
+
+    def __init__(self, send: Callable[[str], None], stop: Sequence[str]):
+        self._send = send
+        # A stop string not yet complete may have started in the last len(stop) - 1 characters.
+        self._hold = max((len(s) for s in stop if s), default=1) - 1
+        self.sent = ""
+
+    def grow(self, text: str) -> None:
+        text = text.lstrip()
+        self._pass_on(text[: max(0, len(text) - self._hold)].rstrip())
+
+    def finish(self, answer: str) -> None:
+        self._pass_on(answer)
+
+    def _pass_on(self, stable: str) -> None:
+        if len(stable) > len(self.sent) and stable.startswith(self.sent):
+            piece, self.sent = stable[len(self.sent) :], stable
+            self._send(piece)
 
 
 class Responder:
@@ -89,13 +124,18 @@ class Responder:
         *,
         generation: str | None = None,
         stale: bool = False,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        on_piece: OnPiece | None = None,
     ) -> Answer:
         """`question` answered from `choice`'s prompt: the best of its choices by total
-        log-probability, or a greedy generation stopped at the format's separator."""
-        if self._generator is None:
-            self._generator = self._factory(self.model_path, **self._options)
-            self._model_id = model_identity(self.model_path)
-        generator = self._generator
+        log-probability, or a greedy generation of at most `max_tokens` (default: the
+        Responder's) stopped at the format's separator or any of `stop`. `on_piece` hears a
+        generated answer as it grows (a scored one is not streamed)."""
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidParameter(f"max_tokens {max_tokens} must be at least 1")
+        source = AnswerSource(choice.mode, choice.route, choice.prompt_digest, generation, bool(stale))
+        generator = self.load()
         prefix_hit, prefix_cost = True, 0
         if choice.prompt_digest != self._current:
             cache_file = None
@@ -113,22 +153,38 @@ class Responder:
                 self._save_cache(choice.prompt_digest, lambda: generator.save_prefix(cache_file))  # called at once
         query = query_text(fmt, question.input, question.choices)
         ranked = None
+        finish = "stop"
         if question.choices:
             # Stable sort: equal scores keep the order the choices were given in.
             scored = sorted(generator.score(query, question.choices), key=lambda item: -item[1])
             ranked = [{"text": choice, "score": total, "score_mean": mean} for choice, total, mean in scored]
             text, evaluated = scored[0][0], generator.last_tokens_evaluated
         else:
-            stop = [fmt.separator] if fmt.separator else []
-            text, evaluated = generator.generate(query, self._max_tokens, stop)
-            text = text.strip()
+            stops = ([fmt.separator] if fmt.separator else []) + [s for s in stop if s]
+            pieces = None if on_piece is None else _Pieces(lambda piece: on_piece(piece, source), stops)
+            limit = max_tokens or self._max_tokens
+            if pieces is None:  # a Generator written before streaming takes no on_text
+                text, evaluated = generator.generate(query, limit, stops)
+            else:
+                text, evaluated = generator.generate(query, limit, stops, on_text=pieces.grow)
+            text, finish = text.strip(), generator.last_finish
+            if pieces is not None:
+                pieces.finish(text)
         return Answer(
             question=question.input,
             answer=text,
             choices=ranked,
             cache=CacheUse(hit=prefix_hit, tokens_evaluated=evaluated + prefix_cost),
-            erase=AnswerSource(choice.mode, choice.route, choice.prompt_digest, generation, bool(stale)),
+            erase=source,
+            finish_reason=finish,
         )
+
+    def load(self) -> Generator:
+        """The model, loaded now if it is not yet."""
+        if self._generator is None:
+            self._generator = self._factory(self.model_path, **self._options)
+            self._model_id = model_identity(self.model_path)
+        return self._generator
 
     def keep_only(self, digests: Collection[str]) -> None:
         """Drop the prefix in memory unless its prompt is one of `digests` (those still served):
@@ -222,7 +278,9 @@ class Answerer:
         self._embed = question_embedder(snapshot.embedder, device)  # loads the embedder on first use
         self._lock = threading.Lock()
         self._closed = False
+        self.reloads = 0  # times the fit was read again because the store's generation moved
         self._install(snapshot)
+        self._peeked = snapshot
 
     # -- the store's fit -----------------------------------------------------------------------
 
@@ -237,13 +295,18 @@ class Answerer:
         self._plan: tuple[Callable[[Question], PromptChoice], PromptFormat] | None = None  # built on the next answer
         self._responder.keep_only(snapshot.manifest.digests if snapshot.manifest is not None else ())
 
-    def refresh(self) -> bool:
+    def refresh(self, *, wait: bool = True) -> bool:
         """Follow the store: when its generation stamp moved, re-read the fit (without the lock)
         and drop a prefix the new fit no longer serves. True when the stamp had moved. Every
-        answer does this before it starts and after it ends; a server may also call it while
-        idle, so that a forgotten prompt's prefix leaves memory without waiting for a question."""
-        with self._lock:
-            return self._refresh()
+        answer does this before it starts and after it ends; a server also calls it while idle
+        (`wait=False`: do nothing while an answer runs, it follows on its own), so that a
+        forgotten prompt's prefix leaves memory without waiting for a question."""
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            return False if self._closed else self._refresh()
+        finally:
+            self._lock.release()
 
     def _refresh(self) -> bool:
         if generation.stamp(self.root) == self._snapshot.stamp:
@@ -251,7 +314,19 @@ class Answerer:
         self._install(
             generation.read(self.root, key_file=self._key_file, lock_timeout=self._lock_timeout, on_message=self._say)
         )
+        self.reloads += 1
         return True
+
+    def peek(self) -> generation.Snapshot:
+        """The store's fit as the next answer would find it, read without waiting for a running
+        answer (a health check's view; nothing is reloaded into the model)."""
+        seen = self._peeked
+        if generation.stamp(self.root) != seen.stamp:
+            seen = generation.read(
+                self.root, key_file=self._key_file, lock_timeout=self._lock_timeout, on_message=self._say
+            )
+            self._peeked = seen
+        return seen
 
     def _make_plan(self) -> tuple[Callable[[Question], PromptChoice], PromptFormat]:
         """How this fit picks a question's prompt (in the mode the fit allows), and its format."""
@@ -284,10 +359,29 @@ class Answerer:
 
     # -- answering -----------------------------------------------------------------------------
 
-    def answer(self, question: str, choices: Sequence[str] | None = None, vector=None) -> Answer:
-        """Answer one question: the best of `choices` when given, else a generated answer.
-        `vector` (a list or 1-D array of numbers, normalised here) routes the question on a store
-        ingested with --vector-field."""
+    def load(self) -> None:
+        """Load the model now, and the store's embedder when questions are routed, so that the
+        first question pays for neither (a server does this before it takes connections)."""
+        with self._lock:
+            self._responder.load()
+            manifest = self._snapshot.manifest
+            if self._embed is not None and manifest is not None and resolve_mode(self.mode, manifest) == "routed":
+                self._embed("a question")  # question_embedder loads the model on its first call
+
+    def answer(
+        self,
+        question: str,
+        choices: Sequence[str] | None = None,
+        vector=None,
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        on_piece: OnPiece | None = None,
+    ) -> Answer:
+        """Answer one question: the best of `choices` when given, else a generated answer of at
+        most `max_tokens` (default: the Answerer's), also stopped at any of `stop`; `on_piece`
+        hears it as it grows. `vector` (a list or 1-D array of numbers, normalised here) routes
+        the question on a store ingested with --vector-field."""
         if not isinstance(question, str):
             raise InvalidInput(f"the question must be a string, not {type(question).__name__}")
         checked = None if choices is None else check_choices(list(choices), "choices")
@@ -295,7 +389,9 @@ class Answerer:
         if vector is not None:
             raw = vector if isinstance(vector, np.ndarray) else list(vector)
             unit = tuple(normalise_vector(raw).tolist())
-        return self._answer(Question(question, checked, unit))
+        if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+            raise InvalidInput("stop must be a list of strings")
+        return self._answer(Question(question, checked, unit), Decoding(max_tokens, tuple(stop), on_piece))
 
     def answer_many(self, questions: Iterable[Question]) -> Iterator[Answer]:
         """Answer each question in order (read_questions makes them from a file), lazily: each
@@ -303,13 +399,13 @@ class Answerer:
         for question in questions:
             yield self._answer(question)
 
-    def _answer(self, question: Question) -> Answer:
+    def _answer(self, question: Question, decoding: Decoding | None = None) -> Answer:
         with self._lock:
             if self._closed:
                 raise ValueError("this Answerer is closed; make a new one")
             self._follow()
             try:
-                return self._answer_now(question)
+                return self._answer_now(question, decoding or Decoding())
             finally:
                 # Drop the prefix at once if the fit moved on while the answer ran; an error
                 # here is the next answer's to report.
@@ -325,7 +421,7 @@ class Answerer:
             self._responder.keep_only(())
             raise
 
-    def _answer_now(self, question: Question) -> Answer:
+    def _answer_now(self, question: Question, decoding: Decoding) -> Answer:
         snapshot = self._snapshot
         self._check(snapshot)
         assert snapshot.manifest is not None and snapshot.fit is not None  # _check passed
@@ -333,7 +429,14 @@ class Answerer:
             self._plan = self._make_plan()
         choose, fmt = self._plan
         result = self._responder.answer(
-            question, choose(question), fmt, generation=str(snapshot.generation), stale=snapshot.fit.stale
+            question,
+            choose(question),
+            fmt,
+            generation=str(snapshot.generation),
+            stale=snapshot.fit.stale,
+            max_tokens=decoding.max_tokens,
+            stop=decoding.stop,
+            on_piece=decoding.on_piece,
         )
         if not snapshot.manifest.examples:
             result.warning = (

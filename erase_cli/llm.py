@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -113,12 +113,18 @@ class CacheInfo:
     tokens_evaluated: int  # tokens evaluated to build the prefix (0 when loaded)
 
 
+# What `generate` hands its `on_text` callback: the whole text generated so far, each time it grows.
+OnText = Callable[[str], None]
+
+
 class Generator(Protocol):
     """A causal LM seen through what `ask` needs. `last_tokens_evaluated` counts the tokens
-    evaluated by the latest `score` or `generate` call; `drop_prefix` wipes the prefix from
-    memory (its prompt is no longer served)."""
+    evaluated by the latest `score` or `generate` call and `last_finish` says why the latest
+    `generate` ended ("stop": a stop string or the end of generation, "length": max_tokens);
+    `drop_prefix` wipes the prefix from memory (its prompt is no longer served)."""
 
     last_tokens_evaluated: int
+    last_finish: str
 
     def set_prefix(self, text: str, cache_file: Path | None = None) -> CacheInfo: ...
 
@@ -128,7 +134,9 @@ class Generator(Protocol):
 
     def score(self, query: str, choices: Sequence[str]) -> list[tuple[str, float, float]]: ...
 
-    def generate(self, query: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int]: ...
+    def generate(
+        self, query: str, max_tokens: int, stop: Sequence[str], on_text: OnText | None = None
+    ) -> tuple[str, int]: ...
 
 
 def _split_trailing_spaces(text: str) -> tuple[str, str]:
@@ -287,6 +295,7 @@ class LlamaGenerator:
         self._prefix_len = 0
         self._prefix_text: str | None = None
         self.last_tokens_evaluated = 0
+        self.last_finish = "stop"
 
     # -- model and context -------------------------------------------------------------------
 
@@ -449,9 +458,12 @@ class LlamaGenerator:
         self.last_tokens_evaluated = evaluated
         return results
 
-    def generate(self, query: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int]:
+    def generate(
+        self, query: str, max_tokens: int, stop: Sequence[str], on_text: OnText | None = None
+    ) -> tuple[str, int]:
         """Greedy continuation of the query, cut at the first stop string or end-of-generation
-        token, at most `max_tokens` tokens. Returns (text, tokens evaluated)."""
+        token, at most `max_tokens` tokens. Returns (text, tokens evaluated). `on_text` hears the
+        text so far after each token (not yet cut at a stop string that is still incomplete)."""
         if self._prefix_text is None:
             raise RuntimeError("generate before set_prefix")
         if max_tokens < 1:
@@ -466,16 +478,21 @@ class LlamaGenerator:
         evaluated = len(query_tokens)
         pieces = b""
         text = ""
+        self.last_finish = "length"
         for step in range(max_tokens):
             token = int(np.argmax(logits))
             if self._backend.is_end_of_generation(token):
+                self.last_finish = "stop"
                 break
             pieces += self._backend.detokenize([token])
             text = pieces.decode("utf-8", errors="ignore")
             cut = _first_stop(text, stop, len(tail))
             if cut is not None:
                 text = text[:cut]
+                self.last_finish = "stop"
                 break
+            if on_text is not None:
+                on_text(text)
             if step + 1 < max_tokens:
                 logits = self._decode([token])
                 evaluated += 1
@@ -516,6 +533,7 @@ class FakeGenerator:
         self.prefix_evaluations = 0
         self.saved: list[Path] = []
         self.last_tokens_evaluated = 0
+        self.last_finish = "stop"
 
     def set_prefix(self, text: str, cache_file: Path | None = None) -> CacheInfo:
         self.prefix = text
@@ -540,10 +558,16 @@ class FakeGenerator:
         self.last_tokens_evaluated = len(query.split()) + sum(len(c.split()) for c in choices)
         return out
 
-    def generate(self, query: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int]:
+    def generate(
+        self, query: str, max_tokens: int, stop: Sequence[str], on_text: OnText | None = None
+    ) -> tuple[str, int]:
         words = query.split()
         text = (" " + (words[-2] if len(words) > 1 else "")) + "\n\nQ: next"
         cut = _first_stop(text, stop, 0)
         text = text if cut is None else text[:cut]
+        self.last_finish = "length" if cut is None else "stop"
+        if on_text is not None:
+            for end in range(1, len(text) + 1):  # one character a "token"
+                on_text(text[:end])
         self.last_tokens_evaluated = len(words) + 1
         return text, self.last_tokens_evaluated

@@ -98,6 +98,9 @@ class ForgetBatch(Report):
 class ForgetReport(Report):
     batch: ForgetBatch
     ids: list[dict] = field(default_factory=list)  # {"id", "status"[, "hint"]}
+    # The store generation after the call (generation.py): every answer that starts after the
+    # call returned reports this generation or a later one. None while the store has no fit.
+    generation: str | None = None
 
 
 @dataclass(eq=False)
@@ -205,5 +208,8 @@ class Answer(Report):
     cache: CacheUse
     erase: AnswerSource
     warning: str | None = None  # a zero-shot answer: the fit has no demonstrations
+    # Why a generated answer ended: "stop" (a stop string, or the model's end) or "length"
+    # (max_tokens). The server's finish_reason; not in ask --json.
+    finish_reason: str = field(default="stop", metadata={"json": False})
 
     _OMIT_NONE = ("choices", "warning")

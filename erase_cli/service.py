@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import orjson
 
-from . import audit, interrupts, prompt
+from . import audit, generation, interrupts, prompt
 from . import qkmeans as qk
 from .durable import fsync_path
 from .errors import (
@@ -684,6 +684,7 @@ def forget(
             # Loads store.json and the key: a damaged or mis-keyed store is reported even when
             # there is nothing to do, so a cron job learns of it on its next (empty) run.
             st.key()
+            current = _generation(st)
         return ForgetReport(
             ForgetBatch(
                 crossings=[],
@@ -693,7 +694,8 @@ def forget(
                 dry_run=dry_run,
                 elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
                 n_forgotten=0,
-            )
+            ),
+            generation=current,
         )
     with open_store(root, write=not dry_run, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
         rows = st.lookup(ids)
@@ -743,7 +745,7 @@ def forget(
             elapsed_ms=None,
             n_forgotten=len(kids),
         )
-        report = ForgetReport(batch, statuses)
+        report = ForgetReport(batch, statuses, _generation(st))
         if dry_run:
             batch.prompt_changed = refit or hit_example
             batch.prompt_changed_is_estimate = refit and not hit_example
@@ -808,6 +810,7 @@ def forget(
                     "elapsed_ms": elapsed,
                 }
             )
+        report.generation = _generation(st)  # the manifest this forget wrote
     return report
 
 
@@ -823,6 +826,11 @@ def _refit_runner(survivors: StoreSource, scheduler: str | None, stack: contextl
         return _dask_runner(cluster, survivors.store, survivors.rows, survivors.projector)
 
     return distributed.LazyRunner(survivors.n, connect)
+
+
+def _generation(st: Store) -> str | None:
+    current = generation.read_locked(st).generation
+    return None if current is None else str(current)
 
 
 def _routes_changed(old: Manifest, new: Manifest) -> list[int]:
