@@ -144,6 +144,24 @@ def connect(address: str) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
+def cluster_failures(what: str) -> Iterator[None]:
+    """The cluster's own failures (a worker killed, the connection lost, a task cancelled) as
+    one-line errors; errors raised by erase's code on a worker pass through as they are."""
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    try:
+        yield
+    except EraseError:
+        raise
+    except (OSError, TimeoutError, KilledWorker, FutureCancelledError) as exc:
+        raise SchedulerUnavailable(
+            f"the Dask cluster failed during {what} ({type(exc).__name__}: {exc}); nothing was written, "
+            "run the command again"
+        ) from None
+
+
+@contextlib.contextmanager
 def task_stream(cluster: Cluster) -> Iterator[list[dict]]:
     """Records the tasks run meanwhile (filled in on the way out): who ran what, for the report."""
     from distributed import get_task_stream
@@ -170,9 +188,17 @@ class Part:
 
 
 def _read_blocks(part: Part) -> Iterator[qk.Block]:
-    from .store import Store
+    from .store import STORE_JSON, Store
 
-    view = Store.worker_view(Path(part.root), part.meta)
+    root = Path(part.root)
+    if not (root / STORE_JSON).is_file():
+        import socket
+
+        raise SchedulerUnavailable(
+            f"a Dask worker on {socket.gethostname()} cannot see the store at {root}; workers read the store "
+            "directly, so it must be on a filesystem they share, mounted at the same path"
+        )
+    view = Store.worker_view(root, part.meta)
     projector = qk.Projector(part.d_in, part.dim, part.seed)
     for rows, vals in view.iter_chunks(part.rows, ("ids", "idh", "emb")):
         yield qk.Block(
@@ -241,15 +267,8 @@ class DaskRunner:
         self._memos: list[Any] = [None] * len(self._parts)
 
     def _gather(self, futures: list) -> list:
-        try:
+        with cluster_failures("the fit"):
             return self.client.gather(futures)
-        except EraseError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            raise SchedulerUnavailable(
-                f"the Dask cluster failed during the fit ({type(exc).__name__}: {exc}); nothing was written, "
-                "run the command again"
-            ) from None
 
     def race(self, r: int, mix, pending: np.ndarray, start: bool) -> list[qk.RacePartial]:
         if start:
@@ -335,7 +354,8 @@ def embed_texts(
     client = cluster.client
     # On this machine's own workers, share the cores out instead of every torch taking them all.
     threads = max(1, (os.cpu_count() or 1) // max(1, cluster.n_workers)) if cluster.local else None
-    dim, model_name = client.submit(_embedder_info, name, device, threads, pure=False).result()
+    with cluster_failures("the embedding"):
+        dim, model_name = client.submit(_embedder_info, name, device, threads, pure=False).result()
     check(dim, model_name)
     per = min(MAX_TEXTS_PER_TASK, max(batch_size, math.ceil(len(texts) / (PARTS_PER_WORKER * cluster.n_workers))))
     starts = list(range(0, len(texts), per))
@@ -349,7 +369,8 @@ def embed_texts(
 
     for future in as_completed(futures):
         i = index[future.key]
-        vectors = future.result()
+        with cluster_failures("the embedding"):
+            vectors = future.result()
         want = min(per, len(texts) - starts[i])
         if not isinstance(vectors, np.ndarray) or vectors.shape != (want, dim):
             raise InvalidInput(

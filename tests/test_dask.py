@@ -181,3 +181,13 @@ def test_split_rows_keeps_whole_chunks_and_every_row():
     assert 1 < len(parts) <= 3
     assert distributed.split_rows(rows[:0], CHUNK_ROWS, 4) == []
     assert len(distributed.split_rows(rows, CHUNK_ROWS, 100)) == len({int(r) // CHUNK_ROWS for r in rows})
+
+
+def test_a_worker_that_cannot_see_the_store_says_it_needs_a_shared_filesystem(tmp_path, data):
+    with open_store(data, write=False) as st:
+        meta = st.meta
+    part = distributed.Part(str(tmp_path / "elsewhere"), meta, np.arange(3, dtype=np.int64), 12, 4, 0)
+    with pytest.raises(SchedulerUnavailable, match="filesystem they share"):
+        list(distributed._read_blocks(part))
+    blocks = distributed._load_part(distributed.Part(str(data), meta, np.arange(3, dtype=np.int64), 12, 4, 0))
+    assert sum(len(b.ids) for b in blocks) == 3 and blocks[0].x.shape[1] == 4
