@@ -11,11 +11,11 @@ timed on its own too). manifest.json and fit/state.npz are compared byte for byt
 Ingest: the bundled all-MiniLM-L6-v2 on BIG-bench inputs, batch 64. (a) the embedding step alone,
 warm (model loaded, cluster running, one warm-up call first): this process (torch on all cores)
 vs distributed.embed_texts on LocalClusters of 1 and 2 workers (torch threads = cores / workers,
-as `--scheduler local:N` sets them); (b) `erase ingest` end to end as a user runs it, a new
+as `--scheduler local:N` sets them), alternated, medians of --repeat rounds; (b) `erase ingest` end to end as a user runs it, a new
 process each: without Dask, `--scheduler local:1` and `--scheduler local:2` (cluster start, worker
 model loads, writing the store included).
 
-    python bench/dask_scaling.py [--n 1000000] [--texts 3000] [--skip-fit] [--skip-ingest]
+    python bench/dask_scaling.py [--n 1000000] [--texts 2000] [--repeat 2] [--skip-fit] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -82,28 +82,39 @@ def _texts(count: int) -> list[str]:
     return texts[:: max(1, len(texts) // count)][:count]
 
 
-def bench_embed(texts: list[str]) -> dict:
-    """Warm embedding throughput (texts/s): this process, then 1- and 2-worker LocalClusters."""
+def bench_embed(texts: list[str], repeat: int) -> dict:
+    """Warm embedding throughput (texts/s): this process and 1- and 2-worker LocalClusters, all
+    loaded first, then measured in turn, `repeat` rounds (the machine's load varies: alternating
+    spreads it over the three); medians."""
     from erase_cli import distributed
     from erase_cli.embed import load_embedder
 
-    out = {}
+    def nocheck(dim: int, name: str) -> None:
+        pass
+
     model = load_embedder(None, "cpu")
     list(model.embed(texts[:128], 64))  # warm-up
-    t0 = time.perf_counter()
     local = np.concatenate(list(model.embed(texts, 64)))
-    out["in_process"] = len(texts) / (time.perf_counter() - t0)
-    log(f"in process: {out['in_process']:.0f} texts/s")
-    for workers in (1, 2):
-        with distributed.connect(f"local:{workers}") as cluster:
-            distributed.embed_texts(cluster, texts[:256], None, "cpu", 64, lambda d, n: None)  # load + warm
+    samples: dict[str, list[float]] = {"in_process": [], "workers_1": [], "workers_2": []}
+    out: dict = {}
+    with distributed.connect("local:1") as one, distributed.connect("local:2") as two:
+        clusters = {"workers_1": one, "workers_2": two}
+        for cluster in clusters.values():
+            distributed.embed_texts(cluster, texts[:256], None, "cpu", 64, nocheck)  # model load, warm-up
+        for rep in range(repeat):
             t0 = time.perf_counter()
-            vectors, _ = distributed.embed_texts(cluster, texts, None, "cpu", 64, lambda d, n: None)
-            out[f"workers_{workers}"] = len(texts) / (time.perf_counter() - t0)
-            # Batches are cut differently, so the last bits may differ (the embedder's
-            # nondeterminism, outside the exactness contract): report the largest difference.
-            out[f"workers_{workers}_max_abs_diff"] = float(np.abs(vectors - local).max())
-        log(f"{workers} worker(s): {out[f'workers_{workers}']:.0f} texts/s")
+            list(model.embed(texts, 64))
+            samples["in_process"].append(len(texts) / (time.perf_counter() - t0))
+            for label, cluster in clusters.items():
+                t0 = time.perf_counter()
+                vectors, _ = distributed.embed_texts(cluster, texts, None, "cpu", 64, nocheck)
+                samples[label].append(len(texts) / (time.perf_counter() - t0))
+                # Parts are batched differently from one process's batches, so a vector's last
+                # bits may differ (the embedder's nondeterminism, outside the contract).
+                out[f"{label}_max_abs_diff"] = float(np.abs(vectors - local).max())
+            log(f"round {rep}: " + ", ".join(f"{k} {v[-1]:.0f} texts/s" for k, v in samples.items()))
+    out["samples"] = samples
+    out.update({k: float(np.median(v)) for k, v in samples.items()})
     return out
 
 
@@ -151,7 +162,8 @@ def bench_ingest_cli(texts: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--texts", type=int, default=3000)
+    ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     args = ap.parse_args()
@@ -163,7 +175,7 @@ def main() -> None:
         table += [["fit", *r] for r in rows]
     if not args.skip_ingest:
         texts = _texts(args.texts)
-        results["embed_warm"] = bench_embed(texts)
+        results["embed_warm"] = bench_embed(texts, args.repeat)
         results["ingest_cli"] = bench_ingest_cli(texts)
         e, c = results["embed_warm"], results["ingest_cli"]
         table.append(
