@@ -11,9 +11,9 @@ timed on its own too). manifest.json and fit/state.npz are compared byte for byt
 Ingest: the bundled all-MiniLM-L6-v2 on BIG-bench inputs, batch 64. (a) the embedding step alone,
 warm (model loaded, cluster running, one warm-up call first): this process (torch on all cores)
 vs distributed.embed_texts on LocalClusters of 1 and 2 workers (torch threads = cores / workers,
-as `--scheduler local:N` sets them), alternated, medians of --repeat rounds; (b) `erase ingest` end to end as a user runs it, a new
-process each: without Dask, `--scheduler local:1` and `--scheduler local:2` (cluster start, worker
-model loads, writing the store included).
+as `--scheduler local:N` sets them), alternated, medians of --repeat rounds; (b) `erase ingest`
+end to end as a user runs it, a new process each: without Dask, `--scheduler local:1` and
+`--scheduler local:2` (cluster start, worker model loads, writing the store included).
 
     python bench/dask_scaling.py [--n 1000000] [--texts 2000] [--repeat 2] [--skip-fit] [--skip-ingest]
 """
