@@ -112,6 +112,9 @@ def connect(address: str) -> Iterator[Cluster]:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
+                    # loopback port, not on every interface at 8787.
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                     silence_logs=logging.ERROR,
                 )
             )

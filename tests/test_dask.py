@@ -31,7 +31,14 @@ def _cluster(spill: bool):
 
     settings = {} if spill else {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
     with dask.config.set(settings):
-        return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+        return LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
 
 
 @pytest.fixture(scope="module")
