@@ -324,11 +324,13 @@ def _embedder(name: str | None, device: str | None, threads: int | None):
     if key not in _EMBEDDERS:
         from .embed import load_embedder
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         _EMBEDDERS[key] = load_embedder(name, device)
+    if threads:
+        import torch
+
+        # Per task: the thread count is per OpenMP thread, and a worker may run a task on a new
+        # executor thread, which starts from the OMP_NUM_THREADS=1 Dask sets for its workers.
+        torch.set_num_threads(threads)
     return _EMBEDDERS[key]
 
 
