@@ -12,6 +12,8 @@ def _isolated_env(tmp_path, monkeypatch):
         "ERASE_LOCK_TIMEOUT",
         "ERASE_SECRET_FILE",
         "ERASE_REDACT_IDS",
+        "ERASE_API_KEY",
+        "ERASE_ADMIN_KEY",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ERASE_STORE", str(tmp_path / "erase-store"))
