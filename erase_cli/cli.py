@@ -104,6 +104,12 @@ StoreOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+GpuLayersOpt = Annotated[
+    int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
+]
+ContextOpt = Annotated[
+    Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
+]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -647,12 +653,8 @@ def ask(
         typer.Option("--choices", help="A possible answer; repeat for each. Scores each by log-likelihood."),
     ] = None,
     model: ModelOpt = None,
-    n_gpu_layers: Annotated[
-        int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
-    ] = 0,
-    n_ctx: Annotated[
-        Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
-    ] = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    n_ctx: ContextOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
@@ -732,12 +734,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8080,
     mode: ModeOpt = "auto",
     model: ModelOpt = None,
-    n_gpu_layers: Annotated[
-        int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
-    ] = 0,
-    n_ctx: Annotated[
-        Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
-    ] = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    n_ctx: ContextOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate when a request sets no max_tokens.")] = 64,
     threads: ThreadsOpt = None,
     api_key_file: Annotated[

@@ -23,29 +23,9 @@ from erase_cli.answer import Answerer
 from erase_cli.llm import FakeGenerator
 from erase_cli.server import STATUS, ServeOptions, check_options, create_app
 
-FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
 QUESTION = "text marker TXT05X"
 API_KEY = "api-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-
-
-@pytest.fixture
-def text_store(tmp_path):
-    root = tmp_path / "store"
-    path = tmp_path / "text.jsonl"
-    with open(path, "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"id": f"t{i:02d}", "input": f"text marker TXT{i:02d}X", "target": f"L{i % 3}"}) + "\n")
-    service.ingest(root, str(path), embedder="fake:16")
-    service.fit(root, **FIT)
-    return root
-
-
-@pytest.fixture
-def model(tmp_path) -> str:
-    path = tmp_path / "fake.gguf"
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 class Served:
