@@ -104,6 +104,12 @@ StoreOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+GpuLayersOpt = Annotated[
+    int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
+]
+ContextOpt = Annotated[
+    Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
+]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -692,12 +698,8 @@ def ask(
         typer.Option("--choices", help="A possible answer; repeat for each. Scores each by log-likelihood."),
     ] = None,
     model: ModelOpt = None,
-    n_gpu_layers: Annotated[
-        int, typer.Option(help="Layers to offload to the GPU (-1 = all; needs a GPU build of llama-cpp-python).")
-    ] = 0,
-    n_ctx: Annotated[
-        Optional[int], typer.Option(help="Context size (default: enough for the prompt, capped by the model).")
-    ] = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    n_ctx: ContextOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate without --choices.")] = 64,
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
@@ -769,6 +771,94 @@ def ask(
         # Not an error (a cron job's question file may be empty today), but never silent.
         source = "stdin" if from_file == "-" else from_file
         render.say(f"warning: {source} holds no questions; nothing was answered")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on. Any but a loopback one needs both keys.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8080,
+    mode: ModeOpt = "auto",
+    model: ModelOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    n_ctx: ContextOpt = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate when a request sets no max_tokens.")] = 64,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
+    api_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=_names(config.ENV_API_KEY, "File holding the key that answering requests must send (Bearer).")
+        ),
+    ] = None,
+    admin_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=_names(
+                config.ENV_ADMIN_KEY,
+                "File holding the key for /v1/erase/forget and /v1/erase/status (off without one).",
+            )
+        ),
+    ] = None,
+    refuse_stale: Annotated[
+        bool,
+        typer.Option(
+            "--refuse-stale",
+            help="Answer 409 while the fit is stale (records appended since), instead of answering with stale: true.",
+        ),
+    ] = False,
+    queue_size: Annotated[
+        int, typer.Option(help="Requests that may wait for the model; one more gets 503 with Retry-After.")
+    ] = 16,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; a larger one gets 413.")] = 1 << 20,
+    store: StoreOpt = None,
+    lock_timeout: LockOpt = None,
+    secret_file: SecretOpt = None,
+    json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Once listening, print one JSON object on stdout: url (with the port bound), model, store, "
+            "generation, prompt_digest.",
+        ),
+    ] = False,
+) -> None:
+    """Serve answers over HTTP: OpenAI-compatible completions and chat, plus forget and status.
+
+    Every answer names the prompt digest and the store generation it came from; an answer that
+    starts after a forget returned comes from the new prompts. Keys come from ERASE_API_KEY /
+    ERASE_ADMIN_KEY or the key files, never from the command line. SIGTERM or Ctrl-C stops taking
+    connections, lets running and queued requests finish, and exits 0."""
+    from . import server
+
+    try:
+        options = server.ServeOptions(
+            api_key=config.server_key(api_key_file, config.ENV_API_KEY, "--api-key-file"),
+            admin_key=config.server_key(admin_key_file, config.ENV_ADMIN_KEY, "--admin-key-file"),
+            refuse_stale=refuse_stale,
+            queue_size=queue_size,
+            max_body_bytes=max_body_bytes,
+            lock_timeout=lock_timeout,
+            key_file=secret_file,
+        )
+        server.run(
+            store,
+            host=host,
+            port=port,
+            options=options,
+            mode=mode,
+            model=model,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_gpu_layers=n_gpu_layers,
+            max_tokens=max_tokens,
+            device=device,
+            say=render.say,
+            on_ready=render.emit_json if json else None,
+        )
+    except EraseError as exc:
+        raise _fail(exc, json) from None
 
 
 @app.command("prompt")

@@ -104,6 +104,34 @@ def model_flag(flag: str | None) -> str | None:
     return flag or _env(ENV_MODEL)
 
 
+# `erase serve`'s keys: from a file or the environment, never from the command line (argv is
+# visible to every user of the machine in `ps`).
+ENV_API_KEY = "ERASE_API_KEY"
+ENV_ADMIN_KEY = "ERASE_ADMIN_KEY"
+
+
+def server_key(file_flag: Path | None, variable: str, option: str) -> str | None:
+    """The key in the file given with `option`, else the variable's value; None: no key."""
+    if file_flag is not None:
+        try:
+            raw = Path(file_flag).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable UTF-8 text"
+            raise InvalidParameter(f"{option} {file_flag}: {reason}; give a file holding the key") from None
+        key, source = raw.strip(), f"{option} {file_flag}"
+    else:
+        value = _env(variable)
+        if value is None:
+            return None
+        key, source = value.strip(), variable
+    # A key travels in an HTTP header: printable ASCII without spaces.
+    if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise InvalidParameter(f"{source}: the key must be printable ASCII without spaces; write a new one")
+    if len(key) < 16:
+        raise InvalidParameter(f"{source}: the key is shorter than 16 characters; use a long random one")
+    return key
+
+
 def scheduler(flag: str | None) -> str | None:
     """ingest's and fit's --scheduler, else ERASE_DASK_SCHEDULER; None means no Dask."""
     from .distributed import check_address

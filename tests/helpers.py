@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ERASE = str(Path(sys.executable).parent / "erase")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 VECTOR_FIELD = "vec"
+# A fit small enough for a 40-record store, with routes: what the API and server tests answer from.
+FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
 
 
 @dataclass(frozen=True)

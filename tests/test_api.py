@@ -14,36 +14,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import ROOT, clean_env, make_records, write_jsonl
+from helpers import FIT, ROOT, clean_env, make_records, write_jsonl
 
 from erase_cli import api, generation, service, store
 from erase_cli.answer import Answerer, Question
 from erase_cli.errors import InvalidInput, NotFitted, StaleFit, StoreDamaged
 from erase_cli.llm import FakeGenerator
 
-FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
 QUESTION = "text marker TXT05X"
-
-
-@pytest.fixture
-def text_store(tmp_path):
-    """40 records whose questions erase embeds itself (the deterministic fake:16 embedder), so
-    auto mode routes; each input holds a unique marker to look for in the model's prefix."""
-    root = tmp_path / "store"
-    path = tmp_path / "text.jsonl"
-    with open(path, "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"id": f"t{i:02d}", "input": f"text marker TXT{i:02d}X", "target": f"L{i % 3}"}) + "\n")
-    service.ingest(root, str(path), embedder="fake:16")
-    service.fit(root, **FIT)
-    return root
-
-
-@pytest.fixture
-def model(tmp_path) -> str:
-    path = tmp_path / "fake.gguf"
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 class Recording(FakeGenerator):

@@ -83,6 +83,20 @@ def test_routed_ask_on_cuda_without_cuda_is_one_line_before_any_question(tmp_pat
     )
 
 
+@no_cuda
+def test_serve_on_cuda_without_cuda_is_one_line_before_listening(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", make_records(12))
+    store = tmp_path / "s"
+    assert erase("ingest", str(data), "--embedder", "fake:16", "--store", str(store)).returncode == 0
+    assert erase("fit", "-k", "2", "--store", str(store)).returncode == 0
+    refused(
+        ["serve", "--port", "0", "--mode", "routed", "--device", "cuda", "--store", str(store)],
+        store,
+        kind="device_unavailable",
+        mentions=["--device cpu"],
+    )
+
+
 def test_gpu_check_script_is_there_and_valid_bash():
     script = ROOT / "scripts" / "gpu-check.sh"
     assert script.is_file()
