@@ -3,10 +3,11 @@ LocalCluster (`--scheduler local:2`), and ingest's embedding throughput with 1 a
 on this 2-core machine (shared with other jobs: the load average is recorded).
 
 Fit: service.fit on the synthetic 384-d store of bench/synthstore.py (the one forget_e2e uses),
-at erase's defaults (k 8, eps 0.05, dim 32, T 3, route size 8), first locally, then with
-scheduler="local:2"; each timed from the call to its return (lock, reading and projecting the
-embeddings from zarr, every pass, manifest, commit; for Dask also starting the cluster, which is
-timed on its own too). manifest.json and fit/state.npz are compared byte for byte.
+at erase's defaults (k 8, eps 0.05, dim 32, T 3, route size 8), locally, then with
+scheduler="local:2", alternated over --repeat rounds (medians); each timed from the call to its
+return (lock, reading and projecting the embeddings from zarr, every pass, manifest, commit; for
+Dask also starting the cluster, which is timed on its own too). manifest.json and fit/state.npz
+are compared byte for byte.
 
 Ingest: the bundled all-MiniLM-L6-v2 on BIG-bench inputs, batch 64. (a) the embedding step alone,
 warm (model loaded, cluster running, one warm-up call first): this process (torch on all cores)
@@ -37,7 +38,8 @@ from corpus import bigbench_inputs
 FITTED = ("manifest.json", "fit/state.npz")
 
 
-def bench_fit(n: int) -> tuple[dict, list[list]]:
+def bench_fit(n: int, repeat: int) -> tuple[dict, list[list]]:
+    """`repeat` rounds of: a local fit, then a fit on a fresh 2-worker LocalCluster; medians."""
     from erase_cli import distributed, service
 
     src = synthstore.pristine(n)
@@ -45,34 +47,37 @@ def bench_fit(n: int) -> tuple[dict, list[list]]:
     if store.exists():
         shutil.rmtree(store)
     shutil.copytree(src, store)
-    out: dict = {"n": n, "load_before": machine()["loadavg_at_start"]}
-    t0 = time.perf_counter()
-    local = service.fit(store)
-    out["local_s"] = time.perf_counter() - t0
-    saved = {rel: (store / rel).read_bytes() for rel in FITTED}
-    log(f"local fit {out['local_s']:.1f} s")
-    t0 = time.perf_counter()
-    with distributed.connect("local:2"):
-        pass
-    out["cluster_start_stop_s"] = time.perf_counter() - t0
-    out["load_before_dask"] = machine()["loadavg_at_start"]
-    t0 = time.perf_counter()
-    dask = service.fit(store, scheduler="local:2")
-    out["dask_s"] = time.perf_counter() - t0
-    log(f"dask fit {out['dask_s']:.1f} s ({dask.dask})")
-    out["identical"] = {rel: (store / rel).read_bytes() == saved[rel] for rel in FITTED}
-    out["state_digest"] = local.state_digest
+    out: dict = {"n": n, "local_s": [], "dask_s": [], "cluster_start_stop_s": [], "identical": [], "load": []}
+    saved = None
+    for rep in range(repeat):
+        out["load"].append(machine()["loadavg_at_start"])
+        t0 = time.perf_counter()
+        local = service.fit(store)
+        out["local_s"].append(time.perf_counter() - t0)
+        saved = saved or {rel: (store / rel).read_bytes() for rel in FITTED}
+        t0 = time.perf_counter()
+        with distributed.connect("local:2"):
+            pass
+        out["cluster_start_stop_s"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dask = service.fit(store, scheduler="local:2")
+        out["dask_s"].append(time.perf_counter() - t0)
+        out["identical"].append(all((store / rel).read_bytes() == saved[rel] for rel in FITTED))
+        log(f"round {rep}: local fit {out['local_s'][-1]:.1f} s, dask fit {out['dask_s'][-1]:.1f} s ({dask.dask})")
     out["tasks_by_worker"] = dask.dask["tasks_by_worker"] if dask.dask else None
+    out["state_digest"] = local.state_digest
     out["params"] = {"k": local.k, "eps": local.eps, "dim": local.dim, "max_iter": local.max_iter}
+    med = {k: float(np.median(out[k])) for k in ("local_s", "dask_s", "cluster_start_stop_s")}
+    out["median"] = med
     shutil.rmtree(store)
     row = [
         n,
         "k 8, dim 32, T 3",
-        round(out["local_s"], 1),
-        round(out["dask_s"], 1),
-        round(out["cluster_start_stop_s"], 1),
-        round(out["local_s"] / out["dask_s"], 2),
-        all(out["identical"].values()),
+        round(med["local_s"], 1),
+        round(med["dask_s"], 1),
+        round(med["cluster_start_stop_s"], 1),
+        round(med["local_s"] / med["dask_s"], 2),
+        all(out["identical"]),
     ]
     return out, [row]
 
@@ -171,7 +176,7 @@ def main() -> None:
     results: dict = {}
     table: list[list] = []
     if not args.skip_fit:
-        results["fit"], rows = bench_fit(args.n)
+        results["fit"], rows = bench_fit(args.n, args.repeat)
         table += [["fit", *r] for r in rows]
     if not args.skip_ingest:
         texts = _texts(args.texts)
@@ -207,7 +212,8 @@ def main() -> None:
         summary="Fit at n = 1e6 in process vs on a 2-worker Dask LocalCluster, and ingest with 1 and 2 workers, "
         "on a 2-core machine: two workers share the same two cores, so there is little to gain here; the run "
         "shows the overhead and that the distributed fit is byte-identical.",
-        timed_region="fit: service.fit from call to return (Dask: cluster start included, also timed alone); "
+        timed_region="fit: service.fit from call to return (Dask: cluster start included, also timed alone), "
+        "alternated, medians; "
         "embed (warm): the embedding step alone, model loaded, cluster running; erase ingest: the whole command "
         "in a new process (imports, cluster start, model loads, store writes)",
         results=results,
