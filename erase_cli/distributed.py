@@ -75,8 +75,12 @@ class Cluster:
 
     client: Any
     address: str
-    n_workers: int
+    workers: list[str]  # the workers checked not to spill: erase's tasks run on these only
     local: bool
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.workers)
 
     def tasks_by_worker(self, stream: Sequence[dict]) -> dict[str, int]:
         """Tasks of erase's kernels in a task stream, counted by the worker that ran them."""
@@ -134,7 +138,8 @@ def connect(address: str) -> Iterator[Cluster]:
                     f"the Dask scheduler at {address} has no workers after {WORKER_WAIT_S} s; start some with "
                     f"'dask worker {address}'"
                 ) from None
-        spilling = {w: s for w, s in client.run(_spill_state).items() if s[0] != "dict"}
+        states = client.run(_spill_state)
+        spilling = {w: s for w, s in states.items() if s[0] != "dict"}
         if spilling:
             worker = sorted(spilling)[0]
             raise SchedulerUnavailable(
@@ -142,8 +147,7 @@ def connect(address: str) -> Iterator[Cluster]:
                 "forget; start the workers with DASK_DISTRIBUTED__WORKER__MEMORY__TARGET=False and "
                 "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=False"
             )
-        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        yield Cluster(client, address, n_workers, address.startswith(LOCAL_PREFIX))
+        yield Cluster(client, address, sorted(states), address.startswith(LOCAL_PREFIX))
 
 
 @contextlib.contextmanager
@@ -259,14 +263,15 @@ class DaskRunner:
         chunk_rows: int,
     ):
         self.client = cluster.client
+        self.workers = cluster.workers  # a worker that joins later was never checked for spilling
         self.n = len(rows)
         specs = [
             Part(str(Path(root).resolve()), meta, r, projector.d_in, projector.dim, projector.seed)
             for r in split_rows(rows, chunk_rows, PARTS_PER_WORKER * max(1, cluster.n_workers))
         ]
-        self._parts = self.client.scatter(specs)
+        self._parts = self.client.scatter(specs, workers=self.workers)
         if in_memory:
-            self._parts = self.client.map(_load_part, self._parts, pure=False)
+            self._parts = self.client.map(_load_part, self._parts, pure=False, workers=self.workers)
         self._memos: list[Any] = [None] * len(self._parts)
 
     def _gather(self, futures: list) -> list:
@@ -277,18 +282,22 @@ class DaskRunner:
         if start:
             self._memos = [None] * len(self._parts)
         both = [
-            self.client.submit(_race_task, part, memo, pending, r, mix, pure=False)
+            self.client.submit(_race_task, part, memo, pending, r, mix, pure=False, workers=self.workers)
             for part, memo in zip(self._parts, self._memos)
         ]
-        partials = [self.client.submit(operator.itemgetter(0), f, pure=False) for f in both]
-        self._memos = [self.client.submit(operator.itemgetter(1), f, pure=False) for f in both]
+        partials = [self.client.submit(operator.itemgetter(0), f, pure=False, workers=self.workers) for f in both]
+        self._memos = [self.client.submit(operator.itemgetter(1), f, pure=False, workers=self.workers) for f in both]
         return self._gather(partials)
 
     def lloyd(self, C: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self._gather([self.client.submit(_lloyd_task, p, C, pure=False) for p in self._parts])
+        return self._gather(
+            [self.client.submit(_lloyd_task, p, C, pure=False, workers=self.workers) for p in self._parts]
+        )
 
     def final(self, C: np.ndarray, M: int, only: set[int] | None = None) -> list[tuple[np.ndarray, qk.Ranked]]:
-        return self._gather([self.client.submit(_final_task, p, C, M, only, pure=False) for p in self._parts])
+        return self._gather(
+            [self.client.submit(_final_task, p, C, M, only, pure=False, workers=self.workers) for p in self._parts]
+        )
 
 
 class LazyRunner:
@@ -360,12 +369,17 @@ def embed_texts(
     # On this machine's own workers, share the cores out instead of every torch taking them all.
     threads = max(1, (os.cpu_count() or 1) // max(1, cluster.n_workers)) if cluster.local else None
     with cluster_failures("the embedding"):
-        dim, model_name = client.submit(_embedder_info, name, device, threads, pure=False).result()
+        dim, model_name = client.submit(
+            _embedder_info, name, device, threads, pure=False, workers=cluster.workers
+        ).result()
     check(dim, model_name)
     per = min(MAX_TEXTS_PER_TASK, max(batch_size, math.ceil(len(texts) / (PARTS_PER_WORKER * cluster.n_workers))))
     starts = list(range(0, len(texts), per))
     futures = [
-        client.submit(_embed_task, texts[s : s + per], name, device, threads, batch_size, pure=False) for s in starts
+        client.submit(
+            _embed_task, texts[s : s + per], name, device, threads, batch_size, pure=False, workers=cluster.workers
+        )
+        for s in starts
     ]
     index = {f.key: i for i, f in enumerate(futures)}
     out: list[np.ndarray | None] = [None] * len(futures)
