@@ -49,7 +49,7 @@ with open(out, "w", encoding="utf-8") as f:
 EOF
 
 speed() {  # records/s from an ingest's --json report
-    "$py" -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"ingested\"] / (r[\"elapsed_ms\"] / 1000):.1f}")'
+    "$py" -c 'import json, sys; r = json.load(sys.stdin); print(round(r["ingested"] / (r["elapsed_ms"] / 1000), 1))'
 }
 echo "ingest of $n_texts texts (model load included in both)"
 cpu_rate=$("$erase" ingest "$work/texts.jsonl" --device cpu --store "$work/cpu" --json 2>/dev/null | speed)
