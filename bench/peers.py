@@ -198,6 +198,7 @@ class LanceDB:
 
     def api_check(self, ids: list[str], rows: list[int]) -> dict:
         import lance
+        import pyarrow as pa
         import pyarrow.compute as pc
         from lance.file import LanceFileReader
 
@@ -218,7 +219,7 @@ class LanceDB:
         files = sorted((self.root / "records.lance" / "data").glob("*.lance"))
         for f in files:
             col = LanceFileReader(str(f), columns=["id"]).read_all().to_table()["id"]
-            in_files += int(pc.sum(pc.is_in(col, value_set=__import__("pyarrow").array(sorted(wanted)))).as_py() or 0)
+            in_files += int(pc.sum(pc.is_in(col, value_set=pa.array(sorted(wanted)))).as_py() or 0)
         out["rows_decoded_from_data_files"] = in_files
         out["data_files"] = len(files)
         return out
@@ -299,6 +300,7 @@ def scan_state(root: Path, rows: list[int], texts, vecs) -> dict:
         "of": len(rows),
         "places": report.places(),
         "files_with_hits": sorted({h.path for h in report.hits})[:20],
+        "where": _where(report),
         "disk_mib": disk_bytes(root) / 2**20,
         "scanned_mib": report.bytes_scanned / 2**20,
         "frames_decoded": report.frames_decoded,
@@ -342,6 +344,22 @@ def run_system(name: str, work: Path, ids, texts, vecs, cases: dict[str, list[in
     return out
 
 
+def _where(report: bytescan.Report) -> list[str]:
+    """Short names of the places holding hits: the file's name (a long generated name shown by its
+    extension), and how the bytes were seen (decompressed, or the SQLite page kind)."""
+    out = set()
+    for h in report.hits:
+        name = Path(h.path).name
+        stem, ext = os.path.splitext(name)
+        if len(stem) >= 20:
+            name = "*" + ext
+        if Path(h.path).parts[:1] == ("records.zarr",):  # erase: say which array
+            name = "/".join(Path(h.path).parts[:2]) + " chunks"
+        how = h.where or ([] if h.view == "raw" else ["in " + h.view.split("@")[0] + " frames"])
+        out.add(name + (" (" + ", ".join(how) + ")" if how else ""))
+    return sorted(out)
+
+
 def _recoverable(state: dict) -> bool:
     return bool(
         state["records_found"]
@@ -364,6 +382,8 @@ def _found_cell(s: dict) -> str:
     parts = [f"text {s['text_found']}/{s['of']}", f"vector {s['vector_found']}/{s['of']}"]
     if s["vector_pieces_found"]:
         parts.append(f"+{s['vector_pieces_found']} partial")
+    if s["where"]:
+        parts.append("in " + "; ".join(s["where"]))
     return ", ".join(parts)
 
 
@@ -382,7 +402,12 @@ def table_rows(results: dict) -> list[list]:
     rows = []
     for name, r in results.items():
         for case, c in r["cases"].items():
-            states = [("after the call", c["delete"]["call_s"], c["after_call"])]
+            d = c["delete"]
+            call = "after the call"
+            if "action" in d:
+                inner = d["reported_elapsed_ms"] / 1000
+                call += f" (forget action {d['action']}, {inner:.2f} s in-process, CPU {d['cpu_s']:.2f} s)"
+            states = [(call, d["call_s"], c["after_call"])]
             states += [(f"after {m['step']}", m["s"], m) for m in c["maintenance"]]
             for label, secs, s in states:
                 rows.append(
@@ -397,7 +422,9 @@ def table_rows(results: dict) -> list[list]:
                         s["disk_mib"],
                     ]
                 )
-            rows.append([name, case, "**gone after (s)**", c["gone_after_s"] or "never (within this run)", "", "", "", ""])
+            rows.append(
+                [name, case, "**gone after (s)**", c["gone_after_s"] or "never (within this run)", "", "", "", ""]
+            )
     return rows
 
 
