@@ -96,18 +96,33 @@ class Report:
 # --------------------------------------------------------------------------- decompressed views
 
 
+def _feed(d, buf: memoryview, errors) -> bytes | None:
+    """Decode one frame from the start of buf with decompressor d, fed 64 KiB at a time: the frame's
+    bytes if it ends inside buf, else None. Feeding in slices matters: a false start (magic bytes
+    that occur by chance) is given up after its first slice, and no decoder ever copies the rest of
+    a large file as unconsumed input."""
+    out, size = [], 0
+    for lo in range(0, len(buf), 1 << 16):
+        try:
+            piece = d.decompress(buf[lo : lo + (1 << 16)])
+        except errors:
+            return None
+        out.append(piece)
+        size += len(piece)
+        if d.eof:
+            return b"".join(out)
+        if size > MAX_OUT:
+            return None
+    return None
+
+
 def _zstd_frame(buf: memoryview) -> bytes | None:
     try:
         import zstandard
     except ImportError:
         zstandard = None
     if zstandard is not None:
-        d = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            out = d.decompress(buf)
-        except zstandard.ZstdError:
-            return None
-        return out if d.eof else None
+        return _feed(zstandard.ZstdDecompressor().decompressobj(), buf, zstandard.ZstdError)
     try:  # numcodecs (zarr's own dependency) decodes frames that record their size, as zarr writes them
         from numcodecs import Zstd
 
@@ -121,30 +136,16 @@ def _lz4_frame(buf: memoryview) -> bytes | None:
         import lz4.frame
     except ImportError:
         return None
-    d = lz4.frame.LZ4FrameDecompressor()
-    try:
-        out = d.decompress(buf, max_length=MAX_OUT)
-    except RuntimeError:
-        return None
-    return out if d.eof else None
-
-
-def _stdlib_frame(make, buf: memoryview, errors) -> bytes | None:
-    d = make()
-    try:
-        out = d.decompress(buf, MAX_OUT)
-    except errors:
-        return None
-    return out if d.eof else None
+    return _feed(lz4.frame.LZ4FrameDecompressor(), buf, RuntimeError)
 
 
 _DECODERS = {
     "zstd": _zstd_frame,
     "lz4": _lz4_frame,
-    "gzip": lambda b: _stdlib_frame(lambda: zlib.decompressobj(31), b, zlib.error),
-    "zlib": lambda b: _stdlib_frame(zlib.decompressobj, b, zlib.error),
-    "xz": lambda b: _stdlib_frame(lzma.LZMADecompressor, b, lzma.LZMAError),
-    "bz2": lambda b: _stdlib_frame(bz2.BZ2Decompressor, b, (OSError, ValueError, EOFError)),
+    "gzip": lambda b: _feed(zlib.decompressobj(31), b, zlib.error),
+    "zlib": lambda b: _feed(zlib.decompressobj(), b, zlib.error),
+    "xz": lambda b: _feed(lzma.LZMADecompressor(), b, lzma.LZMAError),
+    "bz2": lambda b: _feed(bz2.BZ2Decompressor(), b, (OSError, ValueError, EOFError)),
 }
 _MAGICS = [("zstd", _ZSTD), ("gzip", _GZIP), ("lz4", _LZ4F), ("xz", _XZ), ("bz2", _BZ2)] + [("zlib", m) for m in _ZLIB]
 

@@ -35,6 +35,7 @@ import argparse
 import datetime as dt
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -233,14 +234,16 @@ class Chroma:
 
     def __init__(self, root: Path):
         self.root = root / "chroma"
-        self._open()
+        self.generation = 0
+        self._open("records")
 
-    def _open(self) -> None:
+    def _open(self, name: str) -> None:
         import chromadb
         from chromadb.config import Settings
 
         self.client = chromadb.PersistentClient(path=str(self.root), settings=Settings(anonymized_telemetry=False))
-        self.coll = self.client.get_or_create_collection("records", embedding_function=None)
+        self.coll = self.client.get_or_create_collection(name, embedding_function=None)
+        self.coll_name = name
 
     def build(self, ids, texts, vecs) -> dict:
         t0 = time.perf_counter()
@@ -272,9 +275,38 @@ class Chroma:
                     timeout=1800,
                 )
             finally:
-                self._open()
+                self._open(self.coll_name)
 
-        return [("chroma vacuum --force", vacuum)]
+        def rebuild():
+            """Copy the survivors into a new collection and delete the old one: the only way we know
+            to drop deleted vectors from Chroma's HNSW files (no documented call rebuilds an index)."""
+            old, self.generation = self.coll_name, self.generation + 1
+            new = self.client.create_collection(f"records-{self.generation}", embedding_function=None)
+            step = min(5000, self.client.get_max_batch_size())
+            for lo in range(0, self.coll.count(), step):
+                got = self.coll.get(include=["documents", "embeddings"], limit=step, offset=lo)
+                new.add(ids=got["ids"], documents=got["documents"], embeddings=got["embeddings"])
+            self.client.delete_collection(old)
+            self.coll, self.coll_name = new, new.name
+
+        def remove_orphans():
+            """delete_collection leaves the collection's HNSW directory on disk in Chroma 1.x
+            (chroma-core/chroma issues 5259 and 5520, open): remove segment directories that the
+            database no longer lists."""
+            db = sqlite3.connect(f"file:{self.root / 'chroma.sqlite3'}?mode=ro", uri=True)
+            try:
+                live = {row[0] for row in db.execute("SELECT id FROM segments")}
+            finally:
+                db.close()
+            for d in self.root.iterdir():
+                if d.is_dir() and d.name not in live:
+                    shutil.rmtree(d)
+
+        return [
+            ("chroma vacuum --force", vacuum),
+            ("workaround: rebuild into a new collection, delete_collection(old)", rebuild),
+            ("workaround: remove the orphaned segment directory by hand", remove_orphans),
+        ]
 
     def api_check(self, ids: list[str], rows: list[int]) -> dict:
         return {"ids_still_returned": len(self.coll.get(ids=ids, include=[])["ids"])}

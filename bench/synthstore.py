@@ -46,10 +46,7 @@ def build(root: Path, n: int, text: Callable[[int], str] = "synthetic record {}"
                 rows = np.arange(lo, hi, dtype=np.int64)
                 ids = np.array([rid(i) for i in range(lo, hi)], dtype=object)
                 data = np.array(
-                    [
-                        orjson.dumps({"input": text(i), "target": "t", "choices": None}).decode()
-                        for i in range(lo, hi)
-                    ],
+                    [orjson.dumps({"input": text(i), "target": "t", "choices": None}).decode() for i in range(lo, hi)],
                     dtype=object,
                 )
                 idh = qk.id_hash64(list(ids))
