@@ -536,7 +536,12 @@ def reading(results: dict, n: int, batch: int) -> list[str]:
         calls = " / ".join(f"{c['delete']['call_s'] * 1000:.0f} ms" for _, c in cs)
         vac = " / ".join(f"{c['maintenance'][0]['s']:.1f} s" for _, c in cs)
         reb = " / ".join(f"{c['maintenance'][1]['s']:.0f} s" for _, c in cs)
-        where = sorted({w for _, c in cs for w in c["after_call"]["where"]})
+        files: dict[str, set[str]] = {}
+        for _, c in cs:  # "chroma.sqlite3 (free page)" and "chroma.sqlite3 (free space ...)" -> one entry
+            for w in c["after_call"]["where"]:
+                name, _, how = w.partition(" (")
+                files.setdefault(name, set()).update(x for x in how.rstrip(")").split(", ") if x)
+        where = [f + (f" ({', '.join(sorted(h))})" if h else "") for f, h in sorted(files.items())]
         out.append(
             f"Chroma: delete returned in {calls}; the deleted records stayed on disk ({'; '.join(where)}). "
             f"chroma vacuum ({vac}) removed the text from SQLite, but the vectors stay in the HNSW index file "

@@ -4,7 +4,9 @@ a SQLite database that a delete leaves behind, and finds nothing that is not the
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import sqlite3
 import sys
 import zlib
@@ -75,6 +77,18 @@ def test_frames_inside_other_bytes_and_nested(tmp_path):
     report = bytescan.scan(tmp_path, NEEDLES)
     assert found(report) == {("r42", "text"): True}
     assert [h.view for h in report.hits] == ["zlib@123/gzip@50"]  # not in the outer frame's bytes
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [gzip.compress, zlib.compress, lzma.compress, bz2.compress],
+    ids=["gzip", "zlib", "xz", "bz2"],
+)
+def test_standard_library_frames(tmp_path, compress):
+    (tmp_path / "f").write_bytes(filler(99) + compress(PROSE + TEXT + vector(42) + PROSE) + filler(99, 1))
+    report = bytescan.scan(tmp_path, NEEDLES)
+    assert found(report) == {("r42", "text"): True, ("r42", "vector"): True}
+    assert ("r42", "text") not in {h.needle for h in report.hits if h.view == "raw"}
 
 
 def test_a_split_vector_is_reported_as_pieces_not_whole(tmp_path):
