@@ -12,13 +12,15 @@ system's own API is asked as well:
 - erase: `erase forget --from-file` (the CLI, a subprocess: start-up included); no maintenance.
   Built through the store's Transaction API (bench/synthstore.py, what `ingest --vector-field`
   writes) and fitted with `erase fit` at the defaults.
-- LanceDB: `table.delete(where)`; then `compact_files()` + `cleanup_old_versions(older_than=0)` at
-  their defaults; if the bytes are still there, `compact_files(materialize_deletions_threshold=0)`
-  + cleanup again. Also asked: the version before the delete (`checkout`, time travel) and the
-  decoded contents of every data file on disk (`lance.file.LanceFileReader`), since Lance encodes
-  strings so that a byte scan does not see them.
+- LanceDB: `table.delete(where)`; then `compact_files()` (Lance's, which LanceDB's deprecated
+  `Table.compact_files` calls) + `cleanup_old_versions(older_than=0)` at their defaults, then
+  `compact_files(materialize_deletions_threshold=0)` + cleanup again. Also asked: the version before
+  the delete (time travel) and the decoded contents of every data file on disk
+  (`lance.file.LanceFileReader`), since Lance encodes strings so that a byte scan does not see them.
 - Chroma: `collection.delete(ids)`; then `chroma vacuum --force` (its documented maintenance, the
-  CLI that ships with chromadb). Also asked: `collection.get(ids)`.
+  CLI that ships with chromadb); then, labelled as workarounds, a rebuild into a new collection with
+  `delete_collection` of the old one, and removing the old segment directory that it leaves behind.
+  Also asked: `collection.get(ids)`.
 
 Timed region: the delete call alone (wall clock; for erase the whole subprocess, spawn to exit,
 with its own reported elapsed_ms beside it), and each maintenance call alone. "Gone after" is the
@@ -132,8 +134,7 @@ class Erase:
         return []
 
     def api_check(self, ids: list[str], rows: list[int]) -> dict:
-        """What erase's own interface still returns for the ids: `erase status` counts only; a
-        forgotten id is looked up through the store's index (what every read goes through)."""
+        """How many of the ids the store's index still returns (every read goes through it)."""
         from erase_cli.store import open_store
 
         with open_store(self.root, write=False) as st:
