@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ D, SEED = 384, 0
 SLAB = 65536  # rows generated and staged at a time (a multiple of the store's 1024-row chunks)
 
 
-def build(root: Path, n: int) -> None:
+def build(root: Path, n: int, text: Callable[[int], str] = "synthetic record {}".format) -> None:
+    """Write the n-record store at root; record i has input text(i) and the i-th clustered_unit vector."""
     t0 = time.perf_counter()
     with open_store(root, write=True, create=True) as st:
         meta = new_meta(D, "vectors:embedding")
@@ -44,10 +46,7 @@ def build(root: Path, n: int) -> None:
                 rows = np.arange(lo, hi, dtype=np.int64)
                 ids = np.array([rid(i) for i in range(lo, hi)], dtype=object)
                 data = np.array(
-                    [
-                        orjson.dumps({"input": f"synthetic record {i}", "target": "t", "choices": None}).decode()
-                        for i in range(lo, hi)
-                    ],
+                    [orjson.dumps({"input": text(i), "target": "t", "choices": None}).decode() for i in range(lo, hi)],
                     dtype=object,
                 )
                 idh = qk.id_hash64(list(ids))

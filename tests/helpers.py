@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numcodecs import Zstd
 
 from erase_cli import audit, service
 from erase_cli.errors import StaleFit
@@ -27,8 +28,10 @@ from erase_cli.records import normalise_vector
 from erase_cli.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bytescan import find_bytes  # noqa: E402 - the one byte scanner, shared with bench/peers.py
+
 ERASE = str(Path(sys.executable).parent / "erase")
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 VECTOR_FIELD = "vec"
 # A fit small enough for a 40-record store, with routes: what the API and server tests answer from.
 FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
@@ -84,37 +87,6 @@ def snapshot(store_dir: Path) -> dict[str, str]:
             p = Path(dirpath) / name
             out[p.relative_to(store_dir).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def _views(data: bytes) -> list[bytes]:
-    """The file's bytes plus the decompressed content of every zstd frame found in it.
-
-    zarr's Zstd codec writes whole-chunk frames, normally at offset 0; scanning for the magic
-    anywhere also catches a frame inside another container (a staged copy, a future layout)."""
-    views = [data]
-    start = data.find(ZSTD_MAGIC)
-    while start >= 0:
-        try:
-            views.append(bytes(Zstd().decode(data[start:])))
-        except Exception:  # noqa: BLE001 - not a real frame, just the magic bytes by chance
-            pass
-        start = data.find(ZSTD_MAGIC, start + 1)
-    return views
-
-
-def find_bytes(store_dir: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    """{needle name: [relative paths whose raw or decompressed bytes contain it]}, only for
-    needles found somewhere."""
-    store_dir = Path(store_dir)
-    hits: dict[str, list[str]] = {}
-    for dirpath, _, files in os.walk(store_dir):
-        for name in files:
-            p = Path(dirpath) / name
-            views = _views(p.read_bytes())
-            for key, needle in needles.items():
-                if any(needle in v for v in views):
-                    hits.setdefault(key, []).append(p.relative_to(store_dir).as_posix())
-    return hits
 
 
 def record_needles(records: list[Rec]) -> dict[str, bytes]:
@@ -369,3 +341,21 @@ def signal_at_random(
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), round(delay, 3)
+
+
+def http(url: str, method: str = "GET", body: bytes | dict | None = None, key: str | None = None, timeout=120):
+    """(status, headers, parsed JSON or raw bytes) of one plain HTTP request, errors included."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, headers, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, raw = exc.code, exc.headers, exc.read()
+    try:
+        return status, headers, json.loads(raw)
+    except ValueError:
+        return status, headers, raw

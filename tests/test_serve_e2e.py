@@ -11,14 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
-from helpers import ERASE, ROOT, clean_env, erase
+from helpers import ERASE, ROOT, clean_env, erase, http, snapshot
+from test_server import BAD  # the same bad-input matrix as on the fake model
 
 SAMPLE = ROOT / "sample_data" / "support_intents.jsonl"
 N_SAMPLE = 160  # as test_end_to_end: a slice keeps embedding time small
@@ -59,23 +59,21 @@ class Process:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
     def get(self, path: str, key: str | None = None) -> dict:
-        req = urllib.request.Request(self.url + path)
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+        status, _, body = http(self.url + path, key=key)
+        assert status == 200, body
+        return body
 
     def forget(self, ids: list[str]) -> dict:
-        req = urllib.request.Request(self.url + "/v1/erase/forget", data=json.dumps({"ids": ids}).encode())
-        req.add_header("Authorization", f"Bearer {ADMIN_KEY}")
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.loads(resp.read())
+        status, _, body = http(self.url + "/v1/erase/forget", "POST", {"ids": ids}, ADMIN_KEY)
+        assert status == 200, body
+        return body
 
 
 @contextmanager
 def erase_serve(root: Path, tmp: Path, *, check: bool = True) -> Iterator[Process]:
     """`erase serve --port 0 --json`: the JSON line it prints once listening names the port."""
     argv = ["serve", "--store", str(root), "--port", "0", "--json", "--threads", "2", "--max-tokens", "8"]
+    argv += ["--max-body-bytes", "4096"]  # as the bad-input matrix expects
     cmd = [ERASE, *argv] if check else [sys.executable, "-c", NO_CHECK, *argv]
     log = tmp / f"serve-{'check' if check else 'nocheck'}.log"
     env = clean_env(ERASE_API_KEY=API_KEY, ERASE_ADMIN_KEY=ADMIN_KEY, HF_HUB_OFFLINE="1")
@@ -118,15 +116,31 @@ def test_completion_chat_stream_and_choices_on_the_bundled_models(served):
     pieces = list(client.completions.create(model="erase", prompt=question, stream=True))
     assert "".join(p.choices[0].text for p in pieces) == completion.choices[0].text
     assert pieces[-1].choices[0].finish_reason == completion.choices[0].finish_reason
-    req = urllib.request.Request(
-        served.url + "/v1/erase/answer",
-        data=json.dumps({"question": question, "choices": ["refund", "shipping"]}).encode(),
+    status, _, scored = http(
+        served.url + "/v1/erase/answer", "POST", {"question": question, "choices": ["refund", "shipping"]}, API_KEY
     )
-    req.add_header("Authorization", f"Bearer {API_KEY}")
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        scored = json.loads(resp.read())
+    assert status == 200, scored
     assert scored["answer"] in ("refund", "shipping") and len(scored["choices"]) == 2
     assert scored["erase"]["prompt_digest"] == erase_obj["prompt_digest"]
+
+
+def test_keys_and_the_bad_input_matrix_on_the_real_server(served, sample_store):
+    """Every case gets its documented status and an OpenAI-style error holding no traceback or
+    key, and none changes a byte of the store."""
+    before = snapshot(sample_store)
+    assert http(served.url + "/health")[0] == 200  # no key needed
+    for path in ("/v1/models", "/v1/erase/status"):
+        assert http(served.url + path)[2]["error"]["code"] == "unauthorized"
+    assert http(served.url + "/v1/erase/status", key=API_KEY)[0] == 401  # the admin key only
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=served.url + "/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
+    assert [m.id for m in served.client().models.list()] == [served.get("/health")["model"]]
+    for method, path, body, status, code in BAD:
+        got, headers, answer = http(served.url + path, method, body, ADMIN_KEY)
+        assert (got, answer["error"]["code"]) == (status, code), (path, body, answer)
+        text = json.dumps(answer)
+        assert "Traceback" not in text and ADMIN_KEY not in text and headers["Cache-Control"] == "no-store"
+    assert snapshot(sample_store) == before
 
 
 def contract_violations(server: Process, root: Path, forgets: int = 5) -> tuple[int, int, list[int]]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 import uvicorn
-from helpers import clean_env, erase
+from helpers import clean_env, erase, http
 
 from erase_cli import generation, service
 from erase_cli.answer import Answerer
@@ -35,21 +33,7 @@ class Served:
         self.url, self.root, self.answerer, self.app = url, root, answerer, app
 
     def request(self, method: str, path: str, body: bytes | dict | None = None, key: str | None = None):
-        """(status, headers, parsed JSON or raw bytes) of one plain HTTP request."""
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                status, headers, raw = resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, headers, raw = exc.code, exc.headers, exc.read()
-        try:
-            return status, headers, json.loads(raw)
-        except ValueError:
-            return status, headers, raw
+        return http(self.url + path, method, body, key, timeout=30)
 
     def client(self, key: str | None = API_KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=30)
