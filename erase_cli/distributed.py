@@ -40,7 +40,9 @@ WORKER_WAIT_S = 60
 # Parts per worker: a few, so that a slow worker does not hold a pass back for long; parts are
 # whole store chunks, so two tasks never decode the same chunk.
 PARTS_PER_WORKER = 4
-# Texts per ingest task at most (and at least one embedding batch).
+# Texts per ingest task: at least 16 batches, as embed.py hands sentence-transformers in one call,
+# which sorts a call's texts by length so that its batches pad little (a smaller call pads more).
+MIN_BATCHES_PER_TASK = 16
 MAX_TEXTS_PER_TASK = 8192
 
 Progress = Callable[[str, int, int], None]
@@ -373,7 +375,10 @@ def embed_texts(
             _embedder_info, name, device, threads, pure=False, workers=cluster.workers
         ).result()
     check(dim, model_name)
-    per = min(MAX_TEXTS_PER_TASK, max(batch_size, math.ceil(len(texts) / (PARTS_PER_WORKER * cluster.n_workers))))
+    per = min(
+        MAX_TEXTS_PER_TASK,
+        max(batch_size * MIN_BATCHES_PER_TASK, math.ceil(len(texts) / (PARTS_PER_WORKER * cluster.n_workers))),
+    )
     starts = list(range(0, len(texts), per))
     futures = [
         client.submit(

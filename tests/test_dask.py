@@ -164,7 +164,9 @@ def test_ingest_embeds_on_the_workers_and_stores_the_local_vectors(tmp_path, clu
     stores = {}
     for name, extra in (("local", []), ("dask", ["--scheduler", cluster])):
         stores[name] = tmp_path / name
-        r = erase("ingest", str(path), "--embedder", "fake:24", *extra, "--store", str(stores[name]), "--json")
+        # Small batches, so that the 700 texts make several tasks (a task holds 16 batches at least).
+        args = ["--embedder", "fake:24", "--batch-size", "8", *extra, "--store", str(stores[name]), "--json"]
+        r = erase("ingest", str(path), *args)
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert report["ingested"] == 700
