@@ -121,7 +121,9 @@ def connect(address: str) -> Iterator[Cluster]:
                     # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
                     # loopback port, not on every interface at 8787.
                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                    silence_logs=logging.ERROR,
+                    # A worker's heartbeat racing the scheduler's shutdown logs an ERROR with a
+                    # traceback; erase reports a failed task as its own one-line error instead.
+                    silence_logs=logging.CRITICAL,
                 )
             )
             client = stack.enter_context(Client(cluster))
