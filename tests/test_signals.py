@@ -64,7 +64,8 @@ STAGING_WINDOW = 0.1
 # the head that store.json records); everything else must be byte-identical.
 UNCOMPARED = {"audit.jsonl", "store.json"}
 # Keys of a report that vary between two uninterrupted runs.
-UNREPORTED = {"elapsed_ms", "store"}
+# The generation names the manifest file (mtime, inode), which differs between two stores.
+UNREPORTED = {"elapsed_ms", "store", "generation"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _actions(store: Path) -> list[str]:
 
 
 def _stable(report):
-    """A report without what varies between two uninterrupted runs (timings, the store's path)."""
+    """A report without what varies between two uninterrupted runs (timings, the store's path and generation)."""
     if isinstance(report, dict):
         return {k: _stable(v) for k, v in report.items() if k not in UNREPORTED}
     if isinstance(report, list):
