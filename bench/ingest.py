@@ -45,7 +45,7 @@ def main() -> None:
 
     model = embed.load_embedder(None)
     st = model._model
-    embed.load_embedder = lambda _name=None: model  # the service's lazy import finds this
+    embed.load_embedder = lambda _name=None, _device=None: model  # the service's lazy import finds this
     tmp = Path(tempfile.mkdtemp(prefix="erase-bench-ingest-"))
     try:
         jsonl = tmp / "records.jsonl"

@@ -250,7 +250,9 @@ class Answerer:
         allow_stale: bool = False,
         on_message: Callable[[str], None] | None = None,
         generator_factory: Callable[..., Generator] | None = None,
+        device: str | None = None,
     ):
+        """`device`: where the embedder of routed questions runs (auto, cpu or cuda)."""
         self._label = Path(store)  # as the caller named it, for messages
         self._say = on_message or _quiet
         self._lock_timeout = lock_timeout
@@ -273,7 +275,7 @@ class Answerer:
             max_tokens=max_tokens,
             **({} if generator_factory is None else {"generator_factory": generator_factory}),
         )
-        self._embed = question_embedder(snapshot.embedder)  # loads the embedder on first use
+        self._embed = question_embedder(snapshot.embedder, device)  # loads the embedder on first use
         self._lock = threading.Lock()
         self._closed = False
         self.reloads = 0  # times the fit was read again because the store's generation moved

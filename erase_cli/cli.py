@@ -137,6 +137,27 @@ QueryVectorOpt = Annotated[
         "ingested with --vector-field.",
     ),
 ]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        callback=config.device,
+        help="Where the embedder runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda "
+        "(an error without CUDA). [default: auto]",
+    ),
+]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler",
+        callback=config.scheduler,
+        help=_names(
+            config.ENV_DASK_SCHEDULER,
+            "Run the work on a Dask cluster: a scheduler address (tcp://HOST:8786) whose workers can read "
+            "the store, or local:N for N worker processes on this machine. Needs erase-cli[dask].",
+        ),
+    ),
+]
 ModeOpt = Annotated[
     str,
     typer.Option(
@@ -368,6 +389,12 @@ def _secs(x: float | None) -> str:
     return f"{x:.4g} s"
 
 
+def _say_dask(report: Optional[dict], what: str) -> None:
+    if report:
+        tasks = ", ".join(f"{w} {n}" for w, n in report["tasks_by_worker"].items())
+        render.say(f"{report['workers']} Dask worker(s) at {report['scheduler']} {what} (tasks: {tasks})")
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -402,6 +429,8 @@ def ingest(
     allow_relearn: Annotated[
         bool, typer.Option("--allow-relearn", help="Ingest records whose ids were forgotten before.")
     ] = False,
+    device: DeviceOpt = None,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -428,6 +457,8 @@ def ingest(
                 lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
+                device=device,
+                scheduler=scheduler,
             )
         )
 
@@ -442,6 +473,7 @@ def ingest(
             )
         if r["stale_fit"]:
             render.say("the fit is now stale: run 'erase fit'")
+        _say_dask(r.get("dask"), "embedded")
 
     def view(r, ids):
         return {
@@ -502,6 +534,7 @@ def fit(
         Optional[str], typer.Option(help="Text between an input and its answer. [default: '\\nA: ']")
     ] = None,
     separator: Annotated[Optional[str], typer.Option(help="Text between demonstrations. [default: '\\n\\n']")] = None,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -535,6 +568,7 @@ def fit(
                     lock_timeout=lock_timeout,
                     key_file=secret_file,
                     hooks=hooks,
+                    scheduler=scheduler,
                     **choices,
                 )
             )
@@ -552,6 +586,7 @@ def fit(
             f"estimated chance that the next single deletion crosses: "
             f"{'n/a' if est is None else f'{est:.1%}'}\nprompt digest {r['prompt_digest'][:16]}"
         )
+        _say_dask(r.get("dask"), "ran the passes")
 
     _run(json, work, show, _Ids(redact_ids, store, secret_file, lock_timeout), _examples_view)
 
@@ -575,6 +610,15 @@ def forget(
             help=f"Exit 0 even if some ids are unknown (else {int(ExitStatus.NOT_FOUND)}, after applying the rest).",
         ),
     ] = False,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(
+            "--scheduler",
+            callback=config.forget_scheduler,
+            help="A Dask scheduler (or local:N) for the passes of a refit, used only if the batch crosses. "
+            f"Never read from {config.ENV_DASK_SCHEDULER}: a forget runs locally unless asked here.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -601,6 +645,7 @@ def forget(
                 lock_timeout=lock_timeout,
                 key_file=secret_file,
                 hooks=hooks,
+                scheduler=scheduler,
             )
         )
 
@@ -659,6 +704,7 @@ def ask(
     threads: ThreadsOpt = None,
     mode: ModeOpt = "auto",
     query_vector: QueryVectorOpt = None,
+    device: DeviceOpt = None,
     store: StoreOpt = None,
     lock_timeout: LockOpt = None,
     secret_file: SecretOpt = None,
@@ -706,6 +752,7 @@ def ask(
             lock_timeout=lock_timeout,
             key_file=secret_file,
             hooks=_hooks(),
+            device=device,
         )
 
     answered = 0
@@ -738,6 +785,7 @@ def serve(
     n_ctx: ContextOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate when a request sets no max_tokens.")] = 64,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     api_key_file: Annotated[
         Optional[Path],
         typer.Option(
@@ -805,6 +853,7 @@ def serve(
             n_threads=threads,
             n_gpu_layers=n_gpu_layers,
             max_tokens=max_tokens,
+            device=device,
             say=render.say,
             on_ready=render.emit_json if json else None,
         )
@@ -926,6 +975,7 @@ def eval_(
         int, typer.Option(help="Demonstrations per route of the routed method.")
     ] = config.DEFAULT_ROUTE_SIZE,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Compare demonstration choices (erase, routed, kmeans, random, zero-shot, knn) on a task."""
@@ -944,6 +994,7 @@ def eval_(
                 progress,
                 n_threads=threads,
                 route_size=route_size,
+                device=device,
             )
 
     _run(json, work, lambda r: render.out.print(render_table(r)))

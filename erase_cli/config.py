@@ -33,6 +33,9 @@ ENV_SECRET_FILE = "ERASE_SECRET_FILE"
 ENV_REDACT_IDS = "ERASE_REDACT_IDS"
 ENV_MODEL = "ERASE_MODEL"
 ENV_EMBEDDER = "ERASE_EMBEDDER"
+# ingest and fit only: forget never reads it (a refit uses a scheduler only when its own
+# --scheduler asks), so a cron forget stays a local, self-contained command.
+ENV_DASK_SCHEDULER = "ERASE_DASK_SCHEDULER"
 
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
@@ -127,3 +130,25 @@ def server_key(file_flag: Path | None, variable: str, option: str) -> str | None
     if len(key) < 16:
         raise InvalidParameter(f"{source}: the key is shorter than 16 characters; use a long random one")
     return key
+
+
+def scheduler(flag: str | None) -> str | None:
+    """ingest's and fit's --scheduler, else ERASE_DASK_SCHEDULER; None means no Dask."""
+    from .distributed import check_address
+
+    raw = flag or _env(ENV_DASK_SCHEDULER)
+    return None if raw is None else check_address(raw)
+
+
+def forget_scheduler(flag: str | None) -> str | None:
+    """forget's --scheduler: the flag alone, never the variable."""
+    from .distributed import check_address
+
+    return None if flag is None else check_address(flag)
+
+
+def device(flag: str | None) -> str:
+    """--device: auto (the default), cpu or cuda; checked here so a bad value is a one-line error."""
+    from .embed import check_device
+
+    return check_device(flag)

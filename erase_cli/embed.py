@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from erase_cli.errors import InvalidInput, InvalidParameter, ModelInvalid, ModelMissing
+from erase_cli.errors import DeviceUnavailable, InvalidInput, InvalidParameter, ModelInvalid, ModelMissing
 
 BUNDLED_NAME = "all-MiniLM-L6-v2"
 _BUNDLED_ALIASES = {BUNDLED_NAME, f"sentence-transformers/{BUNDLED_NAME}"}
@@ -25,6 +25,9 @@ _FAKE_PREFIX = "fake:"
 # Seconds the fake embedder sleeps per batch: lets tests hold an ingest in its embedding step
 # (to show that it blocks no other command meanwhile). Read by the fake only.
 FAKE_DELAY_VAR = "ERASE_FAKE_EMBED_DELAY"
+
+# Where the embedder runs: auto = the first CUDA device when torch sees one, else the CPU.
+DEVICES = ("auto", "cpu", "cuda")
 
 # sentence-transformers sorts the texts of one encode() call by length so that each batch pads
 # little; handing it several batches at a time keeps most of that gain while still yielding in
@@ -53,28 +56,66 @@ def bundled_model_path() -> str:
     return str(package.get_model_path())
 
 
-def load_embedder(name_or_path: str | None) -> Embedder:
+def check_device(device: str | None) -> str:
+    """The --device value, checked without importing torch: auto (also for None), cpu or cuda."""
+    device = device or "auto"
+    if device not in DEVICES:
+        raise InvalidParameter(
+            f"--device {device!r} is not one of auto, cpu, cuda; use auto to take a GPU when there is one"
+        )
+    return device
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device an embedder runs on: "cpu" or "cuda". Asking for cuda where torch sees no
+    CUDA device is an error naming why, never a silent fall-back to the CPU."""
+    device = check_device(device)
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    why = (
+        f"this torch {torch.__version__} is a CPU-only build"
+        if torch.version.cuda is None
+        else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU"
+    )
+    raise DeviceUnavailable(
+        f"--device cuda: {why}; use --device cpu (or auto), or a CUDA build of torch on a machine with an NVIDIA GPU"
+    )
+
+
+def load_embedder(name_or_path: str | None, device: str | None = None) -> Embedder:
     """Load an embedder: None (or the bundled model's name) gives the bundled all-MiniLM-L6-v2;
     a folder gives that sentence-transformers model; another name is looked up in the local
     Hugging Face cache (this machine is offline). "fake:DIM" gives the deterministic FakeEmbedder,
-    for tests that must not load a model.
+    for tests that must not load a model. `device`: auto (None), cpu or cuda (resolve_device);
+    the fake runs nowhere but still refuses a cuda it could not have.
     """
-    if name_or_path is None or name_or_path in _BUNDLED_ALIASES:
-        return SentenceTransformerEmbedder(bundled_model_path(), name=BUNDLED_NAME)
-    if name_or_path.startswith(_FAKE_PREFIX):
+    if name_or_path is not None and name_or_path.startswith(_FAKE_PREFIX):
         raw = name_or_path[len(_FAKE_PREFIX) :]
         if not raw.isdigit() or int(raw) < 1:
             raise InvalidParameter(
                 f"embedder {name_or_path!r}: the fake embedder needs a positive dimension, e.g. fake:16"
             )
+        if check_device(device) == "cuda":
+            resolve_device(device)
         return FakeEmbedder(int(raw))
-    return SentenceTransformerEmbedder(name_or_path)
+    where = resolve_device(device)
+    if name_or_path is None or name_or_path in _BUNDLED_ALIASES:
+        return SentenceTransformerEmbedder(bundled_model_path(), name=BUNDLED_NAME, device=where)
+    return SentenceTransformerEmbedder(name_or_path, device=where)
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model on CPU, producing L2-normalised float32 embeddings."""
+    """A sentence-transformers model on the CPU or a CUDA device, producing L2-normalised float32
+    embeddings. The device changes nothing but speed (and, as any other batching does, possibly
+    the last bits of a vector: the embedder's nondeterminism, outside the exactness contract)."""
 
-    def __init__(self, name_or_path: str, *, name: str | None = None) -> None:
+    def __init__(self, name_or_path: str, *, name: str | None = None, device: str = "cpu") -> None:
         # Set before huggingface_hub is first imported: nothing can be downloaded here, and a
         # progress bar from the hub would land among our own output. A user may still opt in.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,7 +124,7 @@ class SentenceTransformerEmbedder:
 
         exists = Path(name_or_path).exists()
         try:
-            self._model = SentenceTransformer(str(name_or_path), device="cpu")
+            self._model = SentenceTransformer(str(name_or_path), device=device)
         except Exception as err:  # the library raises many unrelated types for "cannot load"
             if exists:
                 raise ModelInvalid(
@@ -106,6 +147,7 @@ class SentenceTransformerEmbedder:
             )
         self.dim = int(dim)
         self.name = name or str(name_or_path)
+        self.device = device
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[np.ndarray]:
         if batch_size < 1:

@@ -101,6 +101,19 @@ class ModelInvalid(EraseError, ValueError):
     kind = "model_invalid"
 
 
+class DeviceUnavailable(EraseError, RuntimeError):
+    """--device cuda where torch sees no CUDA device."""
+
+    kind = "device_unavailable"
+
+
+class SchedulerUnavailable(EraseError, ConnectionError):
+    """--scheduler / ERASE_DASK_SCHEDULER: Dask missing, the scheduler unreachable, no workers, or
+    workers that would spill records to disk."""
+
+    kind = "scheduler_unavailable"
+
+
 class PromptTooLong(EraseError, ValueError):
     kind = "prompt_too_long"
 

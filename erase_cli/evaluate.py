@@ -331,8 +331,10 @@ def run_eval(
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     route_size: int | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Evaluate each method on the task's test items; returns a JSON-ready dict.
+    """Evaluate each method on the task's test items; returns a JSON-ready dict. `device`: where
+    the embedder runs (auto, cpu or cuda).
 
     erase uses the config defaults (eps, dim, max_iter) with this k and seed; kmeans is Auto-CoT's
     selection, scikit-learn KMeans with the same k, max_iter and seed (as random_state) on the
@@ -361,7 +363,7 @@ def run_eval(
         if embedder is None:
             from erase_cli.embed import load_embedder
 
-            embedder = load_embedder(embedder_name)
+            embedder = load_embedder(embedder_name, device)
         x = _embed_all(embedder, [it.input for it in task.train + task.test], progress)
         train_x, test_x = x[: len(task.train)], x[len(task.train) :]
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import decimal
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -187,6 +187,8 @@ class Projector:
     def __init__(self, d_in: int, dim: int | None, seed: int):
         self.d_in = d_in
         self.d = d_in if dim is None else dim
+        self.dim = dim
+        self.seed = seed
         self.identity = dim is None
         if self.identity:
             self.R = None
@@ -628,146 +630,141 @@ class _RaceCandidate(NamedTuple):
     x: np.ndarray  # the record's working-space vector, a copy
 
 
-def _race(
-    source: Source, params: Params, d: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
-) -> tuple[list[str], np.ndarray]:
-    """Continue the k-means++ race after the kept winners; returns (winner ids, (k_eff, d) centres)."""
-    E = params.E
-    winners = list(kept_ids)
-    centres = [row for row in kept]
-    n = source.n
-    mind = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)  # exact sq. distance to the nearest centre
-    x2 = np.zeros(n, dtype=np.float64)
-    first_pass = True
-    pending = np.asarray(centres, dtype=np.int64).reshape(-1, d)  # centres not yet folded into mind
-    for r in range(len(winners), params.k):
-        mix = _hash(params.seed, _TAG_RACE, r)
-        best = float("inf")
-        cands: list[_RaceCandidate] = []
-        any_weight = False
-        Pf = pending.astype(np.float64)
-        p2 = np.einsum("ij,ij->i", Pf, Pf)
-        off = 0
-        max_abs = 0
-        for blk in source.blocks():
-            b = len(blk.ids)
-            sl = slice(off, off + b)
-            off += b
-            if b == 0:
-                continue
-            xf = _xf(blk)
-            if first_pass:
+# ---- Passes over parts of the records
+#
+# Every pass of a fit is a kernel over one *part* of the records (a sequence of Blocks) whose
+# result combines with the other parts' in any order to the same bits: cluster sums and counts
+# are exact int64, ranked candidates are the top M by (distance, id), and the race keeps every
+# candidate within the near-tie window of the global minimum. A local fit has one part (the whole
+# source); a distributed fit (distributed.py) runs the same kernels on a cluster's workers, one
+# task per part, and combines on the client with the same functions.
+
+
+@dataclass
+class RaceMemo:
+    """What a part remembers between race rounds, per block in its order: each record's exact
+    squared distance to the nearest centre chosen so far (int64) and its |x|^2 (float64, exact)."""
+
+    mind: list[np.ndarray]
+    x2: list[np.ndarray]
+
+
+class RacePartial(NamedTuple):
+    """One part's share of a race round."""
+
+    n: int  # records seen
+    max_abs: int  # largest |coordinate| (first round only, else 0)
+    live: bool  # some record has a positive weight
+    best: float  # the smallest float key (inf when none is live)
+    cands: list[_RaceCandidate]  # every record with key <= best * (1 + _RACE_GAP)
+
+
+def race_part(
+    blocks: Iterable[Block], memo: RaceMemo | None, pending: np.ndarray, r: int, mix: np.uint64 | np.ndarray
+) -> tuple[RacePartial, RaceMemo]:
+    """One race round over one part: fold the `pending` centres (p, d) into the part's distances,
+    then draw every record's key. `memo` None starts the part's race (its first round).
+
+    Returns the partial and the new memo (the given one is not changed, so a task that runs twice
+    gives the same answer)."""
+    first = memo is None
+    mind_out: list[np.ndarray] = []
+    x2_out: list[np.ndarray] = []
+    Pf = pending.astype(np.float64)
+    p2 = np.einsum("ij,ij->i", Pf, Pf)
+    best = float("inf")
+    cands: list[_RaceCandidate] = []
+    n = max_abs = 0
+    live_any = False
+    for i, blk in enumerate(blocks):
+        b = len(blk.ids)
+        n += b
+        xf = _xf(blk)
+        if first:
+            if b:
                 max_abs = max(max_abs, int(np.abs(blk.x).max()))
-                x2[sl] = np.einsum("ij,ij->i", xf, xf)
-            if len(pending):
-                dist = (_scores(xf, Pf, p2) + x2[sl, None]).min(axis=1).astype(np.int64)
-                np.minimum(mind[sl], dist, out=mind[sl])
-            if r == 0:
-                w = np.ones(b, dtype=np.int64)
-            else:
-                w = mind[sl]
-            live = w > 0
-            if not live.any():
-                continue
-            any_weight = True
-            nl, a = _neg_log_u(blk.idh, mix)
-            key = np.full(b, np.inf)
-            key[live] = nl[live] / w[live].astype(np.float64)
-            kmin = float(key.min())
-            if kmin > best * (1 + _RACE_GAP):
-                continue
-            best = min(best, kmin)
-            limit = best * (1 + _RACE_GAP)
-            cands = [c for c in cands if c.key <= limit]
-            for i in np.flatnonzero(key <= limit):
-                cands.append(_RaceCandidate(float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].copy()))
-        if off != n:
-            raise ValueError(f"source yielded {off} records but reports n = {n}")
-        if first_pass:
-            _check_bounds(max_abs, E, d)
-            first_pass = False
-        if not any_weight:
-            break
-        if len(cands) == 1:
-            win = cands[0]
+            x2 = np.einsum("ij,ij->i", xf, xf)
+            mind = np.full(b, np.iinfo(np.int64).max, dtype=np.int64)
         else:
-            win = min(cands, key=lambda c: (_exact_key(c.a, c.weight), c.id))
-        winners.append(win.id)
-        centres.append(win.x)
-        pending = win.x[None, :]
-        if progress:
-            progress("k-means++", r + 1, params.k)
-    return winners, np.asarray(centres, dtype=np.int64).reshape(len(winners), d)
+            assert memo is not None
+            x2, mind = memo.x2[i], memo.mind[i]
+        if len(pending) and b:
+            dist = (_scores(xf, Pf, p2) + x2[:, None]).min(axis=1).astype(np.int64)
+            mind = np.minimum(mind, dist)
+        mind_out.append(mind)
+        x2_out.append(x2)
+        if b == 0:
+            continue
+        w = np.ones(b, dtype=np.int64) if r == 0 else mind
+        live = w > 0
+        if not live.any():
+            continue
+        live_any = True
+        nl, a = _neg_log_u(blk.idh, mix)
+        key = np.full(b, np.inf)
+        key[live] = nl[live] / w[live].astype(np.float64)
+        kmin = float(key.min())
+        if kmin > best * (1 + _RACE_GAP):
+            continue
+        best = min(best, kmin)
+        limit = best * (1 + _RACE_GAP)
+        cands = [c for c in cands if c.key <= limit]
+        for j in np.flatnonzero(key <= limit):
+            cands.append(_RaceCandidate(float(key[j]), int(a[j]), int(w[j]), str(blk.ids[j]), blk.x[j].copy()))
+    if memo is not None and len(memo.mind) != len(mind_out):
+        raise ValueError(f"part yielded {len(mind_out)} blocks, {len(memo.mind)} in the previous round")
+    return RacePartial(n, max_abs, live_any, best, cands), RaceMemo(mind_out, x2_out)
 
 
-def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d) int64."""
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    sums = np.zeros((k, x.shape[1]), dtype=np.int64)
-    # Masked row sums beat a one-hot matmul here and do not depend on BLAS threading.
-    for j in np.flatnonzero(counts).tolist():
-        sums[j] = x[labels == j].sum(axis=0)
-    return sums, counts
+def race_winner(partials: Sequence[RacePartial]) -> _RaceCandidate | None:
+    """The round's winner over all parts, decided exactly; None when no record has weight left.
+
+    Why this equals one pass over all records: each part returned every key within the window of
+    its own minimum, which is at least the global minimum, so every key within the window of the
+    global minimum is among the candidates; the float keys are accurate to a few ulp, so the true
+    minimum is one of them, and the exact comparison (ties by id) picks it whatever the order."""
+    if not any(p.live for p in partials):
+        return None
+    best = min(p.best for p in partials)
+    limit = best * (1 + _RACE_GAP)
+    cands = [c for p in partials for c in p.cands if c.key <= limit]
+    if len(cands) == 1:
+        return cands[0]
+    return min(cands, key=lambda c: (_exact_key(c.a, c.weight), c.id))
 
 
-def _lloyd(
-    source: Source,
-    params: Params,
-    centroids: np.ndarray,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    t0: int,
-    progress: Progress | None,
-) -> None:
-    """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t]."""
-    k = centroids.shape[1]
-    T = params.max_iter
-    for t in range(t0, T + 1):
-        Cf = centroids[t - 1].astype(np.float64)
-        c2 = np.einsum("ij,ij->i", Cf, Cf)
-        S = np.zeros_like(sums[t - 1])
-        N = np.zeros_like(counts[t - 1])
-        for blk in source.blocks():
-            if len(blk.ids) == 0:
-                continue
-            xf = _xf(blk)
-            labels = np.argmin(_scores(xf, Cf, c2), axis=1)
-            bs, bn = _cluster_sums(labels, blk.x, k)
-            S += bs
-            N += bn
-        sums[t - 1] = S
-        counts[t - 1] = N
-        centroids[t] = _quantize(S, N, _theta(params, t, centroids.shape[2]), params.E, centroids[t - 1])
-        if progress:
-            progress("lloyd", t, T)
+def lloyd_part(blocks: Iterable[Block], C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One part's cluster sums (k, d) and counts (k,), int64, for centroids C (k, d) int64:
+    exact integers, so the parts' results add up in any order to the same bits."""
+    k = len(C)
+    Cf = C.astype(np.float64)
+    c2 = np.einsum("ij,ij->i", Cf, Cf)
+    S = np.zeros(C.shape, dtype=np.int64)
+    N = np.zeros(k, dtype=np.int64)
+    for blk in blocks:
+        if len(blk.ids) == 0:
+            continue
+        labels = np.argmin(_scores(_xf(blk), Cf, c2), axis=1)
+        bs, bn = _cluster_sums(labels, blk.x, k)
+        S += bs
+        N += bn
+    return S, N
 
 
-def _merge(cands: list[list[tuple[int, str]]], j: int, dists: np.ndarray, ids: np.ndarray, M: int) -> None:
-    """Merge a sorted-by-distance block segment into cluster j's top-M list, ranked by (dist, id)."""
-    cur = cands[j]
-    if len(dists) > M:
-        # Keep every member tied with the M-th distance: the id decides among them.
-        dists = dists[: np.searchsorted(dists, dists[M - 1], side="right")]
-    if len(cur) >= M:
-        cut = np.searchsorted(dists, cur[-1][0], side="right")
-        dists = dists[:cut]
-    if len(dists) == 0:
-        return
-    merged = cur + [(int(dv), str(iv)) for dv, iv in zip(dists.tolist(), ids[: len(dists)])]
-    merged.sort()
-    cands[j] = merged[:M]
+Ranked = list[list[tuple[int, str]]]  # per cluster, (squared distance, id) nearest first
 
 
-def _final_pass(
-    source: Source, C: np.ndarray, M: int, only: set[int] | None = None
-) -> tuple[np.ndarray, list[list[tuple[int, str]]]]:
-    """Final counts (k,) and top-M candidates per cluster (only for clusters in `only` if given)."""
+def final_part(
+    blocks: Iterable[Block], C: np.ndarray, M: int, only: set[int] | None = None
+) -> tuple[np.ndarray, Ranked]:
+    """One part's final counts (k,) and top-M (distance, id) per cluster (only the clusters in
+    `only` if given) for the final centroids C (k, d)."""
     k = len(C)
     Cf = C.astype(np.float64)
     c2 = np.einsum("ij,ij->i", Cf, Cf)
     counts = np.zeros(k, dtype=np.int64)
-    cands: list[list[tuple[int, str]]] = [[] for _ in range(k)]
-    for blk in source.blocks():
+    cands: Ranked = [[] for _ in range(k)]
+    for blk in blocks:
         b = len(blk.ids)
         if b == 0:
             continue
@@ -788,8 +785,139 @@ def _final_pass(
     return counts, cands
 
 
+def final_combine(partials: Sequence[tuple[np.ndarray, Ranked]], k: int, M: int) -> tuple[np.ndarray, Ranked]:
+    """The parts' final counts added and their ranked lists merged: _merge keeps the global top M
+    by (distance, id) whatever the order it is fed in, so this equals one pass over all parts."""
+    counts = np.zeros(k, dtype=np.int64)
+    cands: Ranked = [[] for _ in range(k)]
+    for part_counts, part_cands in partials:
+        counts += part_counts
+        for j, ranked in enumerate(part_cands):
+            if ranked:
+                ids = np.empty(len(ranked), dtype=object)
+                ids[:] = [i for _, i in ranked]
+                _merge(cands, j, np.asarray([dv for dv, _ in ranked], dtype=np.int64), ids, M)
+    return counts, cands
+
+
+class Runner(Protocol):
+    """Runs the passes of a fit over the records, part by part, and returns each part's result."""
+
+    n: int
+
+    def race(self, r: int, mix: np.uint64 | np.ndarray, pending: np.ndarray, start: bool) -> list[RacePartial]: ...
+
+    def lloyd(self, C: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def final(self, C: np.ndarray, M: int, only: set[int] | None = None) -> list[tuple[np.ndarray, Ranked]]: ...
+
+
+class LocalRunner:
+    """The records of one Source as a single part, in this process."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.n = source.n
+        self._memo: RaceMemo | None = None
+
+    def race(self, r: int, mix: np.uint64 | np.ndarray, pending: np.ndarray, start: bool) -> list[RacePartial]:
+        partial, self._memo = race_part(self.source.blocks(), None if start else self._memo, pending, r, mix)
+        return [partial]
+
+    def lloyd(self, C: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [lloyd_part(self.source.blocks(), C)]
+
+    def final(self, C: np.ndarray, M: int, only: set[int] | None = None) -> list[tuple[np.ndarray, Ranked]]:
+        return [final_part(self.source.blocks(), C, M, only)]
+
+
+def _runner(source: Source | Runner) -> Runner:
+    return cast(Runner, source) if hasattr(source, "race") else LocalRunner(cast(Source, source))
+
+
+def _race(
+    runner: Runner, params: Params, d: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
+) -> tuple[list[str], np.ndarray]:
+    """Continue the k-means++ race after the kept winners; returns (winner ids, (k_eff, d) centres)."""
+    winners = list(kept_ids)
+    centres = [row for row in kept]
+    pending = np.asarray(centres, dtype=np.int64).reshape(-1, d)  # centres not yet folded into the parts
+    for r in range(len(winners), params.k):
+        start = r == len(kept_ids)
+        partials = runner.race(r, _hash(params.seed, _TAG_RACE, r), pending, start)
+        seen = sum(p.n for p in partials)
+        if seen != runner.n:
+            raise ValueError(f"source yielded {seen} records but reports n = {runner.n}")
+        if start:
+            _check_bounds(max(p.max_abs for p in partials), params.E, d)
+        win = race_winner(partials)
+        if win is None:
+            break
+        winners.append(win.id)
+        centres.append(win.x)
+        pending = win.x[None, :]
+        if progress:
+            progress("k-means++", r + 1, params.k)
+    return winners, np.asarray(centres, dtype=np.int64).reshape(len(winners), d)
+
+
+def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d) int64."""
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.int64)
+    # Masked row sums beat a one-hot matmul here and do not depend on BLAS threading.
+    for j in np.flatnonzero(counts).tolist():
+        sums[j] = x[labels == j].sum(axis=0)
+    return sums, counts
+
+
+def _lloyd(
+    runner: Runner,
+    params: Params,
+    centroids: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    t0: int,
+    progress: Progress | None,
+) -> None:
+    """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t]."""
+    T = params.max_iter
+    for t in range(t0, T + 1):
+        S = np.zeros_like(sums[t - 1])
+        N = np.zeros_like(counts[t - 1])
+        for part_S, part_N in runner.lloyd(centroids[t - 1]):
+            S += part_S
+            N += part_N
+        sums[t - 1] = S
+        counts[t - 1] = N
+        centroids[t] = _quantize(S, N, _theta(params, t, centroids.shape[2]), params.E, centroids[t - 1])
+        if progress:
+            progress("lloyd", t, T)
+
+
+def _merge(cands: Ranked, j: int, dists: np.ndarray, ids: np.ndarray, M: int) -> None:
+    """Merge a sorted-by-distance block segment into cluster j's top-M list, ranked by (dist, id)."""
+    cur = cands[j]
+    if len(dists) > M:
+        # Keep every member tied with the M-th distance: the id decides among them.
+        dists = dists[: np.searchsorted(dists, dists[M - 1], side="right")]
+    if len(cur) >= M:
+        cut = np.searchsorted(dists, cur[-1][0], side="right")
+        dists = dists[:cut]
+    if len(dists) == 0:
+        return
+    merged = cur + [(int(dv), str(iv)) for dv, iv in zip(dists.tolist(), ids[: len(dists)])]
+    merged.sort()
+    cands[j] = merged[:M]
+
+
+def _final_pass(runner: Runner, C: np.ndarray, M: int, only: set[int] | None = None) -> tuple[np.ndarray, Ranked]:
+    """Final counts (k,) and top-M candidates per cluster (only for clusters in `only` if given)."""
+    return final_combine(runner.final(C, M, only), len(C), M)
+
+
 def _finish(
-    source: Source,
+    runner: Runner,
     params: Params,
     d_in: int,
     d: int,
@@ -800,7 +928,7 @@ def _finish(
     n: int,
     progress: Progress | None,
 ) -> State:
-    final_counts, cands = _final_pass(source, centroids[-1], params.n_candidates)
+    final_counts, cands = _final_pass(runner, centroids[-1], params.n_candidates)
     if progress:
         progress("examples", 1, 1)
     return State(
@@ -820,29 +948,30 @@ def _finish(
 
 
 def _fit_from_race(
-    source: Source, params: Params, d_in: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
+    runner: Runner, params: Params, d_in: int, kept_ids: list[str], kept: np.ndarray, progress: Progress | None
 ) -> State:
     d = params.working_dim(d_in)
-    if source.n == 0:
+    if runner.n == 0:
         return State.empty(params, d_in)
-    init_ids, C0 = _race(source, params, d, kept_ids, kept, progress)
+    init_ids, C0 = _race(runner, params, d, kept_ids, kept, progress)
     T, k = params.max_iter, len(init_ids)
     centroids = np.zeros((T + 1, k, d), dtype=np.int64)
     centroids[0] = C0
     sums = np.zeros((T, k, d), dtype=np.int64)
     counts = np.zeros((T, k), dtype=np.int64)
-    _lloyd(source, params, centroids, sums, counts, 1, progress)
-    return _finish(source, params, d_in, d, init_ids, centroids, sums, counts, source.n, progress)
+    _lloyd(runner, params, centroids, sums, counts, 1, progress)
+    return _finish(runner, params, d_in, d, init_ids, centroids, sums, counts, runner.n, progress)
 
 
-def fit(source: Source, params: Params, d_in: int, progress: Progress | None = None) -> State:
-    """Quantized k-means on the records of `source` (working-space int64 vectors).
+def fit(source: Source | Runner, params: Params, d_in: int, progress: Progress | None = None) -> State:
+    """Quantized k-means on the records of `source` (working-space int64 vectors), or on those a
+    Runner's parts hold (a distributed fit: the same state, bit for bit).
 
     The result depends on the set of (id, vector) pairs, the parameters and the seed only.
     """
     params.validate(d_in)
     d = params.working_dim(d_in)
-    return _fit_from_race(source, params, d_in, [], np.zeros((0, d), dtype=np.int64), progress)
+    return _fit_from_race(_runner(source), params, d_in, [], np.zeros((0, d), dtype=np.int64), progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -921,12 +1050,14 @@ def certify(state: State, ids: Sequence[str], x: np.ndarray) -> Certificate:
 
 
 def forget(
-    state: State, ids: Sequence[str], x: np.ndarray, survivors: Source, progress: Progress | None = None
+    state: State, ids: Sequence[str], x: np.ndarray, survivors: Source | Runner, progress: Progress | None = None
 ) -> tuple[State, Certificate]:
     """The state fit(D \\ X) would give, from the state of fit(D). The input state is untouched.
 
-    survivors: the fitted set minus the batch, read only when a refit or a rescan is needed.
+    survivors: the fitted set minus the batch (a Source, or a Runner over its parts), read only
+    when a refit or a rescan is needed.
     """
+    survivors = _runner(survivors)
     x = _check_batch(state, ids, x)
     p = state.params
     T, k, d = p.max_iter, state.k_eff, state.d

@@ -45,6 +45,10 @@ class IngestReport(Report):
     skipped_forgotten: list[str]
     stale_fit: bool
     elapsed_ms: float
+    # With --scheduler: {"scheduler", "workers", "tasks_by_worker"} (where the embedding ran).
+    dask: dict | None = None
+
+    _OMIT_NONE = ("dask",)
 
 
 @dataclass(eq=False)
@@ -67,6 +71,10 @@ class FitReport(Report):
     crossing_estimate: float | None
     warnings: list[str]
     elapsed_ms: float
+    # With --scheduler: {"scheduler", "workers", "tasks_by_worker"} (where the passes ran).
+    dask: dict | None = None
+
+    _OMIT_NONE = ("dask",)
 
 
 @dataclass(eq=False)

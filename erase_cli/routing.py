@@ -108,18 +108,24 @@ class Router:
         return PromptChoice("routed", j, list(route["examples"]), route["prompt_digest"])
 
 
-def question_embedder(name: str | None) -> Callable[[str], np.ndarray] | None:
-    """text -> unit float32 vector with the store's embedder, loaded on first use; None for a
-    store ingested with --vector-field (its questions must come with vectors)."""
+def question_embedder(name: str | None, device: str | None = None) -> Callable[[str], np.ndarray] | None:
+    """text -> unit float32 vector with the store's embedder on `device` (auto, cpu, cuda), loaded
+    on first use; None for a store ingested with --vector-field (its questions must come with
+    vectors)."""
+    from .embed import check_device, resolve_device
+
     if not embeds_questions(name):
+        check_device(device)
         return None
+    if check_device(device) == "cuda":
+        resolve_device(device)  # no CUDA is an error now, before the model loads, not at the first question
     loaded: list = []
 
     def embed(text: str) -> np.ndarray:
         if not loaded:
             from .embed import load_embedder
 
-            loaded.append(load_embedder(name))
+            loaded.append(load_embedder(name, device))
         return next(iter(loaded[0].embed([text])))[0]
 
     return embed

@@ -647,9 +647,11 @@ def run(
     max_tokens: int,
     say: Callable[[str], None],
     on_ready: Callable[[dict], None] | None = None,
+    device: str | None = None,
 ) -> None:
-    """Load the model (and the embedder, for routed answers), then serve until SIGTERM or SIGINT,
-    which stop taking connections and let running and queued requests finish."""
+    """Load the model (and the embedder, for routed answers, on `device`: auto, cpu or cuda), then
+    serve until SIGTERM or SIGINT, which stop taking connections and let running and queued
+    requests finish."""
     check_options(host, port, options)
     answerer = Answerer(
         store,
@@ -659,6 +661,7 @@ def run(
         n_threads=n_threads,
         n_gpu_layers=n_gpu_layers,
         max_tokens=max_tokens,
+        device=device,
         lock_timeout=options.lock_timeout,
         key_file=options.key_file,
         allow_stale=True,

@@ -250,8 +250,11 @@ def ingest(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
+    device: str | None = None,
+    scheduler: str | None = None,
 ) -> IngestReport:
-    """Add a JSONL file's records to the store.
+    """Add a JSONL file's records to the store. `device`: where the embedder runs (auto, cpu,
+    cuda); `scheduler`: a Dask scheduler address (or local:N) whose workers embed the texts.
 
     Embedding, the long part, holds no lock, so a long ingest never makes a cron forget wait: what
     the store rules out is refused first under a shared lock (so no time is spent embedding a file
@@ -282,14 +285,17 @@ def ingest(
     except StoreMissing:
         pass  # a first ingest: nothing to check against yet (the exclusive step says if it is worse)
     vectors, name = None, None
+    dask_report = None
     if records:
-        vectors, name = _embed(
+        vectors, name, dask_report = _embed(
             records,
             vector_field,
             embedder,
             batch_size,
             hooks,
             check=lambda dim, name: _check_vectors(rule, root, path, dim, name),
+            device=device,
+            scheduler=scheduler,
         )
     with open_store(
         root, write=True, create=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file
@@ -344,6 +350,7 @@ def ingest(
         skipped_forgotten=skipped_forgotten,
         stale_fit=bool(meta.fit and meta.fit.stale),
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+        dask=dask_report,
     )
 
 
@@ -401,29 +408,51 @@ def _check_vectors(rule: tuple[int, str] | None, root: str | Path, path: str, di
 
 
 def _embed(
-    records, vector_field, embedder, batch_size, hooks: Hooks, check: Callable[[int, str], None]
-) -> tuple[np.ndarray, str]:
-    """The records' vectors and the embedder's name; `check(dim, name)` runs before any text is
-    embedded, so an incompatible embedder is refused after loading it, not after the whole file."""
+    records,
+    vector_field,
+    embedder,
+    batch_size,
+    hooks: Hooks,
+    check: Callable[[int, str], None],
+    device: str | None = None,
+    scheduler: str | None = None,
+) -> tuple[np.ndarray, str, dict | None]:
+    """The records' vectors, the embedder's name and, with a scheduler, where the work ran;
+    `check(dim, name)` runs before any text is embedded, so an incompatible embedder is refused
+    after loading it, not after the whole file."""
     if vector_field:
         dims = {len(r.vector) for r in records}
         if len(dims) > 1:
             raise InvalidInput(f"vectors in --vector-field {vector_field} have differing lengths {sorted(dims)}")
         name = f"vectors:{vector_field}"
         check(dims.pop(), name)
-        return np.stack([r.vector for r in records]).astype(np.float32), name
+        return np.stack([r.vector for r in records]).astype(np.float32), name, None
+    texts = [r.input for r in records]
+    if scheduler is not None:
+        from . import distributed
+
+        with distributed.connect(scheduler) as cluster, distributed.task_stream(cluster) as stream:
+            vectors, name = distributed.embed_texts(cluster, texts, embedder, device, batch_size, check, hooks.progress)
+        return vectors, name, _dask_report(cluster, stream)
     from .embed import load_embedder
 
-    model = load_embedder(embedder)
+    model = load_embedder(embedder, device)
     check(model.dim, model.name)
-    texts = [r.input for r in records]
     parts, done = [], 0
     for batch in model.embed(texts, batch_size):
         parts.append(batch)
         done += len(batch)
         if hooks.progress:
             hooks.progress("embedding", done, len(texts))
-    return np.concatenate(parts).astype(np.float32), model.name
+    return np.concatenate(parts).astype(np.float32), model.name, None
+
+
+def _dask_report(cluster, stream: list[dict]) -> dict:
+    return {
+        "scheduler": cluster.address,
+        "workers": cluster.n_workers,
+        "tasks_by_worker": cluster.tasks_by_worker(stream),
+    }
 
 
 def _stage_new_rows(tx: Transaction, meta: StoreMeta, records, vectors: np.ndarray) -> StoreMeta:
@@ -527,13 +556,19 @@ def fit(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
+    scheduler: str | None = None,
     **choices,
 ) -> FitReport:
     """Fit the store. `choices` are FitChoices' fields (k, eps, dim, seed, max_iter, route_size,
     instruction, input_prefix, output_prefix, separator); those not given keep the previous
-    fit's value or take the default."""
+    fit's value or take the default. `scheduler`: a Dask scheduler address (or local:N) whose
+    workers run the passes; the result is the local fit's, bit for bit."""
     t0 = time.perf_counter()
-    with open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st:
+    dask_report = None
+    with (
+        open_store(root, write=True, lock_timeout=lock_timeout, on_message=hooks.say, key_file=key_file) as st,
+        contextlib.ExitStack() as dask_stack,
+    ):
         d_in = st.dim or 1
         params, fmt, reused = FitChoices(**choices).resolve(st.meta.fit, d_in)
         params.validate(d_in)
@@ -547,6 +582,14 @@ def fit(
                 f"store {root} has no records: wrote the empty fit, so 'erase ask' "
                 "answers zero-shot; ingest records, then fit again"
             )
+        elif scheduler is not None:
+            from . import distributed
+
+            cluster = dask_stack.enter_context(distributed.connect(scheduler))
+            with distributed.task_stream(cluster) as stream:
+                state = qk.fit(_dask_runner(cluster, st, rows, projector), params, d_in, hooks.progress)
+            dask_report = _dask_report(cluster, stream)
+            dask_stack.close()  # the workers are done: stop a local cluster before writing
         else:
             state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
         if 0 < len(rows) < params.k:
@@ -601,7 +644,18 @@ def fit(
         crossing_estimate=estimate,
         warnings=warnings,
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+        dask=dask_report,
     )
+
+
+def _dask_runner(cluster, st: Store, rows: np.ndarray, projector: qk.Projector):
+    """A Runner whose parts are tasks on `cluster`, over the store's sorted rows `rows`; the parts
+    stay in the workers' memory under the budget a local fit keeps in memory."""
+    from . import distributed
+    from .store import CHUNK_ROWS
+
+    in_memory = len(rows) * projector.d * 8 <= IN_MEMORY_BYTES
+    return distributed.DaskRunner(cluster, st.root, st.meta, rows, projector, in_memory, CHUNK_ROWS)
 
 
 # --------------------------------------------------------------------------- forget
@@ -615,8 +669,11 @@ def forget(
     lock_timeout: float = 60.0,
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
+    scheduler: str | None = None,
 ) -> ForgetReport:
     """Forget one batch. Returns the SPEC 3 report; `ids[*].status` says what happened to each.
+    `scheduler`: a Dask scheduler (or local:N) for the passes of a refit, contacted only if the
+    batch crosses; everything else a forget does stays in this process.
 
     Ids are matched exactly as given, never stripped. An empty batch (a cron job's empty id file)
     changes nothing and logs nothing; the store is still opened, so a wrong --store is reported."""
@@ -672,7 +729,10 @@ def forget(
                     survivors = StoreSource(
                         st, projector, fit_meta.fit_rows, exclude=krows[covered], n=state.n - len(cids)
                     )
-                    new_state, cert = qk.forget(state, cids, x, survivors, hooks.progress)
+                    with contextlib.ExitStack() as dask_stack:
+                        new_state, cert = qk.forget(
+                            state, cids, x, _refit_runner(survivors, scheduler, dask_stack), hooks.progress
+                        )
         refit = cert is not None and cert.action_needed == "refit"
         example_ids = {i for _, i in state.examples} if state is not None else set()
         hit_example = bool(example_ids & set(kids))
@@ -752,6 +812,20 @@ def forget(
             )
         report.generation = _generation(st)  # the manifest this forget wrote
     return report
+
+
+def _refit_runner(survivors: StoreSource, scheduler: str | None, stack: contextlib.ExitStack):
+    """The survivors as a forget's refit reads them: in this process, or, with a scheduler, as
+    tasks on a cluster that is connected to only when a pass is needed (most forgets need none)."""
+    if scheduler is None:
+        return survivors
+    from . import distributed
+
+    def connect() -> qk.Runner:
+        cluster = stack.enter_context(distributed.connect(scheduler))
+        return _dask_runner(cluster, survivors.store, survivors.rows, survivors.projector)
+
+    return distributed.LazyRunner(survivors.n, connect)
 
 
 def _generation(st: Store) -> str | None:
@@ -1258,6 +1332,7 @@ def ask(
     key_file: Path | None = None,
     hooks: Hooks = Hooks(),
     generator_factory=None,
+    device: str | None = None,
 ) -> Iterator[Answer]:
     """`erase ask`: answer questions with the fitted demonstrations, one answer.Answerer for
     them all (see it for the modes, the prefix cache and how answers follow a forget).
@@ -1275,6 +1350,7 @@ def ask(
         n_ctx=n_ctx,
         n_threads=n_threads,
         n_gpu_layers=n_gpu_layers,
+        device=device,
         max_tokens=max_tokens,
         lock_timeout=lock_timeout,
         key_file=key_file,

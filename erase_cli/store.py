@@ -407,6 +407,16 @@ class Store:
         self._checked: set[str] = set()  # directories known not to be symbolic links
         self.reload()
 
+    @classmethod
+    def worker_view(cls, root: Path, meta: StoreMeta) -> Store:
+        """A read-only view of the records for a Dask worker of a fit whose client holds the
+        store's lock and opened it with the key: the worker takes no lock (the client's keeps every
+        writer out) and needs no key, since it trusts the store.json the client checked, against
+        which it still checks every array's metadata."""
+        view = cls(root, writable=False)
+        view._meta = meta
+        return view
+
     def reload(self) -> None:
         """Forget what was read (after a commit changed the files)."""
         self._meta: StoreMeta | None = None

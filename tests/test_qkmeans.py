@@ -137,7 +137,7 @@ def test_one_lloyd_step_by_hand():
     C[0] = [[0, 0], [10, 10]]
     S = np.zeros((1, 2, 2), dtype=np.int64)
     N = np.zeros((1, 2), dtype=np.int64)
-    qk._lloyd(src, p, C, S, N, 1, None)
+    qk._lloyd(qk.LocalRunner(src), p, C, S, N, 1, None)
     # (5, 5) is equidistant from both centres: the tie goes to cluster 0.
     assert S[0].tolist() == [[7, 8], [31, 33]]
     assert N[0].tolist() == [4, 3]
