@@ -57,6 +57,8 @@ _TWO54 = 1 << 54
 
 # Largest integer magnitude for which every partial sum of a float64 dot product is exact.
 _EXACT = 1 << 53
+# Rows summed at once in float64 (cluster sums): 2**20 rows of magnitude below 2**32 stay exact.
+_SUM_ROWS = 1 << 20
 
 _MASK64 = (1 << 64) - 1
 
@@ -219,8 +221,9 @@ class Projector:
 @dataclass
 class Block:
     """A slice of the records. rows: store handles; ids: object array of str; idh: uint64
-    id_hash64(ids); x: int64 (b, d) working-space vectors. xf, optional: the same values as
-    float64 (exact), so that a source which has them anyway spares every pass a conversion."""
+    id_hash64(ids); x: integer (b, d) working-space vectors (int64, or int32 from a source that
+    keeps them compact). xf, optional: the same values as float64 (exact), so that a source which
+    has them anyway spares every pass a conversion."""
 
     rows: np.ndarray
     ids: np.ndarray
@@ -234,9 +237,15 @@ def _xf(blk: Block) -> np.ndarray:
 
 
 class Source(Protocol):
+    """The records, any number of times, in any order and any blocking (the state does not
+    depend on either). `vectors()` gives the same records' vectors alone, as float64 (b, d)
+    arrays of the exact integers: what a Lloyd pass reads, so a source can skip the ids."""
+
     n: int
 
     def blocks(self) -> Iterator[Block]: ...
+
+    def vectors(self) -> Iterator[np.ndarray]: ...
 
 
 class ArraySource:
@@ -269,6 +278,10 @@ class ArraySource:
             hi = min(lo + self.block_size, self.n)
             xf = None if self.xf is None else self.xf[lo:hi]
             yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi], xf)
+
+    def vectors(self) -> Iterator[np.ndarray]:
+        for blk in self.blocks():
+            yield _xf(blk)
 
     def without(self, ids) -> ArraySource:
         drop = set(ids)
@@ -625,7 +638,7 @@ class _RaceCandidate(NamedTuple):
     a: int  # the odd integer numerator of U = a / 2**54 (for the exact key)
     weight: int  # exact squared distance to the nearest centre (1 in round 0)
     id: str
-    x: np.ndarray  # the record's working-space vector, a copy
+    x: np.ndarray  # the record's working-space vector, an int64 copy
 
 
 def _race(
@@ -680,7 +693,9 @@ def _race(
             limit = best * (1 + _RACE_GAP)
             cands = [c for c in cands if c.key <= limit]
             for i in np.flatnonzero(key <= limit):
-                cands.append(_RaceCandidate(float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].copy()))
+                cands.append(
+                    _RaceCandidate(float(key[i]), int(a[i]), int(w[i]), str(blk.ids[i]), blk.x[i].astype(np.int64))
+                )
         if off != n:
             raise ValueError(f"source yielded {off} records but reports n = {n}")
         if first_pass:
@@ -701,12 +716,21 @@ def _race(
 
 
 def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d) int64."""
+    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d), integers
+    (int64, int32) or float64 holding exact integers."""
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     sums = np.zeros((k, x.shape[1]), dtype=np.int64)
+    if x.dtype.kind == "f":
+        # Float64 sums of integers are exact while every partial sum stays below 2**53: rows of
+        # at most 2**26 in magnitude (_check_bounds guarantees less) in slices of 2**20 rows.
+        for lo in range(0, len(x), _SUM_ROWS):
+            part, lab = x[lo : lo + _SUM_ROWS], labels[lo : lo + _SUM_ROWS]
+            for j in np.flatnonzero(np.bincount(lab, minlength=k)).tolist():
+                sums[j] += part[lab == j].sum(axis=0).astype(np.int64)
+        return sums, counts
     # Masked row sums beat a one-hot matmul here and do not depend on BLAS threading.
     for j in np.flatnonzero(counts).tolist():
-        sums[j] = x[labels == j].sum(axis=0)
+        sums[j] = x[labels == j].sum(axis=0, dtype=np.int64)
     return sums, counts
 
 
@@ -719,7 +743,9 @@ def _lloyd(
     t0: int,
     progress: Progress | None,
 ) -> None:
-    """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t]."""
+    """Run iterations t0..T in place: centroids[t-1] -> sums[t-1], counts[t-1], centroids[t].
+
+    A pass needs each record's vector only (not its id): it reads source.vectors()."""
     k = centroids.shape[1]
     T = params.max_iter
     for t in range(t0, T + 1):
@@ -727,12 +753,11 @@ def _lloyd(
         c2 = np.einsum("ij,ij->i", Cf, Cf)
         S = np.zeros_like(sums[t - 1])
         N = np.zeros_like(counts[t - 1])
-        for blk in source.blocks():
-            if len(blk.ids) == 0:
+        for xf in source.vectors():
+            if len(xf) == 0:
                 continue
-            xf = _xf(blk)
             labels = np.argmin(_scores(xf, Cf, c2), axis=1)
-            bs, bn = _cluster_sums(labels, blk.x, k)
+            bs, bn = _cluster_sums(labels, xf, k)
             S += bs
             N += bn
         sums[t - 1] = S
