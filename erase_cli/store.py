@@ -384,6 +384,17 @@ def _empty_tree(top: Path) -> None:
 
 
 _LAST = (STORE_JSON, MANIFEST)
+# The codecs of arrays whose chunks Transaction._zero_rows patches in place (emb, idh), and the
+# chunk key encoding it knows.
+_RAW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+_CHUNK_KEYS = {"name": "default", "configuration": {"separator": "/"}}
+
+
+def _crc32c(data: np.ndarray) -> bytes:
+    """The checksum zarr's crc32c codec appends: crc32c of the bytes, as a native uint32."""
+    import google_crc32c  # zarr's own dependency for this codec
+
+    return np.uint32(google_crc32c.value(data)).tobytes()
 
 
 def _order(rels: list[str]) -> list[str]:
@@ -933,8 +944,60 @@ class Transaction:
         }
         order = ("ids", "data", "idh", "emb")  # the order reports and the audit list them in
         for name in order:
-            self.write_rows(name, n, rows, empty[name])
+            with interrupts.deferred(), _os_errors(self.store.root):
+                if not self._zero_rows(name, rows):
+                    self._write_rows(name, n, rows, empty[name])
         return [f"records.zarr/{name}" for name in order]
+
+    def _zero_rows(self, name: str, rows: np.ndarray) -> bool:
+        """Stage the chunks of `name` holding `rows` with those rows' bytes zeroed, patching the
+        stored bytes instead of decoding and re-encoding through zarr: for the arrays whose
+        chunks are the raw little-endian values and a crc32c (emb, idh), a chunk is its C-order
+        bytes then the checksum, so an emptied row is a run of zero bytes (their fill value,
+        what _write_rows writes). False, and nothing staged, for any other layout."""
+        arr = self.store.array(name)
+        meta = arr.metadata
+        if (
+            [c.to_dict() for c in meta.codecs] != _RAW_CODECS
+            or np.asarray(meta.fill_value, dtype=arr.dtype).tobytes() != bytes(arr.dtype.itemsize)
+            or meta.chunk_key_encoding.to_dict() != _CHUNK_KEYS
+            or arr.ndim not in (1, 2)
+            or arr.chunks[1:] != arr.shape[1:]
+        ):
+            return False
+        size = arr.chunks[0]
+        row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+        encode = meta.chunk_key_encoding.encode_chunk_key
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        chunk_of = rows // size
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+
+        def patch(part: np.ndarray) -> None:
+            ci = int(part[0] // size)
+            rel = f"records.zarr/{name}/{encode((ci,) + (0,) * (arr.ndim - 1))}"
+            data = self.store.raw_bytes(rel)
+            if data is None or len(data) != size * row_bytes + 4:
+                raise StoreDamaged(
+                    f"damaged store: chunk {self.store.root / rel} is missing or has the wrong "
+                    "size; restore the store from a backup"
+                )
+            body = np.frombuffer(data, dtype=np.uint8, count=size * row_bytes).copy()
+            if _crc32c(body) != data[-4:]:
+                raise StoreDamaged(
+                    f"a chunk of {name} in {self.store.root / 'records.zarr'} is damaged "
+                    "(its checksum does not match); restore the store from a backup"
+                )
+            body.reshape(size, row_bytes)[part - ci * size] = 0
+            path = self.staged_root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(body.data)
+                f.write(_crc32c(body))
+
+        # Chunk files are read and written several at once: the work is mostly waiting on files.
+        with ThreadPoolExecutor(max_workers=FILE_THREADS) as pool:
+            list(pool.map(patch, np.split(rows, bounds) if len(rows) else []))
+        return True
 
     def update_index(
         self,

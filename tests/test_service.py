@@ -328,3 +328,36 @@ def test_fit_and_refit_give_the_same_bytes_resident_or_streamed(tmp_path, monkey
     streamed = _fit_and_crossing_forget(tmp_path / "streamed", tmp_path, records)
     assert resident == streamed
     assert service.verify(tmp_path / "resident")["identical"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_purge_patching_chunk_bytes_equals_rewriting_through_zarr(tmp_path, monkeypatch):
+    """A forget zeroes the purged rows of emb and idh by patching their chunk files (bytes, then
+    a crc32c); the store must end byte for byte as when zarr decodes and re-encodes them."""
+    import shutil
+
+    from erase_cli import store as store_mod
+
+    records = make_records(2600, d=5)  # several chunks of every array; the last ones partial
+    base = tmp_path / "base"
+    ingest(base, records, tmp_path)
+    service.fit(base, **FIT)
+    gone = [r["id"] for r in records[3::97]] + ["rec-0", "rec-2599"]  # first and last slots too
+    patched, rewritten = tmp_path / "patched", tmp_path / "rewritten"
+    for path in (patched, rewritten):
+        shutil.copytree(base, path)
+    real = store_mod.Transaction._zero_rows
+    used = []
+    monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: used.append(real(tx, *a)) or used[-1])
+    service.forget(patched, gone)
+    assert used == [False, False, True, True]  # ids and data go through zarr, idh and emb are patched
+    monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: False)
+    service.forget(rewritten, gone)
+    a, b = _files(patched), _files(rewritten)
+    assert sorted(a) == sorted(b)
+    differ = [rel for rel in a if a[rel] != b[rel] and rel not in ("audit.jsonl", "store.json")]
+    assert differ == [] and any(rel.startswith("records.zarr/emb/c/") for rel in a)
+    assert service.verify(patched)["identical"]
