@@ -950,51 +950,80 @@ class Transaction:
         return [f"records.zarr/{name}" for name in order]
 
     def _zero_rows(self, name: str, rows: np.ndarray) -> bool:
-        """Stage the chunks of `name` holding `rows` with those rows' bytes zeroed, patching the
-        stored bytes instead of decoding and re-encoding through zarr: for the arrays whose
-        chunks are the raw little-endian values and a crc32c (emb, idh), a chunk is its C-order
-        bytes then the checksum, so an emptied row is a run of zero bytes (their fill value,
-        what _write_rows writes). False, and nothing staged, for any other layout."""
+        """Stage the chunks of `name` holding `rows` with those rows emptied, by patching each
+        stored chunk with the codecs themselves rather than through zarr's array machinery
+        (selections, assembled spans, its event loop), for the two layouts this store writes:
+        - raw little-endian values then a crc32c (emb, idh): an emptied row is a run of zero
+          bytes, their fill value; the checksum is checked, then recomputed;
+        - vlen-utf8 strings compressed by zstd (ids, data): decoded, emptied to "" (their fill
+          value), encoded again by numcodecs, which is what zarr calls for these codecs.
+        Both give the bytes zarr would write (tests compare). False, and nothing staged, for any
+        other layout: the caller then goes through zarr."""
         arr = self.store.array(name)
         meta = arr.metadata
+        codecs = [c.to_dict() for c in meta.codecs]
         if (
-            [c.to_dict() for c in meta.codecs] != _RAW_CODECS
-            or np.asarray(meta.fill_value, dtype=arr.dtype).tobytes() != bytes(arr.dtype.itemsize)
-            or meta.chunk_key_encoding.to_dict() != _CHUNK_KEYS
+            meta.chunk_key_encoding.to_dict() != _CHUNK_KEYS
             or arr.ndim not in (1, 2)
             or arr.chunks[1:] != arr.shape[1:]
         ):
             return False
         size = arr.chunks[0]
-        row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+        if codecs == _RAW_CODECS and np.asarray(meta.fill_value, dtype=arr.dtype).tobytes() == bytes(
+            arr.dtype.itemsize
+        ):
+            row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+
+            def emptied(data: bytes, at: np.ndarray) -> bytes | None:
+                body = np.frombuffer(data, dtype=np.uint8, count=min(len(data), size * row_bytes)).copy()
+                if len(data) != size * row_bytes + 4 or _crc32c(body) != data[-4:]:
+                    return None
+                body.reshape(size, row_bytes)[at] = 0
+                return body.tobytes() + _crc32c(body)
+
+        elif (
+            arr.ndim == 1
+            and len(codecs) == 2
+            and codecs[0] == {"name": "vlen-utf8", "configuration": {}}
+            and codecs[1].get("name") == "zstd"
+            and meta.fill_value == ""
+        ):
+            from numcodecs import VLenUTF8
+            from numcodecs.zstd import Zstd
+
+            zstd, vlen = Zstd.from_config(dict(codecs[1]["configuration"])), VLenUTF8()
+
+            def emptied(data: bytes, at: np.ndarray) -> bytes | None:
+                try:
+                    values = vlen.decode(zstd.decode(data))
+                except (RuntimeError, ValueError):
+                    return None
+                if len(values) != size:
+                    return None
+                values[at] = ""
+                return bytes(zstd.encode(vlen.encode(values)))
+
+        else:
+            return False
         encode = meta.chunk_key_encoding.encode_chunk_key
         rows = np.unique(np.asarray(rows, dtype=np.int64))
-        chunk_of = rows // size
-        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        bounds = np.flatnonzero(np.diff(rows // size)) + 1
 
         def patch(part: np.ndarray) -> None:
             ci = int(part[0] // size)
             rel = f"records.zarr/{name}/{encode((ci,) + (0,) * (arr.ndim - 1))}"
             data = self.store.raw_bytes(rel)
-            if data is None or len(data) != size * row_bytes + 4:
+            new = None if data is None else emptied(data, part - ci * size)
+            if new is None:
                 raise StoreDamaged(
-                    f"damaged store: chunk {self.store.root / rel} is missing or has the wrong "
-                    "size; restore the store from a backup"
+                    f"damaged store: chunk {self.store.root / rel} is missing or does not decode "
+                    "(its checksum or size is wrong); restore the store from a backup"
                 )
-            body = np.frombuffer(data, dtype=np.uint8, count=size * row_bytes).copy()
-            if _crc32c(body) != data[-4:]:
-                raise StoreDamaged(
-                    f"a chunk of {name} in {self.store.root / 'records.zarr'} is damaged "
-                    "(its checksum does not match); restore the store from a backup"
-                )
-            body.reshape(size, row_bytes)[part - ci * size] = 0
             path = self.staged_root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(body.data)
-                f.write(_crc32c(body))
+            path.write_bytes(new)
 
-        # Chunk files are read and written several at once: the work is mostly waiting on files.
+        # Chunks are patched several at once: reading and writing files is mostly waiting.
         with ThreadPoolExecutor(max_workers=FILE_THREADS) as pool:
             list(pool.map(patch, np.split(rows, bounds) if len(rows) else []))
         return True

@@ -335,8 +335,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_purge_patching_chunk_bytes_equals_rewriting_through_zarr(tmp_path, monkeypatch):
-    """A forget zeroes the purged rows of emb and idh by patching their chunk files (bytes, then
-    a crc32c); the store must end byte for byte as when zarr decodes and re-encodes them."""
+    """A forget empties the purged rows by patching each chunk with its codecs (emb and idh:
+    zeroed bytes and a new crc32c; ids and data: vlen-utf8 strings in zstd); the store must end
+    byte for byte as when zarr's array machinery rewrites them."""
     import shutil
 
     from erase_cli import store as store_mod
@@ -353,7 +354,7 @@ def test_purge_patching_chunk_bytes_equals_rewriting_through_zarr(tmp_path, monk
     used = []
     monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: used.append(real(tx, *a)) or used[-1])
     service.forget(patched, gone)
-    assert used == [False, False, True, True]  # ids and data go through zarr, idh and emb are patched
+    assert used == [True, True, True, True]  # every array patched
     monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: False)
     service.forget(rewritten, gone)
     a, b = _files(patched), _files(rewritten)
