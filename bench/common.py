@@ -181,3 +181,9 @@ class WithoutSource:
                 yield Block(
                     b.rows[keep], b.ids[keep], b.idh[keep], b.x[keep], **({} if xf is None else {"xf": xf[keep]})
                 )
+
+    def vectors(self):
+        from erase_cli.qkmeans import _xf
+
+        for b in self.blocks():
+            yield _xf(b)

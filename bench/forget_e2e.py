@@ -172,7 +172,14 @@ def run(n: int, singles: int, defaults_only: bool = False) -> tuple[list[dict], 
 def _at_defaults(store, n: int, live: set[int], singles: int, rng, fits: list, ops: list):
     """`erase fit` at the defaults, single forgets, and at 1e6 a 1,000-id non-crossing batch."""
     log(f"n={n}: erase fit (defaults)")
-    r = cli("fit", "--store", str(store), "--json")
+    # Named explicitly: a plain `erase fit` keeps the store's previous parameters (FitChoices),
+    # which after step 1 would be the k 16 / T 10 / no-projection fit again.
+    at_defaults = [
+        *("-k", str(config.DEFAULT_K), "--eps", str(config.DEFAULT_EPS), "--dim", str(config.DEFAULT_DIM)),
+        *("--max-iter", str(config.DEFAULT_MAX_ITER), "--seed", str(config.DEFAULT_SEED)),
+        *("--route-size", str(config.DEFAULT_ROUTE_SIZE)),
+    ]
+    r = cli("fit", "--store", str(store), "--json", *at_defaults)
     defaults = (
         f"defaults k{config.DEFAULT_K} eps{config.DEFAULT_EPS} dim{config.DEFAULT_DIM} T{config.DEFAULT_MAX_ITER}"
     )

@@ -230,7 +230,7 @@ def _race_task(part, memo, pending, r, mix):
 
 
 def _lloyd_task(part, C):
-    return qk.lloyd_part(_blocks(part), C)
+    return qk.lloyd_part(qk.block_vectors(_blocks(part)), C)
 
 
 def _final_task(part, C, M, only):

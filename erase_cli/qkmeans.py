@@ -57,6 +57,8 @@ _TWO54 = 1 << 54
 
 # Largest integer magnitude for which every partial sum of a float64 dot product is exact.
 _EXACT = 1 << 53
+# Rows summed at once in float64 (cluster sums): 2**20 rows of magnitude below 2**32 stay exact.
+_SUM_ROWS = 1 << 20
 
 _MASK64 = (1 << 64) - 1
 
@@ -221,8 +223,9 @@ class Projector:
 @dataclass
 class Block:
     """A slice of the records. rows: store handles; ids: object array of str; idh: uint64
-    id_hash64(ids); x: int64 (b, d) working-space vectors. xf, optional: the same values as
-    float64 (exact), so that a source which has them anyway spares every pass a conversion."""
+    id_hash64(ids); x: integer (b, d) working-space vectors (int64, or int32 from a source that
+    keeps them compact). xf, optional: the same values as float64 (exact), so that a source which
+    has them anyway spares every pass a conversion."""
 
     rows: np.ndarray
     ids: np.ndarray
@@ -236,9 +239,15 @@ def _xf(blk: Block) -> np.ndarray:
 
 
 class Source(Protocol):
+    """The records, any number of times, in any order and any blocking (the state does not
+    depend on either). `vectors()` gives the same records' vectors alone, as float64 (b, d)
+    arrays of the exact integers: what a Lloyd pass reads, so a source can skip the ids."""
+
     n: int
 
     def blocks(self) -> Iterator[Block]: ...
+
+    def vectors(self) -> Iterator[np.ndarray]: ...
 
 
 class ArraySource:
@@ -271,6 +280,9 @@ class ArraySource:
             hi = min(lo + self.block_size, self.n)
             xf = None if self.xf is None else self.xf[lo:hi]
             yield Block(np.arange(lo, hi, dtype=np.int64), self.ids[lo:hi], self.idh[lo:hi], self.x[lo:hi], xf)
+
+    def vectors(self) -> Iterator[np.ndarray]:
+        return block_vectors(self.blocks())
 
     def without(self, ids) -> ArraySource:
         drop = set(ids)
@@ -627,7 +639,7 @@ class _RaceCandidate(NamedTuple):
     a: int  # the odd integer numerator of U = a / 2**54 (for the exact key)
     weight: int  # exact squared distance to the nearest centre (1 in round 0)
     id: str
-    x: np.ndarray  # the record's working-space vector, a copy
+    x: np.ndarray  # the record's working-space vector, an int64 copy
 
 
 # ---- Passes over parts of the records
@@ -710,7 +722,9 @@ def race_part(
         limit = best * (1 + _RACE_GAP)
         cands = [c for c in cands if c.key <= limit]
         for j in np.flatnonzero(key <= limit):
-            cands.append(_RaceCandidate(float(key[j]), int(a[j]), int(w[j]), str(blk.ids[j]), blk.x[j].copy()))
+            cands.append(
+                _RaceCandidate(float(key[j]), int(a[j]), int(w[j]), str(blk.ids[j]), blk.x[j].astype(np.int64))
+            )
     if memo is not None and len(memo.mind) != len(mind_out):
         raise ValueError(f"part yielded {len(mind_out)} blocks, {len(memo.mind)} in the previous round")
     return RacePartial(n, max_abs, live_any, best, cands), RaceMemo(mind_out, x2_out)
@@ -733,19 +747,26 @@ def race_winner(partials: Sequence[RacePartial]) -> _RaceCandidate | None:
     return min(cands, key=lambda c: (_exact_key(c.a, c.weight), c.id))
 
 
-def lloyd_part(blocks: Iterable[Block], C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One part's cluster sums (k, d) and counts (k,), int64, for centroids C (k, d) int64:
-    exact integers, so the parts' results add up in any order to the same bits."""
+def block_vectors(blocks: Iterable[Block]) -> Iterator[np.ndarray]:
+    """The blocks' vectors alone, as float64 (b, d) arrays of the exact integers."""
+    for blk in blocks:
+        yield _xf(blk)
+
+
+def lloyd_part(vectors: Iterable[np.ndarray], C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One part's cluster sums (k, d) and counts (k,), int64, for centroids C (k, d) int64, over
+    the part's vectors (float64 arrays of exact integers: a Lloyd pass needs no ids): exact
+    integers, so the parts' results add up in any order to the same bits."""
     k = len(C)
     Cf = C.astype(np.float64)
     c2 = np.einsum("ij,ij->i", Cf, Cf)
     S = np.zeros(C.shape, dtype=np.int64)
     N = np.zeros(k, dtype=np.int64)
-    for blk in blocks:
-        if len(blk.ids) == 0:
+    for xf in vectors:
+        if len(xf) == 0:
             continue
-        labels = np.argmin(_scores(_xf(blk), Cf, c2), axis=1)
-        bs, bn = _cluster_sums(labels, blk.x, k)
+        labels = np.argmin(_scores(xf, Cf, c2), axis=1)
+        bs, bn = _cluster_sums(labels, xf, k)
         S += bs
         N += bn
     return S, N
@@ -825,7 +846,7 @@ class LocalRunner:
         return [partial]
 
     def lloyd(self, C: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [lloyd_part(self.source.blocks(), C)]
+        return [lloyd_part(self.source.vectors(), C)]
 
     def final(self, C: np.ndarray, M: int, only: set[int] | None = None) -> list[tuple[np.ndarray, Ranked]]:
         return [final_part(self.source.blocks(), C, M, only)]
@@ -862,12 +883,21 @@ def _race(
 
 
 def _cluster_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d) int64."""
+    """Per-cluster sums (k, d) int64 and counts (k,) int64 of the rows of x (b, d), integers
+    (int64, int32) or float64 holding exact integers."""
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     sums = np.zeros((k, x.shape[1]), dtype=np.int64)
+    if x.dtype.kind == "f":
+        # Float64 sums of integers are exact while every partial sum stays below 2**53: rows of
+        # at most 2**26 in magnitude (_check_bounds guarantees less) in slices of 2**20 rows.
+        for lo in range(0, len(x), _SUM_ROWS):
+            part, lab = x[lo : lo + _SUM_ROWS], labels[lo : lo + _SUM_ROWS]
+            for j in np.flatnonzero(np.bincount(lab, minlength=k)).tolist():
+                sums[j] += part[lab == j].sum(axis=0).astype(np.int64)
+        return sums, counts
     # Masked row sums beat a one-hot matmul here and do not depend on BLAS threading.
     for j in np.flatnonzero(counts).tolist():
-        sums[j] = x[labels == j].sum(axis=0)
+        sums[j] = x[labels == j].sum(axis=0, dtype=np.int64)
     return sums, counts
 
 

@@ -71,8 +71,14 @@ from .store import (
 if TYPE_CHECKING:  # answer.py brings llm and records: only `ask` needs them at run time
     from .answer import Answerer, Question
 
-# Records whose vectors a fit keeps in memory instead of streaming from zarr on every pass.
-IN_MEMORY_BYTES = 512 * 2**20
+# Memory a source may fill with the working vectors (int32) and ids of its records, so that only
+# its first pass reads zarr. `erase fit` streams past 512 MiB (SPEC §7 caps its peak memory at
+# half the float32 matrix); a refit inside `forget` runs up to T + 1 passes over the survivors
+# and keeps them in memory up to about 2 GB (1e6 x 384 int32 is 1.5 GB).
+FIT_MEMORY_BYTES = 512 * 2**20
+REFIT_MEMORY_BYTES = 2 * 2**30
+_ID_BYTES = 80  # a resident record beyond its vector: a short str, its pointer and its id hash
+SPAN_ROWS = 8192  # slots streamed per zarr call (a multiple of the chunk rows) and rows per block
 CROSSING_SAMPLE = 1000
 
 Say = Callable[[str], None]
@@ -94,21 +100,52 @@ class Hooks:
 # --------------------------------------------------------------------------- sources
 
 
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Fit and refit passes multiply (b, d) blocks by (d, k) centroids, products too skinny for a
+    second BLAS thread to speed up; on a busy machine OpenBLAS's waiting thread made them slower
+    instead (10,000 crossing ids at 1e6, k 16, T 10, no projection: 41.8 s wall / 38.8 s CPU with
+    one thread against 82.4 s / 74.4 s with two, load 3-5). The results are exact integers either
+    way, so this changes only the time."""
+    try:
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn
+    except ImportError:  # pragma: no cover - a trimmed install runs with BLAS's own threads
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 class StoreSource:
-    """A qkmeans.Source over the store's live rows (those a fit covers), chunk by chunk."""
+    """A qkmeans.Source over the store's live rows (those a fit covers).
+
+    Passes stream from zarr, `vectors()` reading the embeddings only, until one complete pass has
+    filled the resident copy (when `memory_bytes` allows): the working vectors as int32, which
+    holds them exactly (checked as they come; a source whose values do not fit keeps streaming),
+    and, after a pass that reads them, the ids and id hashes. Later passes read memory only."""
 
     def __init__(
-        self, store: Store, projector: qk.Projector, limit: int, exclude: np.ndarray | None = None, n: int | None = None
+        self,
+        store: Store,
+        projector: qk.Projector,
+        limit: int,
+        exclude: np.ndarray | None = None,
+        n: int | None = None,
+        memory_bytes: int | None = None,
     ):
         """Rows below `limit` minus `exclude`; pass `n` when it is known, so that a forget that
-        never streams does not read the whole index to count."""
+        never streams does not read the whole index to count. `memory_bytes`: how much the
+        resident copy may take (default FIT_MEMORY_BYTES)."""
         self.store = store
         self.projector = projector
         self._limit, self._exclude = limit, exclude
         self._rows: np.ndarray | None = None
         self.n = len(self.rows) if n is None else n
-        self._cached: list[qk.Block] | None = None
-        self._cache_ok = self.n * projector.d * 8 <= IN_MEMORY_BYTES
+        budget = FIT_MEMORY_BYTES if memory_bytes is None else memory_bytes
+        self._resident = self.n * (projector.d * 4 + _ID_BYTES) <= budget
+        self._x: np.ndarray | None = None  # (n, d) int32, once complete
+        self._ids: np.ndarray | None = None  # (n,) object, once complete
+        self._idh: np.ndarray | None = None  # (n,) uint64, with _ids
 
     @property
     def rows(self) -> np.ndarray:
@@ -119,23 +156,78 @@ class StoreSource:
             self._rows = rows if self._exclude is None else np.setdiff1d(rows, self._exclude)
         return self._rows
 
-    def blocks(self) -> Iterator[qk.Block]:
-        if self._cached is not None:
-            yield from self._cached
+    @property
+    def resident(self) -> bool:
+        """Whether passes now read memory only (vectors; blocks too once ids were read)."""
+        return self._x is not None
+
+    def vectors(self) -> Iterator[np.ndarray]:
+        if self._x is not None:
+            for lo in range(0, self.n, SPAN_ROWS):
+                yield self._x[lo : lo + SPAN_ROWS].astype(np.float64)
             return
-        kept: list[qk.Block] | None = [] if self._cache_ok else None
-        for part, vals in self.store.iter_chunks(self.rows, ("ids", "idh", "emb")):
-            block = qk.Block(
-                rows=part,
-                ids=vals["ids"],
-                idh=vals["idh"].astype(np.uint64),
-                x=self.projector(qk.to_fixed(vals["emb"])),
-            )
-            if kept is not None:
-                kept.append(block)
-            yield block
-        if kept is not None:
-            self._cached = kept
+        keep = _Filling(self.n, self.projector.d) if self._resident else None
+        for _, vals in self.store.iter_chunks(self.rows, ("emb",), SPAN_ROWS):
+            x = self.projector(qk.to_fixed(vals["emb"]))
+            if keep is not None and not keep.add(x):
+                keep, self._resident = None, False  # values beyond int32: every pass streams
+            yield x.astype(np.float64)
+        if keep is not None:
+            self._x = keep.done()
+
+    def blocks(self) -> Iterator[qk.Block]:
+        if self._x is not None and self._ids is not None and self._idh is not None:
+            rows = self.rows
+            for lo in range(0, self.n, SPAN_ROWS):
+                sl = slice(lo, lo + SPAN_ROWS)
+                x = self._x[sl]
+                yield qk.Block(rows=rows[sl], ids=self._ids[sl], idh=self._idh[sl], x=x, xf=x.astype(np.float64))
+            return
+        have_x = self._x
+        keep = _Filling(self.n, self.projector.d) if self._resident and have_x is None else None
+        ids = np.empty(self.n, dtype=object) if self._resident else None
+        idh = np.empty(self.n, dtype=np.uint64) if ids is not None else None
+        pos = 0
+        names = ("ids", "idh") if have_x is not None else ("ids", "idh", "emb")
+        for part, vals in self.store.iter_chunks(self.rows, names, SPAN_ROWS):
+            b = len(part)
+            if have_x is not None:
+                x = have_x[pos : pos + b]
+            else:
+                x = self.projector(qk.to_fixed(vals["emb"]))
+                if keep is not None and not keep.add(x):
+                    keep, self._resident = None, False  # values beyond int32: every pass streams
+            h = vals["idh"].astype(np.uint64)
+            if ids is not None and idh is not None and pos + b <= self.n:
+                ids[pos : pos + b], idh[pos : pos + b] = vals["ids"], h
+            pos += b
+            yield qk.Block(rows=part, ids=vals["ids"], idh=h, x=x, xf=x.astype(np.float64))
+        if pos != self.n:
+            return  # qkmeans reports the mismatch; keep nothing from a pass that does not add up
+        if keep is not None:
+            self._x = keep.done()
+        if self._x is not None and ids is not None:
+            self._ids, self._idh = ids, idh
+
+
+class _Filling:
+    """The resident int32 copy of a source's working vectors, filled in row order by one pass."""
+
+    def __init__(self, n: int, d: int):
+        self.x = np.empty((n, d), dtype=np.int32)
+        self.pos = 0
+
+    def add(self, x: np.ndarray) -> bool:
+        """Append a block; False (give up) when int32 would not hold it exactly."""
+        b = len(x)
+        if self.pos + b > len(self.x) or (b and int(np.abs(x).max()) > np.iinfo(np.int32).max):
+            return False
+        self.x[self.pos : self.pos + b] = x
+        self.pos += b
+        return True
+
+    def done(self) -> np.ndarray | None:
+        return self.x if self.pos == len(self.x) else None
 
 
 def _vectors(store: Store, rows: np.ndarray, projector: qk.Projector) -> np.ndarray:
@@ -591,7 +683,8 @@ def fit(
             dask_report = _dask_report(cluster, stream)
             dask_stack.close()  # the workers are done: stop a local cluster before writing
         else:
-            state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
+            with _one_blas_thread():
+                state = qk.fit(StoreSource(st, projector, st.n_slots), params, d_in, hooks.progress)
         if 0 < len(rows) < params.k:
             warnings.append(
                 f"-k {params.k} is more than the {len(rows)} records in the store: the fit has "
@@ -654,7 +747,7 @@ def _dask_runner(cluster, st: Store, rows: np.ndarray, projector: qk.Projector):
     from . import distributed
     from .store import CHUNK_ROWS
 
-    in_memory = len(rows) * projector.d * 8 <= IN_MEMORY_BYTES
+    in_memory = len(rows) * projector.d * 8 <= FIT_MEMORY_BYTES
     return distributed.DaskRunner(cluster, st.root, st.meta, rows, projector, in_memory, CHUNK_ROWS)
 
 
@@ -727,9 +820,14 @@ def forget(
                     cert = qk.certify(state, cids, x)
                 else:
                     survivors = StoreSource(
-                        st, projector, fit_meta.fit_rows, exclude=krows[covered], n=state.n - len(cids)
+                        st,
+                        projector,
+                        fit_meta.fit_rows,
+                        exclude=krows[covered],
+                        n=state.n - len(cids),
+                        memory_bytes=REFIT_MEMORY_BYTES,
                     )
-                    with contextlib.ExitStack() as dask_stack:
+                    with contextlib.ExitStack() as dask_stack, _one_blas_thread():
                         new_state, cert = qk.forget(
                             state, cids, x, _refit_runner(survivors, scheduler, dask_stack), hooks.progress
                         )
@@ -904,7 +1002,8 @@ def verify(
         rows = st.live_rows(fit_meta.fit_rows)
         projector = qk.Projector(state.d_in, params.dim, params.seed)
         if len(rows):
-            fresh = qk.fit(StoreSource(st, projector, fit_meta.fit_rows), params, state.d_in, hooks.progress)
+            with _one_blas_thread():
+                fresh = qk.fit(StoreSource(st, projector, fit_meta.fit_rows), params, state.d_in, hooks.progress)
         else:
             fresh = qk.State.empty(params, state.d_in)
         differences = state.differences(fresh)

@@ -94,7 +94,7 @@ def test_fit_through_the_variable_on_a_running_cluster_streaming_from_the_store(
     # The variable names the scheduler; the parts are read from zarr on every pass (no room to
     # keep them in memory), which is what a fit of a big store does.
     dask = _ingested(tmp_path / "dask", data)
-    monkeypatch.setattr(service, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(service, "FIT_MEMORY_BYTES", 0)
     monkeypatch.setenv("ERASE_DASK_SCHEDULER", cluster)
     from erase_cli import config
 

@@ -215,9 +215,18 @@ def test_disk_full_during_forget_leaves_store_unchanged(store, monkeypatch, wher
     elif where == "staged-file":
         _fail_staged_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"), ("store.json",))
     else:
+        # A chunk file: a forget patches the purged chunks itself; zarr writes the others.
         import zarr.storage
 
         monkeypatch.setattr(zarr.storage.LocalStore, "set", lambda *a, **k: _enospc_async())
+        real = Path.write_bytes
+
+        def write_bytes(self, data):
+            if "journal" in self.parts and "records.zarr" in self.parts:
+                _enospc()
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
     before = snapshot(store)
     result = _invoke(["forget", "rec-000001-ID", "--store", str(store), "--json"])
     assert result.exit_code == 1, result.output

@@ -45,7 +45,7 @@ class PartsRunner:
         return self._shuffled(out)
 
     def lloyd(self, C):
-        return self._shuffled([qk.lloyd_part(p.blocks(), C) for p in self.parts])
+        return self._shuffled([qk.lloyd_part(p.vectors(), C) for p in self.parts])
 
     def final(self, C, M, only=None):
         return self._shuffled([qk.final_part(p.blocks(), C, M, only) for p in self.parts])

@@ -248,3 +248,117 @@ def test_status_fit_lists_the_parameters_as_store_json_does(tmp_path):
         "seed",
         "eps_effective",
     ]
+
+
+# --------------------------------------------------------------------------- resident passes
+
+
+def _pass(source, kind: str) -> dict[str, np.ndarray]:
+    """One whole pass of a source, concatenated: rows, ids, idh, x and xf (blocks) or xf alone."""
+    if kind == "vectors":
+        return {"xf": np.concatenate(list(source.vectors()))}
+    blocks = list(source.blocks())
+    return {
+        "rows": np.concatenate([b.rows for b in blocks]),
+        "ids": np.concatenate([b.ids for b in blocks]),
+        "idh": np.concatenate([b.idh for b in blocks]),
+        "x": np.concatenate([b.x for b in blocks]).astype(np.int64),
+        "xf": np.concatenate([b.xf for b in blocks]),
+    }
+
+
+@pytest.mark.parametrize("dim", [None, 3])
+@pytest.mark.parametrize("first", ["vectors", "blocks"])
+def test_resident_passes_give_what_streaming_gives(tmp_path, monkeypatch, dim, first):
+    """The copy a source keeps in memory (int32 vectors, then ids) must serve the same records,
+    paired the same way, as reading zarr on every pass; once filled, passes read no zarr."""
+    from erase_cli import qkmeans as qk
+    from erase_cli.store import Store, open_store
+
+    monkeypatch.setattr(service, "SPAN_ROWS", 1024)  # several spans, some cut by the exclusions
+    store = tmp_path / "s"
+    ingest(store, make_records(2600), tmp_path)
+    exclude = np.arange(5, 2600, 7)
+    with open_store(store, write=False) as st:
+        projector = qk.Projector(6, dim, 11)
+        streamed = service.StoreSource(st, projector, st.n_slots, exclude=exclude, memory_bytes=0)
+        resident = service.StoreSource(st, projector, st.n_slots, exclude=exclude, memory_bytes=2**30)
+        want = {kind: _pass(streamed, kind) for kind in ("vectors", "blocks")}
+        assert not streamed.resident
+        second = "blocks" if first == "vectors" else "vectors"
+        got = [(first, _pass(resident, first)), (second, _pass(resident, second))]
+        assert resident.resident
+        # From now on neither kind of pass may touch zarr.
+        monkeypatch.setattr(Store, "iter_chunks", lambda *a, **k: pytest.fail("a resident pass read zarr"))
+        got += [(kind, _pass(resident, kind)) for kind in ("vectors", "blocks", "vectors")]
+    assert len(want["blocks"]["rows"]) == 2600 - len(exclude)
+    np.testing.assert_array_equal(want["vectors"]["xf"], want["blocks"]["xf"])
+    np.testing.assert_array_equal(want["blocks"]["x"], want["blocks"]["xf"].astype(np.int64))
+    for kind, arrays in got:
+        for name, values in want[kind].items():
+            np.testing.assert_array_equal(arrays[name], values, err_msg=f"{kind} {name}")
+            assert arrays[name].dtype == values.dtype or name == "x"
+
+
+def test_values_beyond_int32_keep_streaming():
+    fill = service._Filling(3, 2)
+    assert fill.add(np.array([[1, -(2**31 - 1)]], dtype=np.int64))
+    assert not fill.add(np.array([[2**31, 0]], dtype=np.int64))
+    assert fill.done() is None  # incomplete: never served
+
+
+def _fit_and_crossing_forget(store: Path, tmp: Path, records: list[dict]) -> dict[str, bytes]:
+    ingest(store, records, tmp)
+    service.fit(store, **FIT)
+    fitted = {name: (store / name).read_bytes() for name in ("manifest.json", "fit/state.npz")}
+    # A third of the records as one batch: it moves the centroids (a refit over the survivors).
+    report = service.forget(store, [r["id"] for r in records[::3]])
+    assert report["batch"]["action"] == "refit"
+    forgot = {name: (store / name).read_bytes() for name in ("manifest.json", "fit/state.npz")}
+    return {"fit": fitted, "forget": forgot}
+
+
+def test_fit_and_refit_give_the_same_bytes_resident_or_streamed(tmp_path, monkeypatch):
+    """The in-memory passes are a speed-up only: a fit and a crossing forget's refit write the
+    same manifest and state bytes as when every pass streams from zarr."""
+    records = make_records(300)
+    resident = _fit_and_crossing_forget(tmp_path / "resident", tmp_path, records)
+    monkeypatch.setattr(service, "FIT_MEMORY_BYTES", 0)
+    monkeypatch.setattr(service, "REFIT_MEMORY_BYTES", 0)
+    streamed = _fit_and_crossing_forget(tmp_path / "streamed", tmp_path, records)
+    assert resident == streamed
+    assert service.verify(tmp_path / "resident")["identical"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_purge_patching_chunk_bytes_equals_rewriting_through_zarr(tmp_path, monkeypatch):
+    """A forget empties the purged rows by patching each chunk with its codecs (emb and idh:
+    zeroed bytes and a new crc32c; ids and data: vlen-utf8 strings in zstd); the store must end
+    byte for byte as when zarr's array machinery rewrites them."""
+    import shutil
+
+    from erase_cli import store as store_mod
+
+    records = make_records(2600, d=5)  # several chunks of every array; the last ones partial
+    base = tmp_path / "base"
+    ingest(base, records, tmp_path)
+    service.fit(base, **FIT)
+    gone = [r["id"] for r in records[3::97]] + ["rec-0", "rec-2599"]  # first and last slots too
+    patched, rewritten = tmp_path / "patched", tmp_path / "rewritten"
+    for path in (patched, rewritten):
+        shutil.copytree(base, path)
+    real = store_mod.Transaction._zero_rows
+    used = []
+    monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: used.append(real(tx, *a)) or used[-1])
+    service.forget(patched, gone)
+    assert used == [True, True, True, True]  # every array patched
+    monkeypatch.setattr(store_mod.Transaction, "_zero_rows", lambda tx, *a: False)
+    service.forget(rewritten, gone)
+    a, b = _files(patched), _files(rewritten)
+    assert sorted(a) == sorted(b)
+    differ = [rel for rel in a if a[rel] != b[rel] and rel not in ("audit.jsonl", "store.json")]
+    assert differ == [] and any(rel.startswith("records.zarr/emb/c/") for rel in a)
+    assert service.verify(patched)["identical"]
