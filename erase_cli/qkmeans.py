@@ -654,11 +654,13 @@ class _RaceCandidate(NamedTuple):
 
 @dataclass
 class RaceMemo:
-    """What a part remembers between race rounds, per block in its order: each record's exact
-    squared distance to the nearest centre chosen so far (int64) and its |x|^2 (float64, exact)."""
+    """What a part remembers between race rounds, per record in the part's order: its exact
+    squared distance to the nearest centre chosen so far (int64) and its |x|^2 (float64, exact).
+    Indexed by position, not by block: a source may block its records differently from one
+    round to the next (the store's source streams chunks, then serves them from memory)."""
 
-    mind: list[np.ndarray]
-    x2: list[np.ndarray]
+    mind: np.ndarray
+    x2: np.ndarray
 
 
 class RacePartial(NamedTuple):
@@ -688,9 +690,8 @@ def race_part(
     cands: list[_RaceCandidate] = []
     n = max_abs = 0
     live_any = False
-    for i, blk in enumerate(blocks):
+    for blk in blocks:
         b = len(blk.ids)
-        n += b
         xf = _xf(blk)
         if first:
             if b:
@@ -699,7 +700,10 @@ def race_part(
             mind = np.full(b, np.iinfo(np.int64).max, dtype=np.int64)
         else:
             assert memo is not None
-            x2, mind = memo.x2[i], memo.mind[i]
+            x2, mind = memo.x2[n : n + b], memo.mind[n : n + b]
+            if len(mind) != b:
+                raise ValueError(f"part yielded more than the {len(memo.mind)} records of the previous round")
+        n += b
         if len(pending) and b:
             dist = (_scores(xf, Pf, p2) + x2[:, None]).min(axis=1).astype(np.int64)
             mind = np.minimum(mind, dist)
@@ -725,9 +729,11 @@ def race_part(
             cands.append(
                 _RaceCandidate(float(key[j]), int(a[j]), int(w[j]), str(blk.ids[j]), blk.x[j].astype(np.int64))
             )
-    if memo is not None and len(memo.mind) != len(mind_out):
-        raise ValueError(f"part yielded {len(mind_out)} blocks, {len(memo.mind)} in the previous round")
-    return RacePartial(n, max_abs, live_any, best, cands), RaceMemo(mind_out, x2_out)
+    if memo is not None and len(memo.mind) != n:
+        raise ValueError(f"part yielded {n} records, {len(memo.mind)} in the previous round")
+    if not mind_out:
+        return RacePartial(n, max_abs, live_any, best, cands), RaceMemo(np.empty(0, np.int64), np.empty(0))
+    return RacePartial(n, max_abs, live_any, best, cands), RaceMemo(np.concatenate(mind_out), np.concatenate(x2_out))
 
 
 def race_winner(partials: Sequence[RacePartial]) -> _RaceCandidate | None:

@@ -22,15 +22,23 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 
 class PartsRunner:
-    """The records cut into parts at random places, each part's result returned in a shuffled order."""
+    """The records cut into parts at random places, each part's result returned in a shuffled
+    order; every pass cuts each part into blocks of a new random size, as the store's source
+    streams chunks on one pass and serves them from memory on the next."""
 
-    def __init__(self, ids, x, cuts: list[int], rng: random.Random, block_size: int = 5):
+    def __init__(self, ids, x, cuts: list[int], rng: random.Random, idh=None):
         bounds = [0, *sorted(cuts), len(ids)]
-        self.parts = [ArraySource(ids[lo:hi], x[lo:hi], block_size=block_size) for lo, hi in zip(bounds, bounds[1:])]
+        self._parts = [
+            (ids[lo:hi], x[lo:hi], None if idh is None else idh[lo:hi]) for lo, hi in zip(bounds, bounds[1:])
+        ]
         self.n = len(ids)
         self.rng = rng
         self.memos: list[qk.RaceMemo | None] = [None] * len(self.parts)
         self.calls = 0
+
+    @property
+    def parts(self) -> list[ArraySource]:
+        return [ArraySource(ids, x, idh, block_size=self.rng.randint(1, 7)) for ids, x, idh in self._parts]
 
     def _shuffled(self, results: list) -> list:
         self.calls += 1
@@ -178,7 +186,5 @@ def test_fit_with_near_tied_draws_split_across_parts():
     local = fit(ArraySource(ids, x, idh=idh), p, 2)
     assert local.init_ids[0] == "w"
     for cut in range(5):
-        runner = PartsRunner(ids, x, [cut], random.Random(cut))
-        for part in runner.parts:
-            part.idh[:] = 424242
+        runner = PartsRunner(ids, x, [cut], random.Random(cut), idh=idh)
         assert_same(fit(runner, p, 2), local)

@@ -362,3 +362,20 @@ def test_purge_patching_chunk_bytes_equals_rewriting_through_zarr(tmp_path, monk
     differ = [rel for rel in a if a[rel] != b[rel] and rel not in ("audit.jsonl", "store.json")]
     assert differ == [] and any(rel.startswith("records.zarr/emb/c/") for rel in a)
     assert service.verify(patched)["identical"]
+
+
+def test_a_fit_over_a_store_with_holes_is_the_same_resident_or_streamed(tmp_path, monkeypatch):
+    """Forgotten records leave holes, so the spans a first pass streams hold fewer rows than the
+    blocks a resident pass serves: the race must follow its records, not its blocks."""
+    monkeypatch.setattr(service, "SPAN_ROWS", 1024)
+    records = make_records(2600)
+    written = {}
+    for name, budget in (("resident", 2**30), ("streamed", 0)):
+        monkeypatch.setattr(service, "FIT_MEMORY_BYTES", budget)
+        store = tmp_path / name
+        ingest(store, records, tmp_path)
+        service.fit(store, **FIT)
+        service.forget(store, [r["id"] for r in records[3:2600:97]])
+        service.fit(store, **FIT)
+        written[name] = {n: (store / n).read_bytes() for n in ("manifest.json", "fit/state.npz")}
+    assert written["resident"] == written["streamed"]
