@@ -480,19 +480,11 @@ def create_app(answerer: Answerer, options: ServeOptions) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        server.authorize(request, admin=False)
-        body = await server.body(request)
-        _single(body)
-        question = _completion_question(body)
-        return await _openai_answer(server, body, question, chat=False)
+        return await _openai_answer(server, request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        server.authorize(request, admin=False)
-        body = await server.body(request)
-        _single(body)
-        question = _chat_question(body)
-        return await _openai_answer(server, body, question, chat=True)
+        return await _openai_answer(server, request, chat=True)
 
     @app.post("/v1/erase/forget")
     async def forget(request: Request) -> Response:
@@ -547,8 +539,12 @@ def create_app(answerer: Answerer, options: ServeOptions) -> FastAPI:
     return app
 
 
-async def _openai_answer(server: Server, body: dict, question: str, *, chat: bool) -> Response:
+async def _openai_answer(server: Server, request: Request, *, chat: bool) -> Response:
     """A completion or chat completion in OpenAI's shape, whole or as server-sent events."""
+    server.authorize(request, admin=False)
+    body = await server.body(request)
+    _single(body)
+    question = _chat_question(body) if chat else _completion_question(body)
     if body.get("choices") is not None:
         raise HTTPFailure("invalid_request", "to choose among answers use /v1/erase/answer with 'choices'")
     if body.get("stream", False) is not True and body.get("stream", False) is not False:

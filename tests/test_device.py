@@ -70,27 +70,18 @@ def test_eval_on_cuda_without_cuda_is_one_line(tmp_path):
 
 
 @no_cuda
-def test_routed_ask_on_cuda_without_cuda_is_one_line_before_any_question(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [["ask", "where is my parcel"], ["serve", "--port", "0"]],
+    ids=["routed ask, before any question", "serve, before listening"],
+)
+def test_routed_answers_on_cuda_without_cuda_are_one_line(tmp_path, command):
     data = write_jsonl(tmp_path / "d.jsonl", make_records(12))
     store = tmp_path / "s"
     assert erase("ingest", str(data), "--embedder", "fake:16", "--store", str(store)).returncode == 0
     assert erase("fit", "-k", "2", "--store", str(store)).returncode == 0
     refused(
-        ["ask", "where is my parcel", "--mode", "routed", "--device", "cuda", "--store", str(store)],
-        store,
-        kind="device_unavailable",
-        mentions=["--device cpu"],
-    )
-
-
-@no_cuda
-def test_serve_on_cuda_without_cuda_is_one_line_before_listening(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", make_records(12))
-    store = tmp_path / "s"
-    assert erase("ingest", str(data), "--embedder", "fake:16", "--store", str(store)).returncode == 0
-    assert erase("fit", "-k", "2", "--store", str(store)).returncode == 0
-    refused(
-        ["serve", "--port", "0", "--mode", "routed", "--device", "cuda", "--store", str(store)],
+        [*command, "--mode", "routed", "--device", "cuda", "--store", str(store)],
         store,
         kind="device_unavailable",
         mentions=["--device cpu"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from helpers import erase, find_bytes, make_records, record_needles, write_jsonl
+from helpers import FIT, erase, find_bytes, make_records, record_needles, write_jsonl
 
 from erase_cli import generation, prompt, service
 from erase_cli import qkmeans as qk
@@ -22,7 +22,6 @@ from erase_cli.records import normalise_vector
 from erase_cli.store import open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FIT = dict(k=4, eps=0.1, dim=8, seed=0, max_iter=3, route_size=3)
 
 
 def manifest_of(store: Path) -> dict:
@@ -48,19 +47,6 @@ def vec_store(tmp_path):
     service.ingest(store, str(data), vector_field="vec")
     service.fit(store, **FIT)
     return store, records
-
-
-@pytest.fixture
-def text_store(tmp_path):
-    """A store whose questions erase embeds itself (the deterministic fake:16 embedder)."""
-    store = tmp_path / "text"
-    path = tmp_path / "text.jsonl"
-    with open(path, "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"id": f"t{i:02d}", "input": f"text marker TXT{i:02d}X", "target": f"L{i % 3}"}) + "\n")
-    service.ingest(store, str(path), embedder="fake:16")
-    service.fit(store, **FIT)
-    return store
 
 
 def test_manifest_has_a_route_per_nonempty_cluster_nearest_last(vec_store):
